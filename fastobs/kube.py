@@ -1,0 +1,406 @@
+"""Kube: the authenticated HTTP session to the apiserver, and resource discovery.
+
+Where it sits: the first stage of the parent. ``cli``/``daemon`` call
+:meth:`KubeClient.connect` with the connection flags, :meth:`KubeClient.resolve` turns
+the resource argument (``po``, ``deployments.apps``, a CRD) into a :class:`Resource`,
+and ``source`` lists and watches through :meth:`KubeClient.request`.
+
+In: a kubeconfig (``--kubeconfig``, ``KUBECONFIG``, ``~/.kube/config``) or the
+in-cluster service account. Out: raw ``aiohttp`` responses; nothing here parses
+objects or builds the ``kubernetes`` package's model classes (their import alone costs
+~400 ms): only ``kubernetes.config`` and ``Configuration`` are used, to load credentials.
+
+Invariant: authentication headers are fetched fresh for every request (the
+credential loader's refresh hook re-runs exec plugins and re-reads token files when
+they expire), and a 401 reloads the credentials from scratch and retries once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from fastobs.errors import ConfigError, ResourceError
+
+log = logging.getLogger(__name__)
+
+_AGGREGATED_ACCEPT = (
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+)
+_SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+_DISCOVERY_TIMEOUT = 30.0
+"""Discovery is a start-up step: a server that does not answer it in 30 s is down."""
+_CONNECT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One served resource type, resolved through discovery."""
+
+    group: str
+    version: str
+    resource: str
+    kind: str
+    namespaced: bool
+
+    def collection_path(self, namespace: str | None) -> str:
+        """The list/watch URL path; ``namespace`` None (or a cluster-scoped resource) = all."""
+        base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
+        if namespace and self.namespaced:
+            return f"{base}/namespaces/{namespace}/{self.resource}"
+        return f"{base}/{self.resource}"
+
+    def gvr_string(self) -> str:
+        """Go's ``schema.GroupVersionResource.String()``, as oc prints it in warnings."""
+        return f"{self.group}/{self.version}, Resource={self.resource}"
+
+
+@dataclass(frozen=True)
+class _Served:
+    """A discovery entry: a resource with the names it answers to."""
+
+    resource: Resource
+    singular: str
+    short_names: tuple[str, ...]
+
+
+class _Credentials:
+    """Loads a kubeconfig or the in-cluster service account into a ``Configuration``.
+
+    Loading is synchronous (exec plugins are subprocesses); callers run it in a thread.
+    """
+
+    def __init__(self, kubeconfig: str, context: str) -> None:
+        self._kubeconfig = kubeconfig
+        self._context = context
+        self.cfg: Any = None
+        self.context_namespace = ""
+        self.ssl: ssl.SSLContext | bool = True
+        self._ssl_files: tuple[Any, ...] = ()
+
+    def load(self) -> None:
+        """(Re)load everything; raises ConfigError with a one-line message."""
+        try:
+            self._load()
+        except ConfigError:
+            raise
+        except Exception as exc:  # the loader raises ConfigException, KeyError, yaml errors...
+            raise ConfigError(f"invalid configuration: {_one_line(exc)}") from None
+        self._build_ssl()
+
+    def _load(self) -> None:
+        from kubernetes.client import Configuration  # lazy: ~230 ms, only the parent pays it
+
+        cfg = Configuration()
+        paths = self._kubeconfig or os.environ.get("KUBECONFIG", "")
+        if self._kubeconfig and not os.path.exists(os.path.expanduser(self._kubeconfig)):
+            raise ConfigError(f"stat {self._kubeconfig}: no such file or directory")
+        if not paths and os.path.exists(os.path.expanduser("~/.kube/config")):
+            paths = os.path.expanduser("~/.kube/config")
+        if paths and _any_exists(paths):
+            self._load_kubeconfig(cfg, paths)
+        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+            self._load_incluster(cfg)
+        elif paths:
+            raise ConfigError(f"no kubeconfig file found at {paths}")
+        else:
+            raise ConfigError(
+                "no configuration has been provided: use --kubeconfig, set KUBECONFIG, "
+                "or run inside a cluster"
+            )
+        if not cfg.host:
+            raise ConfigError("invalid configuration: no server found for the cluster")
+        self.cfg = cfg
+
+    def _load_kubeconfig(self, cfg: Any, paths: str) -> None:
+        from kubernetes.config.kube_config import KubeConfigLoader, KubeConfigMerger
+
+        merged = KubeConfigMerger(paths)  # type: ignore[no-untyped-call]
+        if merged.config is None:
+            raise ConfigError(f"invalid configuration: no configuration found in {paths}")
+        context = self._context or merged.config.safe_get("current-context") or ""
+        if not context:
+            raise ConfigError("invalid configuration: no current context is set (use --context)")
+        if "contexts" not in merged.config or merged.config["contexts"].get_with_name(context, True) is None:
+            raise ConfigError(f'context "{context}" does not exist')
+        loader = KubeConfigLoader(  # type: ignore[no-untyped-call]
+            config_dict=merged.config, active_context=context, config_base_path=None)
+        loader.load_and_set(cfg)  # type: ignore[no-untyped-call]
+        user = loader._user  # the loader exposes no accessor for the active user
+        if user is not None and "exec" in user and "token" not in loader.__dict__ and not cfg.cert_file:
+            raise ConfigError(_exec_failure(loader, user))
+        self.context_namespace = loader.current_context["context"].get("namespace") or ""
+
+    def _load_incluster(self, cfg: Any) -> None:
+        from kubernetes.config.incluster_config import load_incluster_config
+
+        load_incluster_config(client_configuration=cfg, try_refresh_token=True)  # type: ignore[no-untyped-call]
+        try:
+            with open(f"{_SA_DIR}/namespace", encoding="utf-8") as f:
+                self.context_namespace = f.read().strip()
+        except OSError:
+            self.context_namespace = ""
+
+    def _build_ssl(self) -> None:
+        cfg = self.cfg
+        files = (cfg.ssl_ca_cert, cfg.cert_file, cfg.key_file, cfg.verify_ssl)
+        if files == self._ssl_files:
+            return  # same files: keep the context so pooled connections stay reusable
+        if not cfg.host.startswith("https"):
+            self.ssl, self._ssl_files = True, files
+            return
+        try:
+            ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
+            if cfg.cert_file:
+                ctx.load_cert_chain(cfg.cert_file, cfg.key_file or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"invalid TLS configuration: {_one_line(exc)}") from None
+        if not cfg.verify_ssl:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        self.ssl, self._ssl_files = ctx, files
+
+    def authorization(self) -> str | None:
+        """The Authorization header value, refreshed (exec plugin, token file) if expired."""
+        value: str | None = self.cfg.auth_settings().get("BearerToken", {}).get("value")
+        return value
+
+
+def _exec_failure(loader: Any, user: Any) -> str:
+    """Re-run a failed exec plugin to get its error (the loader only logs it)."""
+    from kubernetes.config.exec_provider import ExecProvider
+
+    try:
+        plugin = ExecProvider(user["exec"], None, loader._cluster)  # type: ignore[no-untyped-call]
+        plugin.run()  # type: ignore[no-untyped-call]
+    except Exception as exc:
+        return f"getting credentials: {_one_line(exc)}"
+    return "getting credentials: exec plugin returned neither a token nor a client certificate"
+
+
+def _any_exists(paths: str) -> bool:
+    return any(p and os.path.exists(os.path.expanduser(p)) for p in paths.split(os.pathsep))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+class KubeClient:
+    """An authenticated HTTP session to one apiserver."""
+
+    def __init__(self, creds: _Credentials, session: aiohttp.ClientSession, namespace: str,
+                 request_timeout: float) -> None:
+        self._creds = creds
+        self._session = session
+        self._host = creds.cfg.host.rstrip("/")
+        self._server_hostname: str | None = creds.cfg.tls_server_name or None
+        self._proxy: str | None = creds.cfg.proxy or None
+        self._request_timeout = request_timeout
+        self._served: list[_Served] | None = None
+        self._reload_lock = asyncio.Lock()
+        self.namespace = namespace
+
+    @classmethod
+    async def connect(cls, *, kubeconfig: str = "", context: str = "", namespace: str = "",
+                      request_timeout: float = 0.0) -> KubeClient:
+        """Load credentials (kubeconfig, else in-cluster) and open the HTTP session."""
+        creds = _Credentials(kubeconfig, context)
+        await asyncio.to_thread(creds.load)
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        session = aiohttp.ClientSession(
+            connector=connector, trust_env=True, auto_decompress=True, read_bufsize=1 << 20,
+            headers={"User-Agent": "fastobs"},
+        )
+        return cls(creds, session, namespace or creds.context_namespace or "default", request_timeout)
+
+    @property
+    def server(self) -> str:
+        return str(self._host)
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    def default_timeout(self) -> aiohttp.ClientTimeout:
+        """Timeout for non-streaming requests: ``--request-timeout`` (0 = none) plus a connect bound."""
+        total = self._request_timeout or None
+        return aiohttp.ClientTimeout(total=total, sock_connect=_CONNECT_TIMEOUT)
+
+    async def request(self, method: str, path: str, params: dict[str, str] | None = None, *,
+                      timeout: aiohttp.ClientTimeout | None = None,  # noqa: ASYNC109 - per-request HTTP timeouts
+                      ) -> aiohttp.ClientResponse:
+        """Send one request with fresh credentials; on 401 reload them and retry once.
+
+        The caller reads and closes the response. Connection errors propagate as
+        ``aiohttp.ClientError`` / ``asyncio.TimeoutError``.
+        """
+        resp = await self._send(method, path, params, timeout)
+        if resp.status != 401:
+            return resp
+        resp.release()
+        await self._reload_credentials()
+        return await self._send(method, path, params, timeout)
+
+    async def _send(self, method: str, path: str, params: dict[str, str] | None,
+                    timeout: aiohttp.ClientTimeout | None,  # noqa: ASYNC109
+                    ) -> aiohttp.ClientResponse:
+        creds = self._creds
+        auth = await asyncio.to_thread(creds.authorization)  # may run an exec plugin
+        headers = {"Accept": "application/json"}
+        if auth:
+            headers["Authorization"] = auth
+        return await self._session.request(
+            method, self._host + path, params=params, headers=headers, ssl=creds.ssl,
+            server_hostname=self._server_hostname, proxy=self._proxy,
+            timeout=timeout or self.default_timeout(),
+        )
+
+    async def _reload_credentials(self) -> None:
+        """A 401 means the credentials went stale (rotated token, expired plugin output)."""
+        async with self._reload_lock:
+            log.debug("reloading credentials after 401 Unauthorized")
+            fresh = _Credentials(self._creds._kubeconfig, self._creds._context)
+            fresh._ssl_files, fresh.ssl = self._creds._ssl_files, self._creds.ssl
+            try:
+                await asyncio.to_thread(fresh.load)
+            except ConfigError as exc:
+                log.warning("could not reload credentials: %s", exc.message)
+                return
+            self._creds = fresh
+
+    # ----------------------------------------------------------------- discovery
+
+    async def resolve(self, arg: str) -> Resource:
+        """Resolve a resource argument like kubectl (plural, singular, kind, short name, ``r.group``)."""
+        typed, _, group = arg.strip().partition(".")
+        if not typed:
+            raise ResourceError("unknown resource argument")
+        served = await self._discover()
+        found = _match(served, typed.lower(), group.lower())
+        if found is None:
+            where = f' in group "{group}"' if group else ""
+            raise ResourceError(f'the server doesn\'t have a resource type "{typed}"{where}')
+        return found
+
+    async def _discover(self) -> list[_Served]:
+        if self._served is None:
+            try:
+                self._served = await self._discover_uncached()
+            except ResourceError:
+                raise
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise ResourceError(
+                    f"unable to reach the server at {self._host}: {_one_line(exc) or 'timeout'}"
+                ) from None
+        return self._served
+
+    async def _discover_uncached(self) -> list[_Served]:
+        core, groups = await asyncio.gather(self._get_json("/api", _AGGREGATED_ACCEPT),
+                                            self._get_json("/apis", _AGGREGATED_ACCEPT))
+        served: list[_Served] = []
+        for doc, prefix in ((core, "/api"), (groups, "/apis")):
+            if doc.get("kind") == "APIGroupDiscoveryList":
+                served.extend(_from_aggregated(doc))
+            else:
+                served.extend(await self._legacy(doc, prefix))
+        return served
+
+    async def _legacy(self, doc: dict[str, Any], prefix: str) -> list[_Served]:
+        """Per-group-version discovery for servers without aggregated discovery."""
+        if prefix == "/api":
+            gvs = [("", v, f"/api/{v}") for v in doc.get("versions", [])]
+        else:
+            gvs = []
+            for g in doc.get("groups", []):
+                preferred = g.get("preferredVersion", {}).get("version", "")
+                versions = [v["version"] for v in g.get("versions", [])]
+                versions.sort(key=preferred.__ne__)  # stable: the preferred version first
+                gvs.extend((g["name"], v, f"/apis/{g['name']}/{v}") for v in versions)
+        docs = await asyncio.gather(*(self._get_json(p, "application/json", tolerate=True)
+                                      for _, _, p in gvs))
+        out: list[_Served] = []
+        for (group, version, _), rl in zip(gvs, docs, strict=True):
+            out.extend(_from_resource_list(group, version, rl.get("resources", [])))
+        return out
+
+    async def _get_json(self, path: str, accept: str, tolerate: bool = False) -> dict[str, Any]:
+        """GET a discovery document; ``tolerate`` skips an unavailable group (kubectl warns)."""
+        creds = self._creds
+        auth = await asyncio.to_thread(creds.authorization)
+        headers = {"Accept": accept}
+        if auth:
+            headers["Authorization"] = auth
+        timeout = aiohttp.ClientTimeout(total=self._request_timeout or _DISCOVERY_TIMEOUT)
+        async with self._session.get(self._host + path, headers=headers, ssl=creds.ssl,
+                                     server_hostname=self._server_hostname, proxy=self._proxy,
+                                     timeout=timeout) as resp:
+            body = await resp.read()
+            if resp.status == 401 and not tolerate:
+                await self._reload_credentials()
+                return await self._get_json(path, accept, tolerate=True)
+            if resp.status != 200:
+                if tolerate:
+                    log.warning("discovery of %s failed: HTTP %d", path, resp.status)
+                    return {}
+                raise ResourceError(f"discovery of {path} failed: {status_message(resp.status, body)}")
+        try:
+            doc: dict[str, Any] = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise ResourceError(f"discovery of {path} returned invalid JSON") from None
+        return doc
+
+
+def status_message(status: int, body: bytes) -> str:
+    """The apiserver's Status message for an error response, else the HTTP status."""
+    try:
+        doc = orjson.loads(body)
+        if isinstance(doc, dict) and doc.get("message"):
+            return str(doc["message"])
+    except orjson.JSONDecodeError:
+        pass
+    text = body.decode("utf-8", "replace").strip()
+    return f"HTTP {status}" + (f": {text[:200]}" if text else "")
+
+
+def _from_aggregated(doc: dict[str, Any]) -> Iterator[_Served]:
+    """Entries of an APIGroupDiscoveryList, groups in server priority, versions preferred first."""
+    for item in doc.get("items", []):
+        group = item.get("metadata", {}).get("name", "")
+        for ver in item.get("versions", []):
+            for r in ver.get("resources", []):
+                yield _Served(
+                    Resource(group, ver["version"], r["resource"],
+                             r.get("responseKind", {}).get("kind", ""), r.get("scope") == "Namespaced"),
+                    r.get("singularResource", ""), tuple(r.get("shortNames", ())),
+                )
+
+
+def _from_resource_list(group: str, version: str, resources: Iterable[dict[str, Any]]) -> Iterator[_Served]:
+    for r in resources:
+        if "/" in r["name"]:
+            continue  # subresource (pods/log)
+        yield _Served(Resource(group, version, r["name"], r.get("kind", ""), bool(r.get("namespaced"))),
+                      r.get("singularName", ""), tuple(r.get("shortNames", ())))
+
+
+def _match(served: list[_Served], name: str, group: str) -> Resource | None:
+    """kubectl's order: exact plural/singular/kind anywhere first, then short names;
+    within each, the core group first, then groups in discovery order, preferred version first."""
+    candidates = [s for s in served if not group or s.resource.group == group]
+    candidates.sort(key=lambda s: s.resource.group != "")  # stable: keeps discovery order otherwise
+    for s in candidates:
+        if name in (s.resource.resource, s.singular, s.resource.kind.lower()):
+            return s.resource
+    for s in candidates:
+        if name in s.short_names:
+            return s.resource
+    return None
