@@ -1,0 +1,230 @@
+"""Go duration syntax and Go string quoting, exactly as ``oc observe`` prints them.
+
+Where it sits: ``cli`` parses every duration flag (``--exit-after``, ``--resync-period``,
+``--timeout``...) with :func:`parse_go_duration`; the daemon prints durations back with
+:func:`format_go_duration` (``Shutting down after 1m30s ...``). ``cli`` and ``selector``
+quote user input in error messages with :func:`go_quote` (Go's ``%q``).
+
+In: strings such as ``300ms``, ``1.5s``, ``1h30m``, ``-2m``, ``0``.
+Out: seconds as a float (or integer nanoseconds), and Go's canonical text.
+
+Invariant: accepts and rejects exactly what Go's ``time.ParseDuration`` does, with Go's
+error messages, and formats exactly like ``time.Duration.String()``; both are checked
+against the Go toolchain in ``tests/test_durations.py``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DurationError",
+    "format_go_duration",
+    "format_go_duration_ns",
+    "go_quote",
+    "parse_go_duration",
+    "parse_go_duration_ns",
+]
+
+_NS_PER_SECOND = 1_000_000_000
+_MAX_UINT63 = 1 << 63
+_UNITS: dict[bytes, int] = {
+    b"ns": 1,
+    b"us": 1_000,
+    "\u00b5s".encode(): 1_000,  # micro sign
+    "\u03bcs".encode(): 1_000,  # Greek mu
+    b"ms": 1_000_000,
+    b"s": _NS_PER_SECOND,
+    b"m": 60 * _NS_PER_SECOND,
+    b"h": 3600 * _NS_PER_SECOND,
+}
+_DIGITS = b"0123456789"
+
+
+class DurationError(ValueError):
+    """A string Go's ``time.ParseDuration`` would reject; the message is Go's."""
+
+
+def _to_bytes(text: str) -> bytes:
+    # argv bytes that are not UTF-8 arrive as surrogate escapes; Go sees the raw bytes.
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _time_quote(raw: bytes) -> str:
+    """Go's ``time.quote``: ASCII kept, every other byte (and controls) as ``\\xNN``."""
+    out = ['"']
+    for byte in raw:
+        if byte >= 0x80 or byte < 0x20:
+            out.append(f"\\x{byte:02x}")
+        else:
+            char = chr(byte)
+            out.append("\\" + char if char in '"\\' else char)
+    out.append('"')
+    return "".join(out)
+
+
+def go_quote(text: str) -> str:
+    """Go's ``strconv.Quote`` (the ``%q`` verb), used in pflag-style error messages."""
+    escapes = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t",
+               "\v": "\\v", "\\": "\\\\", '"': '\\"'}
+    out = ['"']
+    for char in text:
+        code = ord(char)
+        if char in escapes:
+            out.append(escapes[char])
+        elif 0xDC80 <= code <= 0xDCFF:  # an undecodable argv byte (surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif char.isprintable() or char == " ":
+            out.append(char)
+        elif code < 0x80:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
+
+
+def _leading_int(raw: bytes, pos: int) -> tuple[int, int] | None:
+    value = 0
+    while pos < len(raw) and raw[pos] in _DIGITS:
+        if value > _MAX_UINT63 // 10:
+            return None
+        value = value * 10 + raw[pos] - 48
+        if value > _MAX_UINT63:
+            return None
+        pos += 1
+    return value, pos
+
+
+def _leading_fraction(raw: bytes, pos: int) -> tuple[int, float, int]:
+    value, scale, overflow = 0, 1.0, False
+    while pos < len(raw) and raw[pos] in _DIGITS:
+        if not overflow:
+            if value > (_MAX_UINT63 - 1) // 10:
+                overflow = True
+            else:
+                candidate = value * 10 + raw[pos] - 48
+                if candidate > _MAX_UINT63:
+                    overflow = True
+                else:
+                    value, scale = candidate, scale * 10
+        pos += 1
+    return value, scale, pos
+
+
+def parse_go_duration_ns(text: str) -> int:
+    """Parse a Go duration into integer nanoseconds, or raise :class:`DurationError`."""
+    raw = _to_bytes(text)
+    invalid = DurationError("time: invalid duration " + _time_quote(raw))
+    pos, negative = 0, False
+    if raw[:1] in (b"-", b"+"):
+        negative, pos = raw[:1] == b"-", 1
+    if raw[pos:] == b"0":
+        return 0
+    if pos == len(raw):
+        raise invalid
+    total = 0
+    while pos < len(raw):
+        value, pos = _parse_component(raw, pos, invalid)
+        total += value
+        if total > _MAX_UINT63:
+            raise invalid
+    if negative:
+        return -total
+    if total > _MAX_UINT63 - 1:
+        raise invalid
+    return total
+
+
+def _parse_component(raw: bytes, pos: int, invalid: DurationError) -> tuple[int, int]:
+    """One ``[0-9]*(\\.[0-9]*)?unit`` component: (nanoseconds, end position); Go's loop body."""
+    if not (raw[pos] == 0x2E or raw[pos] in _DIGITS):
+        raise invalid
+    leading = _leading_int(raw, pos)
+    if leading is None:
+        raise invalid
+    whole, after_int = leading
+    has_int = after_int != pos
+    fraction, scale, pos = 0, 1.0, after_int
+    has_fraction = False
+    if pos < len(raw) and raw[pos] == 0x2E:
+        fraction, scale, after_fraction = _leading_fraction(raw, pos + 1)
+        has_fraction = after_fraction != pos + 1
+        pos = after_fraction
+    if not has_int and not has_fraction:
+        raise invalid
+    unit_start = pos
+    while pos < len(raw) and not (raw[pos] == 0x2E or raw[pos] in _DIGITS):
+        pos += 1
+    if pos == unit_start:
+        raise DurationError("time: missing unit in duration " + _time_quote(raw))
+    unit_name = raw[unit_start:pos]
+    unit = _UNITS.get(unit_name)
+    if unit is None:
+        raise DurationError(
+            f"time: unknown unit {_time_quote(unit_name)} in duration {_time_quote(raw)}"
+        )
+    if whole > _MAX_UINT63 // unit:
+        raise invalid
+    whole *= unit
+    if fraction > 0:
+        # Go computes the fractional part in float64, truncating toward zero.
+        whole += int(float(fraction) * (float(unit) / scale))
+        if whole > _MAX_UINT63:
+            raise invalid
+    return whole, pos
+
+
+def parse_go_duration(text: str) -> float:
+    """Parse a Go duration (``1m30s``, ``300ms``, ``0``) into seconds.
+
+    Raises :class:`DurationError` with Go's message, e.g.
+    ``time: missing unit in duration "5"``.
+    """
+    return parse_go_duration_ns(text) / _NS_PER_SECOND
+
+
+def _format_fraction(value: int, precision: int) -> tuple[str, int]:
+    """Go's ``fmtFrac``: the fraction ``.ddd`` without trailing zeros, and value // 10**prec."""
+    digits = []
+    printed = False
+    for _ in range(precision):
+        digit = value % 10
+        printed = printed or digit != 0
+        if printed:
+            digits.append(str(digit))
+        value //= 10
+    text = "." + "".join(reversed(digits)) if printed else ""
+    return text, value
+
+
+def format_go_duration_ns(nanoseconds: int) -> str:
+    """Format integer nanoseconds exactly like Go's ``time.Duration.String()``."""
+    negative = nanoseconds < 0
+    magnitude = -nanoseconds if negative else nanoseconds
+    if magnitude < _NS_PER_SECOND:
+        if magnitude == 0:
+            return "0s"
+        if magnitude < 1_000:
+            unit, precision = "ns", 0
+        elif magnitude < 1_000_000:
+            unit, precision = "\u00b5s", 3
+        else:
+            unit, precision = "ms", 6
+        fraction, whole = _format_fraction(magnitude, precision)
+        text = f"{whole}{fraction}{unit}"
+    else:
+        fraction, seconds = _format_fraction(magnitude, 9)
+        text = f"{seconds % 60}{fraction}s"
+        minutes = seconds // 60
+        if minutes > 0:
+            text = f"{minutes % 60}m{text}"
+            hours = minutes // 60
+            if hours > 0:
+                text = f"{hours}h{text}"
+    return "-" + text if negative else text
+
+
+def format_go_duration(seconds: float) -> str:
+    """Format seconds like Go's ``Duration.String()``: ``1s``, ``1m30s``, ``1h0m0s``, ``100ms``."""
+    return format_go_duration_ns(round(seconds * _NS_PER_SECOND))
