@@ -1,0 +1,464 @@
+"""Metrics: every Prometheus series fastobs exposes, and their text exposition.
+
+Where it sits: in the parent process, beside the pipeline. The stages call the hot-path
+methods of :class:`Metrics` (one call per event, per command, per API request); workers'
+figures arrive over their pipe and reach the same methods through the pool. At scrape
+time one custom collector asks the engine for an :class:`EngineState` and turns it into
+gauges. ``http`` serves :meth:`Metrics.exposition` on ``/metrics``; ``cli`` prints it
+for ``--print-metrics-on-exit``.
+
+In: calls from the engine, an :class:`EngineState` per scrape. Out: Prometheus text
+format 0.0.4, written the way Go's client writes it (``observe_counts{type="Sync"} 2``),
+so ``oc observe``'s series read exactly as before.
+
+Invariants: this is the only module that imports ``prometheus_client``; every hot-path
+call is O(1) (labelled children are cached); a scrape costs the same with 10 or 100k
+tracked objects, because the engine hands over per-worker aggregates, never per-key data.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Protocol, TypeVar
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+
+import fastobs
+
+__all__ = [
+    "API_ERROR_KINDS",
+    "CONTENT_TYPE",
+    "DURATION_BUCKETS",
+    "EVENT_TYPES",
+    "FAILURE_REASONS",
+    "LAG_BUCKETS",
+    "EngineState",
+    "Metrics",
+    "StateProvider",
+]
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""What ``/metrics`` answers with: the classic Prometheus text format, as Go's client."""
+
+EVENT_TYPES = ("Sync", "Added", "Updated", "Deleted")
+RESULTS = ("success", "failure")
+FAILURE_REASONS = ("exit", "timeout", "signal", "spawn_error")
+RETRY_KINDS = ("immediate", "backoff")
+API_OPS = ("list", "watch")
+API_ERROR_KINDS = (
+    "expired", "forbidden", "unauthorized", "not_found", "connection", "timeout", "server", "other",
+)
+
+LAG_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)
+"""Event-to-command lag: 1 ms (an idle fastobs) to 10 min (a deep backlog)."""
+DURATION_BUCKETS = LAG_BUCKETS + (1800.0, 3600.0)
+"""Command run time: commands may legitimately run for an hour."""
+
+# oc observe's HELP texts, verbatim: dashboards built for oc match on them.
+_OC_COUNTS_HELP = "Number of changes observed to the underlying resource."
+_OC_EXEC_HELP = "Item execution latency distributions."
+_OC_NAMES_HELP = "Name list execution latency distributions."
+
+
+@dataclass(slots=True)
+class EngineState:
+    """The engine's figures at scrape time: aggregates only, never per-key data."""
+
+    queue_depth: dict[int, int]
+    """Per worker index: keys waiting to be dispatched (not in flight)."""
+    oldest_pending_seconds: dict[int, float]
+    """Per worker index: age of the oldest waiting key; 0 when none waits."""
+    running: dict[int, int]
+    """Per worker index: commands running now."""
+    longest_running_seconds: dict[int, float]
+    """Per worker index: age of the oldest running command; 0 when none runs."""
+    concurrency_limit: int
+    """Commands that may run at once in total (workers x concurrency)."""
+    tracked_objects: int
+    """Objects the tracker knows (keys with a resourceVersion)."""
+    initial_sync_done: bool
+    """Every key of the first list, and the deletions found then, has been dequeued."""
+    watch_up: bool
+    """A watch stream is open (or a list is in progress after a relist)."""
+    watch_last_activity: float
+    """``time.monotonic()`` of the last watch byte, event or bookmark; 0 = never."""
+    workers_alive: int
+    workers_total: int
+
+
+class StateProvider(Protocol):
+    """What the engine implements so that gauges are read at scrape time."""
+
+    def engine_state(self) -> EngineState: ...
+
+
+_Child = TypeVar("_Child")
+_K = TypeVar("_K")
+
+
+class Metrics:
+    """All of fastobs's series, on one registry owned by the parent process.
+
+    >>> m = Metrics()
+    >>> m.event_received("Sync")
+    >>> b'observe_counts{type="Sync"} 1' in m.exposition()
+    True
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry | None = None,
+        oc_metrics: bool = True,
+        version: str = fastobs.__version__,
+    ) -> None:
+        # A fresh registry by default: tests build many Metrics, and the global default
+        # registry would refuse the second one's names.
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._oc = oc_metrics
+        self._provider: StateProvider | None = None
+        self._started = time.monotonic()
+        # oc's series live in plain dicts: Go's text rendering (no _total, no _created,
+        # integer values) comes from the _OcCollector, and an unused series stays absent.
+        self._oc_counts: dict[str, int] = {}
+        self._oc_exec: dict[tuple[str, str], list[int]] = {}
+        self._oc_names: dict[str, list[int]] = {}
+        self._restarts: dict[int, int] = {}
+        self._define(self.registry)
+        self._preinitialise()
+        self.registry.register(_EngineCollector(self))
+        if oc_metrics:
+            self.registry.register(_OcCollector(self))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self._build_info.labels(python_version=platform.python_version(), version=version).set(1)
+
+    def _define(self, r: CollectorRegistry) -> None:
+        # Label names are declared in sorted order: the exposition lists them so, as Go's.
+        self._events_total = Counter(
+            "fastobs_events", "Watch and list events that passed the filter, by type.", ["type"], registry=r)
+        self._coalesced_total = Counter(
+            "fastobs_events_coalesced",
+            "Pending events replaced by a newer event of the same object before they ran.", registry=r)
+        self._start_lag = Histogram(
+            "fastobs_command_start_lag_seconds",
+            "Time from receiving an event to starting its command.", buckets=LAG_BUCKETS, registry=r)
+        self._end_lag = Histogram(
+            "fastobs_command_end_lag_seconds",
+            "Time from receiving an event to the end of its command (all attempts).",
+            buckets=LAG_BUCKETS, registry=r)
+        self._duration = Histogram(
+            "fastobs_command_duration_seconds", "Run time of a command, all attempts, by result.",
+            ["result"], buckets=DURATION_BUCKETS, registry=r)
+        self._commands_total = Counter(
+            "fastobs_commands", "Commands that ended, by result and event type.", ["result", "type"],
+            registry=r)
+        self._failures_total = Counter(
+            "fastobs_command_failures", "Commands that failed, by reason and code.", ["code", "reason"],
+            registry=r)
+        self._retries_total = Counter(
+            "fastobs_workqueue_retries", "Retries: immediate (--retry-on-exit-code) or backoff (requeue).",
+            ["kind"], registry=r)
+        self._api_requests_total = Counter(
+            "fastobs_api_requests", "List and watch requests sent to the API server.", ["op"], registry=r)
+        self._api_errors_total = Counter(
+            "fastobs_api_errors", "Failed list and watch requests, by kind of failure.", ["kind", "op"],
+            registry=r)
+        self._relists_total = Counter(
+            "fastobs_relists", "Full relists after the first list (expired resourceVersion, errors).",
+            registry=r)
+        self._build_info = Gauge(
+            "fastobs_build_info", "Always 1; the labels name the fastobs and Python versions.",
+            ["python_version", "version"], registry=r)
+
+    def _preinitialise(self) -> None:
+        # Series an alert divides by or takes increase() of must exist at 0 from the start,
+        # or the first failure after a restart is invisible to rate().
+        self._events = {t: self._events_total.labels(type=t) for t in EVENT_TYPES}
+        self._durations = {res: self._duration.labels(result=res) for res in RESULTS}
+        self._commands = {(res, t): self._commands_total.labels(result=res, type=t)
+                          for res in RESULTS for t in EVENT_TYPES}
+        self._failures: dict[tuple[str, str], Counter] = {}
+        self._retries = {k: self._retries_total.labels(kind=k) for k in RETRY_KINDS}
+        self._api_requests = {op: self._api_requests_total.labels(op=op) for op in API_OPS}
+        self._api_errors = {(op, k): self._api_errors_total.labels(kind=k, op=op)
+                            for op in API_OPS for k in API_ERROR_KINDS}
+
+    def set_state_provider(self, provider: StateProvider) -> None:
+        """Read gauges from ``provider.engine_state()`` at every scrape."""
+        self._provider = provider
+
+    # -- hot path: one call per event / command / request; each O(1) -------------------
+
+    def event_received(self, type_: str) -> None:
+        """Count one event that passed the filter (oc: before rendering, command or not)."""
+        _cached(self._events, type_, lambda: self._events_total.labels(type=type_)).inc()
+        if self._oc:
+            self._oc_counts[type_] = self._oc_counts.get(type_, 0) + 1
+
+    def events_coalesced(self, n: int = 1) -> None:
+        self._coalesced_total.inc(n)
+
+    def command_started(self, *, lag_seconds: float) -> None:
+        """Observe the time from the event's receipt to its command's start."""
+        self._start_lag.observe(lag_seconds)
+
+    def command_finished(
+        self,
+        *,
+        type_: str,
+        lag_seconds: float,
+        duration_seconds: float,
+        result: str,
+        reason: str,
+        code: str,
+        attempts: Sequence[tuple[int, float]],
+    ) -> None:
+        """Record one finished command; ``attempts`` holds (exit code, seconds) per attempt."""
+        self._end_lag.observe(lag_seconds)
+        _cached(self._durations, result, lambda: self._duration.labels(result=result)).observe(
+            duration_seconds)
+        key = (result, type_)
+        _cached(self._commands, key, lambda: self._commands_total.labels(result=result, type=type_)).inc()
+        if result != "success":
+            fkey = (reason, code)
+            _cached(self._failures, fkey,
+                    lambda: self._failures_total.labels(code=code, reason=reason)).inc()
+        if self._oc:
+            for exit_code, seconds in attempts:
+                # oc: wall-clock milliseconds truncated to an integer, -1 for signals and spawn errors.
+                entry = self._oc_exec.setdefault((str(exit_code), type_), [0, 0])
+                entry[0] += 1
+                entry[1] += int(seconds * 1000)
+
+    def names_executed(self, *, exit_code: int, seconds: float) -> None:
+        """Record one attempt of the ``--names`` command (oc's name summary)."""
+        if self._oc:
+            entry = self._oc_names.setdefault(str(exit_code), [0, 0])
+            entry[0] += 1
+            entry[1] += int(seconds * 1000)
+
+    def retried(self, kind: str) -> None:
+        """Count a retry: ``immediate`` (--retry-on-exit-code) or ``backoff`` (requeued)."""
+        _cached(self._retries, kind, lambda: self._retries_total.labels(kind=kind)).inc()
+
+    def worker_restarted(self, worker: int) -> None:
+        self._restarts[worker] = self._restarts.get(worker, 0) + 1
+
+    def api_request(self, op: str) -> None:
+        _cached(self._api_requests, op, lambda: self._api_requests_total.labels(op=op)).inc()
+
+    def api_error(self, op: str, kind: str) -> None:
+        key = (op, kind)
+        _cached(self._api_errors, key, lambda: self._api_errors_total.labels(kind=kind, op=op)).inc()
+
+    def relisted(self) -> None:
+        self._relists_total.inc()
+
+    # -- scrape -----------------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus text format 0.0.4, rendered as Go's client renders it."""
+        return render(self.registry)
+
+    def _engine_state(self) -> EngineState | None:
+        if self._provider is None:
+            return None
+        try:
+            return self._provider.engine_state()
+        except Exception:
+            # A broken provider must not take /metrics down with it: the counters still tell a lot.
+            log.exception("reading the engine state for /metrics failed")
+            return None
+
+
+def _cached(cache: dict[_K, _Child], key: _K, make: Callable[[], _Child]) -> _Child:
+    # Labelled children are looked up once per label value, then reused from a plain dict.
+    child = cache.get(key)
+    if child is None:
+        child = cache[key] = make()
+    return child
+
+
+class _EngineCollector:
+    """Scrape-time gauges from the engine's :class:`EngineState`, and worker restarts."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        state = self._m._engine_state()
+        yield self._restarts(state)
+        if state is None:
+            return
+        yield _per_worker("fastobs_workqueue_depth",
+                          "Keys waiting to be dispatched (not in flight), per worker.", state.queue_depth)
+        yield _per_worker("fastobs_workqueue_oldest_pending_seconds",
+                          "Age of the oldest key waiting to be dispatched, per worker.",
+                          state.oldest_pending_seconds)
+        yield _per_worker("fastobs_commands_running", "Commands running now, per worker.", state.running)
+        yield _per_worker("fastobs_workqueue_longest_running_processor_seconds",
+                          "Age of the oldest running command, per worker.", state.longest_running_seconds)
+        yield _gauge("fastobs_concurrency_limit", "Commands that may run at once (workers x concurrency).",
+                     state.concurrency_limit)
+        yield _gauge("fastobs_tracked_objects", "Objects currently known from the list and watch.",
+                     state.tracked_objects)
+        yield _gauge("fastobs_initial_sync_done", "1 once every key of the first list has been dequeued.",
+                     float(state.initial_sync_done))
+        yield _gauge("fastobs_watch_up", "1 while a watch stream (or a relist) is open.",
+                     float(state.watch_up))
+        yield _gauge("fastobs_watch_silence_seconds",
+                     "Seconds since the watch last delivered a byte, event or bookmark "
+                     "(since start-up if it never did).", self._silence(state))
+        yield _gauge("fastobs_workers_alive", "Worker processes running and connected.", state.workers_alive)
+        yield _gauge("fastobs_workers_total", "Worker processes configured (--workers).", state.workers_total)
+
+    def _silence(self, state: EngineState) -> float:
+        last = state.watch_last_activity or self._m._started
+        return max(0.0, time.monotonic() - last)
+
+    def _restarts(self, state: EngineState | None) -> Metric:
+        counts = dict(self._m._restarts)
+        # Every configured worker has a series from the start, so increase() sees its first restart.
+        for worker in range(state.workers_total if state is not None else 0):
+            counts.setdefault(worker, 0)
+        family = Metric("fastobs_worker_restarts", "Worker processes that died and were replaced.", "counter")
+        for worker, n in sorted(counts.items()):
+            family.add_sample("fastobs_worker_restarts_total", {"worker": str(worker)}, n)
+        return family
+
+
+class _OcCollector:
+    """``oc observe``'s three series, with its names, types and HELP texts."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        counts = Metric("observe_counts", _OC_COUNTS_HELP, "counter")
+        for type_, n in sorted(self._m._oc_counts.items()):
+            counts.add_sample("observe_counts", {"type": type_}, n)
+        yield counts
+        yield _summary("observe_exec_durations_milliseconds", _OC_EXEC_HELP,
+                       [({"exit_code": c, "type": t}, v) for (c, t), v in sorted(self._m._oc_exec.items())])
+        yield _summary("observe_name_exec_durations_milliseconds", _OC_NAMES_HELP,
+                       [({"exit_code": c}, v) for c, v in sorted(self._m._oc_names.items())])
+
+
+def _summary(name: str, help_: str, series: Iterable[tuple[dict[str, str], list[int]]]) -> Metric:
+    family = Metric(name, help_, "summary")
+    for labels, (count, total) in series:
+        family.add_sample(name + "_sum", labels, total)
+        family.add_sample(name + "_count", labels, count)
+    return family
+
+
+def _gauge(name: str, help_: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, help_, value=value)
+
+
+def _per_worker(name: str, help_: str, values: dict[int, int] | dict[int, float]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, help_, labels=["worker"])
+    for worker, value in sorted(values.items()):
+        family.add_metric([str(worker)], value)
+    return family
+
+
+# -- text exposition, as Go's client_golang writes it ----------------------------------
+
+_LAST_LABELS = {"le": 1, "quantile": 1}
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """Render ``registry`` in text format 0.0.4.
+
+    Unlike ``prometheus_client.generate_latest``: values print as Go prints them (``2``, not
+    ``2.0``), OpenMetrics-only ``_created`` series are left out, and a family without
+    samples prints nothing (as an unused Go vector).
+    """
+    out: list[str] = []
+    for family in registry.collect():
+        samples = [s for s in family.samples if s.name != family.name + "_created"]
+        if not samples:
+            continue
+        name = family.name
+        mtype = family.type
+        if mtype == "counter" and samples[0].name == name + "_total":
+            name += "_total"
+        elif mtype == "unknown":
+            mtype = "untyped"
+        elif mtype == "info":
+            name, mtype = name + "_info", "gauge"
+        elif mtype == "stateset":
+            mtype = "gauge"
+        help_ = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
+        out.append(f"# HELP {name} {help_}\n# TYPE {name} {mtype}\n")
+        for s in samples:
+            out.append(f"{s.name}{_labels(s.labels)} {go_float(s.value)}\n")
+    return "".join(out).encode()
+
+
+def _labels(labels: dict[str, str]) -> str:
+    if not labels:
+        return ""
+    pairs = sorted(labels.items(), key=lambda kv: (kv[0] in _LAST_LABELS, kv[0]))
+    return "{" + ",".join(f'{k}="{_escape(_le(k, v))}"' for k, v in pairs) + "}"
+
+
+def _le(key: str, value: str) -> str:
+    # prometheus_client writes bucket bounds Python's way ("1.0"); Go writes "1".
+    if key in _LAST_LABELS:
+        try:
+            return go_float(float(value))
+        except ValueError:
+            return value
+    return value
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def go_float(value: float) -> str:
+    """Format ``value`` as Go's ``strconv.FormatFloat(v, 'g', -1, 64)``: ``2``, ``0.5``, ``1e+06``."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if value == int(value) and abs(value) < 1e6:
+        return str(int(value))
+    sign = "-" if value < 0 else ""
+    _, digit_tuple, exponent = Decimal(repr(abs(float(value)))).normalize().as_tuple()
+    assert isinstance(exponent, int)
+    digits = "".join(map(str, digit_tuple))
+    point = len(digits) + exponent  # digits before the decimal point
+    exp = point - 1
+    if exp < -4 or exp >= 6:  # Go's shortest 'g' switches to exponents at 1e6 and below 1e-4
+        mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+        return f"{sign}{mantissa}e{'+' if exp >= 0 else '-'}{abs(exp):02d}"
+    if point <= 0:
+        return f"{sign}0.{'0' * -point}{digits}"
+    if point >= len(digits):
+        return sign + digits + "0" * (point - len(digits))
+    return f"{sign}{digits[:point]}.{digits[point:]}"
