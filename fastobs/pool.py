@@ -1,0 +1,283 @@
+"""Pool: the worker processes, and the dispatch of queued events to them.
+
+Where it sits: in the parent, after the ``sharder``'s queues. In: events popped from
+queue *i*. Out: RUN frames to worker *i*; the frames that come back (BEGUN, DONE,
+OUTPUT, TICK, FATAL) are handed to a :class:`PoolHandler`.
+
+Life cycle: ``start`` spawns every worker and waits for its HELLO; a worker that dies
+(EOF on its socket) is reaped, replaced, and every event that was in flight there goes
+back to the front of its key (``KeyQueue.requeue_processing``), so nothing is lost.
+Workers that die during start-up again and again stop fastobs with ``WorkerBootError``
+instead of a restart loop. ``stop`` asks workers to drain within a grace period.
+
+Invariants: worker *i* has at most ``concurrency + prefetch`` jobs in flight; an event
+is in exactly one place: a queue, a worker's in-flight table, or done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any, Protocol
+
+import orjson
+
+from . import protocol
+from .errors import TemplateError, WorkerBootError
+from .events import Event
+from .queue import KeyQueue
+from .settings import RunSettings
+
+logger = logging.getLogger(__name__)
+
+BOOT_TIMEOUT = 30.0
+MAX_BOOT_FAILURES = 5
+HEARTBEAT_STALE = 10.0
+"""A worker silent for this long is reported unhealthy on /livez."""
+
+
+class PoolHandler(Protocol):
+    def on_begun(self, ev: Event, t: float) -> None: ...
+    def on_done(self, ev: Event, result: dict[str, Any], out: bytes, err: bytes) -> None: ...
+    def on_output(self, ev: Event, fd: int, data: bytes) -> None: ...
+    def on_fatal(self, exc: BaseException) -> None: ...
+    def on_restart(self, index: int) -> None: ...
+    def on_idle(self, index: int) -> None: ...
+
+
+class WorkerProc:
+    """The parent's view of one worker process."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.reader_task: asyncio.Task[None] | None = None
+        self.inflight: dict[int, Event] = {}
+        self.ready = False
+        self.last_tick = 0.0
+        self.maxrss_kib = 0
+        self.running = 0
+        self.boot_failures = 0
+        self.restarts = 0
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid if self.popen else 0
+
+
+class Pool:
+    """Spawns, feeds, watches and restarts the workers."""
+
+    def __init__(
+        self,
+        *,
+        run: RunSettings,
+        queues: list[KeyQueue],
+        handler: PoolHandler,
+        prefetch: int | None = None,
+    ) -> None:
+        self.run_settings = run
+        self.queues = queues
+        self.handler = handler
+        self.capacity = run.concurrency + (prefetch if prefetch is not None else max(2, run.concurrency // 2))
+        self.workers = [WorkerProc(i) for i in range(len(queues))]
+        self._ids = itertools.count(1)
+        self.stopping = False
+        self._config = protocol.json_frame(protocol.CONFIG, run.to_json_dict())
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        await asyncio.gather(*(self._spawn(w) for w in self.workers))
+
+    async def _spawn(self, w: WorkerProc) -> None:
+        """Start worker ``w`` and wait for its HELLO; retries with backoff on boot failures."""
+        while True:
+            try:
+                await self._spawn_once(w)
+                w.boot_failures = 0
+                return
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, protocol.ProtocolError) as exc:
+                w.boot_failures += 1
+                logger.warning("worker %d failed to start (%s), attempt %d", w.index, exc, w.boot_failures)
+                if w.boot_failures >= MAX_BOOT_FAILURES:
+                    raise WorkerBootError(
+                        f"worker {w.index} failed to start {w.boot_failures} times in a row; last error: {exc}"
+                    ) from exc
+                await asyncio.sleep(min(5.0, 0.2 * 2**w.boot_failures))
+
+    async def _spawn_once(self, w: WorkerProc) -> None:
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            w.popen = subprocess.Popen(
+                [sys.executable, "-m", "fastobs.worker", str(child_sock.fileno())],
+                pass_fds=(child_sock.fileno(),),
+                stdin=subprocess.DEVNULL,
+                close_fds=True,
+            )
+        finally:
+            child_sock.close()
+        reader, writer = await asyncio.open_unix_connection(sock=parent_sock, limit=1 << 26)
+        writer.write(self._config)
+        try:
+            kind, payload = await asyncio.wait_for(protocol.read_frame(reader), BOOT_TIMEOUT)
+        except BaseException:
+            writer.close()
+            self._reap(w)
+            raise
+        if kind == protocol.FATAL:
+            writer.close()
+            self._reap(w)
+            raise TemplateError(orjson.loads(payload)["message"])
+        if kind != protocol.HELLO:
+            writer.close()
+            self._reap(w)
+            raise protocol.ProtocolError(f"expected HELLO, got {kind!r}")
+        w.writer = writer
+        w.ready = True
+        w.last_tick = time.monotonic()
+        w.reader_task = asyncio.create_task(self._read_loop(w, reader))
+
+    def _reap(self, w: WorkerProc) -> None:
+        if w.popen is not None:
+            with contextlib.suppress(ProcessLookupError):
+                w.popen.kill()
+            w.popen.wait()
+
+    async def stop(self, grace: float) -> None:
+        """Drain: workers finish (or, after ``grace``, kill) their commands and exit."""
+        self.stopping = True
+        payload = orjson.dumps({"grace": grace})
+        for w in self.workers:
+            if w.writer is not None and not w.writer.is_closing():
+                w.writer.write(protocol.frame(protocol.STOP, payload))
+        deadline = grace + self.run_settings.kill_grace + 5.0
+        await asyncio.gather(*(self._wait_exit(w, deadline) for w in self.workers))
+
+    async def _wait_exit(self, w: WorkerProc, timeout: float) -> None:
+        if w.popen is None:
+            return
+        popen = w.popen
+        try:
+            await asyncio.wait_for(asyncio.to_thread(popen.wait), timeout)
+        except TimeoutError:
+            popen.kill()
+            await asyncio.to_thread(popen.wait)
+        if w.reader_task is not None:
+            w.reader_task.cancel()
+
+    def kill(self) -> None:
+        """Immediate stop (second signal): SIGKILL the workers; their commands get SIGTERM
+        from the workers' parent-death handling, or are killed with them below."""
+        self.stopping = True
+        for w in self.workers:
+            if w.popen is not None and w.popen.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(w.popen.pid, signal.SIGKILL)
+
+    # ------------------------------------------------------------------ dispatch
+
+    def pump(self, i: int) -> None:
+        """Send worker ``i`` as many queued events as its in-flight budget allows."""
+        w = self.workers[i]
+        if not w.ready or self.stopping or w.writer is None:
+            return
+        q = self.queues[i]
+        while len(w.inflight) < self.capacity:
+            ev = q.pop()
+            if ev is None:
+                break
+            job_id = next(self._ids)
+            w.inflight[job_id] = ev
+            header = {
+                "id": job_id,
+                "type": ev.type.value,
+                "ns": ev.namespace,
+                "name": ev.name,
+                "rv": ev.rv,
+                "cached_arg": ev.cached_arg,
+            }
+            w.writer.write(protocol.split_frame(protocol.RUN, header, ev.obj or b""))
+
+    # ------------------------------------------------------------------ frames from a worker
+
+    async def _read_loop(self, w: WorkerProc, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                kind, payload = await protocol.read_frame(reader)
+                self._on_frame(w, kind, payload)
+        except (asyncio.IncompleteReadError, ConnectionError, protocol.ProtocolError):
+            pass
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:  # a bug in a handler must not silently stop this worker's results
+            self.handler.on_fatal(exc)
+            return
+        await self._worker_exited(w)
+
+    def _on_frame(self, w: WorkerProc, kind: bytes, payload: bytes) -> None:
+        if kind == protocol.DONE:
+            header, rest = protocol.parse_split(payload)
+            ev = w.inflight.pop(header["id"])
+            ol = header.pop("ol", 0)
+            self.handler.on_done(ev, header, bytes(rest[:ol]), bytes(rest[ol:]))
+            self.handler.on_idle(w.index)
+        elif kind == protocol.BEGUN:
+            data = orjson.loads(payload)
+            ev = w.inflight.get(data["id"])
+            if ev is not None:
+                self.handler.on_begun(ev, data["t"])
+        elif kind == protocol.OUTPUT:
+            header, rest = protocol.parse_split(payload)
+            ev = w.inflight.get(header["id"])
+            if ev is not None:
+                self.handler.on_output(ev, header["fd"], bytes(rest))
+        elif kind == protocol.TICK:
+            tick = orjson.loads(payload)
+            w.last_tick = time.monotonic()
+            w.running = tick["running"]
+            w.maxrss_kib = tick["maxrss_kib"]
+        elif kind == protocol.FATAL:
+            self.handler.on_fatal(TemplateError(orjson.loads(payload)["message"]))
+
+    async def _worker_exited(self, w: WorkerProc) -> None:
+        w.ready = False
+        if w.writer is not None:
+            w.writer.close()
+            w.writer = None
+        status = w.popen.wait() if w.popen is not None else 0
+        if self.stopping:
+            return
+        lost = len(w.inflight)
+        w.inflight.clear()
+        keys = self.queues[w.index].requeue_processing()
+        logger.warning(
+            "worker %d (pid %d) exited with status %s; restarting it and re-dispatching %d keys (%d jobs in flight)",
+            w.index, w.pid, status, len(keys), lost,
+        )
+        w.restarts += 1
+        self.handler.on_restart(w.index)
+        try:
+            await self._spawn(w)
+        except BaseException as exc:
+            self.handler.on_fatal(exc)
+            return
+        self.pump(w.index)
+
+    # ------------------------------------------------------------------ health
+
+    def alive(self) -> int:
+        return sum(1 for w in self.workers if w.ready)
+
+    def healthy(self) -> bool:
+        now = time.monotonic()
+        return all(w.ready and now - w.last_tick < HEARTBEAT_STALE for w in self.workers) or self.stopping

@@ -1,0 +1,84 @@
+"""Protocol: the framing shared by the parent (``pool``) and the workers (``worker``).
+
+Where it sits: between ``pool`` in the parent and ``worker`` in each worker process, on
+one ``socketpair`` per worker. Frames in, frames out; nothing else travels on it (the
+workers' stdout/stderr are not used for the protocol, so a stray print cannot corrupt it).
+
+Frame layout::
+
+     0               4        5
+     ├───────────────┼────────┼──────────────────────────────┐
+     │ length (u32be)│ kind   │ payload (length - 1 bytes)   │
+     └───────────────┴────────┴──────────────────────────────┘
+
+Kinds are single ASCII bytes (see docs/architecture.md for the table). ``R`` (run) and
+``D`` (done) frames carry a JSON header followed by raw bytes (the object, or the
+command's stdout and stderr) so large payloads are never JSON-escaped.
+
+Invariant: a reader consumes exactly one whole frame per call, or raises
+``asyncio.IncompleteReadError`` at EOF (the peer is gone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+import orjson
+
+VERSION = 1
+
+HELLO = b"H"
+CONFIG = b"C"
+RUN = b"R"
+BEGUN = b"B"
+DONE = b"D"
+OUTPUT = b"O"
+TICK = b"T"
+STOP = b"S"
+FATAL = b"F"
+
+_HEAD = struct.Struct(">IB")
+_U32 = struct.Struct(">I")
+MAX_FRAME = 1 << 30
+"""A frame larger than this means the stream is corrupt (objects are at most ~1.5 MiB)."""
+
+
+class ProtocolError(Exception):
+    """Raised when a frame is malformed (bad length or kind)."""
+
+
+def frame(kind: bytes, payload: bytes) -> bytes:
+    """Encode one frame."""
+    return _HEAD.pack(len(payload) + 1, kind[0]) + payload
+
+
+def json_frame(kind: bytes, data: Any) -> bytes:
+    """Encode a frame whose payload is JSON."""
+    return frame(kind, orjson.dumps(data))
+
+
+def split_frame(kind: bytes, header: dict[str, Any], *blobs: bytes) -> bytes:
+    """Encode a frame as u32 header length + JSON header + raw blobs (run/done frames)."""
+    head = orjson.dumps(header)
+    return frame(kind, _U32.pack(len(head)) + head + b"".join(blobs))
+
+
+def parse_split(payload: bytes) -> tuple[dict[str, Any], memoryview]:
+    """Decode a ``split_frame`` payload into its header and the raw bytes after it."""
+    (hlen,) = _U32.unpack_from(payload, 0)
+    header = orjson.loads(payload[4 : 4 + hlen])
+    if not isinstance(header, dict):
+        raise ProtocolError("frame header is not an object")
+    return header, memoryview(payload)[4 + hlen :]
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """Read one frame; returns (kind, payload)."""
+    head = await reader.readexactly(5)
+    length, kind = _HEAD.unpack(head)
+    if length < 1 or length > MAX_FRAME:
+        raise ProtocolError(f"bad frame length {length}")
+    payload = await reader.readexactly(length - 1) if length > 1 else b""
+    return bytes((kind,)), payload

@@ -1,0 +1,189 @@
+"""Tracker: the parent's per-key memory, and oc observe's rules for deletes and relists.
+
+Where it sits: in the parent, between ``source`` (list items and watch events) and the
+queues. In: events and list boundaries. Out: the events worth running, including
+``Deleted`` events it synthesizes for keys that vanished (relist, ``--names``) or whose
+object was replaced by a new one under the same name (new uid).
+
+Per key it keeps only a small slotted record (resourceVersion, uid, the last
+resourceVersion handled successfully, the list generation it was last seen in, and the
+template output oc caches for deletes). Never the object.
+
+Invariants: with deletion tracking on (``--delete``, ``--names`` or ``--resync-period``),
+every key that disappears produces exactly one ``Deleted``; with it off, deletes are
+dropped silently, as oc does. A relist does not re-run a key whose resourceVersion was
+already handled successfully (a resync does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from .errors import NamesError
+from .events import Event, EventType, ObjectKey
+
+
+class Record:
+    """What the parent remembers about one object."""
+
+    __slots__ = ("rv", "uid", "done_rv", "gen", "arg", "last")
+
+    def __init__(self, rv: str, uid: str, gen: int) -> None:
+        self.rv = rv
+        self.uid = uid
+        self.done_rv = ""
+        self.gen = gen
+        self.arg: str | None = None
+        self.last: bytes | None = None
+
+
+@dataclass(slots=True)
+class TrackerStatistics:
+    tracked: int
+    lists: int
+
+
+Emit = Callable[[Event], None]
+
+
+class Tracker:
+    """Per-key records plus the list bookkeeping that detects vanished keys."""
+
+    def __init__(
+        self,
+        *,
+        emit: Emit,
+        tracking: bool,
+        namespaced: bool,
+        keep_object: bool,
+        clock: Callable[[], float],
+    ) -> None:
+        self.emit = emit
+        self.tracking = tracking
+        self.namespaced = namespaced
+        self.keep_object = keep_object
+        self.clock = clock
+        self.records: dict[ObjectKey, Record] = {}
+        self.gen = 0
+        self.lists = 0
+        self.resync = False
+        self.listed: set[ObjectKey] | None = None
+
+    # ------------------------------------------------------------------ source events
+
+    def list_begin(self, *, resync: bool = False) -> None:
+        self.gen += 1
+        self.lists += 1
+        self.resync = resync
+
+    def list_item(self, ev: Event) -> None:
+        rec = self.records.get(ev.key)
+        if rec is None:
+            self.records[ev.key] = Record(ev.rv, ev.uid, self.gen)
+        else:
+            if rec.uid != ev.uid and rec.uid:
+                self._replaced(ev.key, rec)
+                rec = self.records[ev.key] = Record(ev.rv, ev.uid, self.gen)
+            rec.gen = self.gen
+            if not self.resync and rec.done_rv == ev.rv and rec.rv == ev.rv:
+                return  # already handled successfully at this exact state
+            rec.rv = ev.rv
+        self.emit(ev)
+
+    def list_end(self, known: Iterable[str] | None = None) -> None:
+        """After the last page: emit ``Deleted`` for known keys missing from the list.
+
+        ``known`` is the ``--names`` output (it replaces the in-memory set, as in oc).
+        """
+        gen = self.gen
+        if known is None:
+            vanished = [k for k, r in self.records.items() if r.gen != gen]
+            for key in vanished:
+                rec = self.records.pop(key)
+                if self.tracking:
+                    self.emit(self._synth_delete(key, rec))
+        else:
+            for raw in known:
+                key = ObjectKey(raw)
+                rec = self.records.get(key)
+                if rec is not None and rec.gen == gen:
+                    continue
+                if rec is not None:
+                    del self.records[key]
+                self.emit(self._synth_delete(key, rec))
+            # Keys neither listed nor named are forgotten (oc only deletes what --names knows).
+            for key in [k for k, r in self.records.items() if r.gen != gen]:
+                del self.records[key]
+        self.resync = False
+
+    def watch_event(self, ev: Event) -> None:
+        key = ev.key
+        rec = self.records.get(key)
+        if ev.type is EventType.DELETED:
+            if rec is not None:
+                del self.records[key]
+            if self.tracking:
+                self.emit(ev)
+            return
+        if rec is None:
+            self.records[key] = Record(ev.rv, ev.uid, self.gen)
+        elif rec.uid != ev.uid and rec.uid:
+            # Deleted and recreated while we were not watching: the old object's delete
+            # must run before the new object's command.
+            self._replaced(key, rec)
+            self.records[key] = Record(ev.rv, ev.uid, self.gen)
+        else:
+            rec.rv = ev.rv
+        self.emit(ev)
+
+    # ------------------------------------------------------------------ results
+
+    def handled(self, ev: Event, *, ok: bool, arg: str | None) -> None:
+        """A command for ``ev`` finished: remember what oc caches for later deletes."""
+        if ev.type is EventType.DELETED:
+            return
+        rec = self.records.get(ev.key)
+        if rec is None or rec.uid != ev.uid:
+            return
+        if ok:
+            rec.done_rv = ev.rv
+        if self.tracking:
+            rec.arg = arg
+            if self.keep_object:
+                rec.last = ev.obj
+
+    def statistics(self) -> TrackerStatistics:
+        return TrackerStatistics(tracked=len(self.records), lists=self.lists)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _replaced(self, key: ObjectKey, rec: Record) -> None:
+        if self.tracking:
+            self.emit(self._synth_delete(key, rec))
+
+    def _synth_delete(self, key: ObjectKey, rec: Record | None) -> Event:
+        """A ``Deleted`` for a key we no longer see, carrying oc's cached state."""
+        ns, name = self.split_key(key)
+        return Event(
+            type=EventType.DELETED,
+            key=key,
+            namespace=ns,
+            name=name,
+            uid=rec.uid if rec else "",
+            rv="",
+            obj=rec.last if rec else None,
+            received=self.clock(),
+            backlog=False,
+            cached_arg=rec.arg if rec else None,
+        )
+
+    def split_key(self, key: str) -> tuple[str, str]:
+        """oc's key parsing for --names keys: ``ns/name`` or ``name``; more slashes is an error."""
+        parts = key.split("/")
+        if len(parts) > 2:
+            raise NamesError(f'unexpected key format: "{key}"')
+        if len(parts) == 2:
+            ns, name = parts
+            return (ns, name) if self.namespaced else ("", name)
+        return "", parts[0]

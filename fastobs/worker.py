@@ -1,0 +1,160 @@
+"""Worker: one worker process; runs the jobs the parent sends, at most ``concurrency`` at once.
+
+Where it sits: started by ``pool`` as ``python -m fastobs.worker FD``, connected to the
+parent by the socket ``FD``. In: CONFIG then RUN/STOP frames. Out: HELLO, BEGUN, DONE,
+OUTPUT, TICK and FATAL frames (see ``protocol``).
+
+Threading model: one uvloop loop; a task per job, gated by a semaphore. Commands are
+spawned with Popen + pidfd (``spawn``), never with the loop's subprocess support.
+
+Invariants: never more than ``concurrency`` children at once; jobs start in the order
+they arrive; when the parent goes away (EOF on the socket, even after a SIGKILL) the
+worker stops every running command's process group and exits. The worker never imports
+the Kubernetes client, so it starts fast and stays small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from . import protocol
+from .errors import TemplateError
+from .settings import RunSettings
+
+HEARTBEAT_SECONDS = 1.0
+
+
+class Worker:
+    """The worker's state: the runner, the running jobs and the channel to the parent."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.spawned = 0
+        self.stopping = False
+
+    def send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def serve(self) -> int:
+        from .runner import Runner  # imported after the handshake starts: keeps boot light
+
+        kind, payload = await protocol.read_frame(self.reader)
+        if kind != protocol.CONFIG:
+            return 2
+        settings = RunSettings.from_json_dict(orjson.loads(payload))
+        try:
+            runner = Runner(settings)
+        except TemplateError as exc:
+            self.send(protocol.json_frame(protocol.FATAL, {"message": exc.message}))
+            await self.writer.drain()
+            return 2
+        self.runner = runner
+        self.slots = asyncio.Semaphore(settings.concurrency)
+        self.stream = settings.output_mode == "stream"
+        self.send(protocol.json_frame(protocol.HELLO, {"v": protocol.VERSION, "pid": os.getpid()}))
+        ticker = asyncio.create_task(self._heartbeat())
+        try:
+            await self._read_loop()
+        finally:
+            ticker.cancel()
+        return 0
+
+    async def _read_loop(self) -> None:
+        while True:
+            try:
+                kind, payload = await protocol.read_frame(self.reader)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                # The parent is gone: stop everything we started.
+                await self._cancel_all()
+                return
+            if kind == protocol.RUN:
+                header, obj = protocol.parse_split(payload)
+                task = asyncio.create_task(self._job(header, bytes(obj) if len(obj) else None))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            elif kind == protocol.STOP:
+                grace = float(orjson.loads(payload).get("grace", 0)) if payload else 0.0
+                await self._drain(grace)
+                return
+
+    async def _job(self, header: dict[str, Any], obj: bytes | None) -> None:
+        async with self.slots:
+            self.spawned += 1
+            job_id = header["id"]
+
+            def begun(t: float) -> None:
+                self.send(protocol.json_frame(protocol.BEGUN, {"id": job_id, "t": t}))
+
+            def line(fd: int, data: bytes) -> None:
+                self.send(protocol.split_frame(protocol.OUTPUT, {"id": job_id, "fd": fd}, data))
+
+            result, out, err = await self.runner.run(header, obj, begun, line if self.stream else None)
+            if "fatal" in result:
+                self.send(protocol.json_frame(protocol.FATAL, {"message": result["fatal"], "id": job_id}))
+                return
+            result["ol"] = len(out)
+            self.send(protocol.split_frame(protocol.DONE, result, out, err))
+
+    async def _heartbeat(self) -> None:
+        while True:
+            rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            tick = {"running": len(self.tasks), "spawned": self.spawned, "maxrss_kib": rss_kib, "t": time.monotonic()}
+            self.send(protocol.json_frame(protocol.TICK, tick))
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def _drain(self, grace: float) -> None:
+        """Graceful stop: running commands get ``grace`` seconds, then their groups are killed."""
+        self.stopping = True
+        if self.tasks:
+            _, pending = await asyncio.wait(set(self.tasks), timeout=grace if grace > 0 else None)
+            if pending:
+                await self._cancel_all()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.drain()
+
+    async def _cancel_all(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=30)
+
+
+async def _amain(fd: int) -> int:
+    sock = socket.socket(fileno=fd)
+    reader, writer = await asyncio.open_unix_connection(sock=sock, limit=1 << 26)
+    worker = Worker(reader, writer)
+    try:
+        return await worker.serve()
+    finally:
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    # The parent coordinates shutdown: a terminal's Ctrl-C reaches the whole process group,
+    # and the worker must not die before its commands are dealt with.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        import uvloop
+
+        return uvloop.run(_amain(int(args[0])))
+    except ImportError:  # pragma: no cover - uvloop is a dependency; stay usable without it
+        return asyncio.run(_amain(int(args[0])))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
