@@ -1,0 +1,460 @@
+"""Source: list + watch one resource and turn the HTTP streams into events.
+
+Where it sits: after ``kube`` (which authenticates and resolves the resource) and
+before ``tracker``. In: the apiserver's paginated list responses and its watch stream
+(newline-delimited ``{"type": ..., "object": ...}`` lines). Out: calls on a
+:class:`Sink` -- list boundaries, ``Sync`` items, live ``Added``/``Updated``/``Deleted``
+events -- each carrying the object's raw JSON bytes, and :class:`SourceStats`.
+
+Invariant: no change is missed. A watch always resumes from the last resourceVersion
+seen (events and bookmarks move it); when the server says that version is gone (HTTP
+410, an in-stream ``ERROR`` event, an expired continue token) the source relists, and
+the sink's ``list_end`` lets the tracker detect keys that vanished meanwhile. The
+source keeps no parsed objects beyond the list page being read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+
+from fastobs.errors import ListErrorLimit
+from fastobs.events import Event, EventType, object_key
+from fastobs.kube import KubeClient, Resource, status_message
+
+log = logging.getLogger(__name__)
+
+_WATCH_TYPES = {"ADDED": EventType.ADDED, "MODIFIED": EventType.UPDATED, "DELETED": EventType.DELETED}
+_BACKOFF_START = 0.8
+_BACKOFF_CAP = 30.0
+_LIST_RETRY_DELAY = 1.0
+"""oc retries a failed list about once a second (client-go's reflector period)."""
+_WATCH_SECONDS = (300, 600)
+"""Server-side watch duration, randomized like client-go so many clients do not
+reconnect in lockstep."""
+_SHORT_WATCH = 1.0
+"""A watch that ends normally within this many seconds without a single line is
+treated as a failure (client-go's "very short watch"), so a broken server cannot
+make the source spin."""
+_CONNECT_TIMEOUT = 30.0
+_OBJECT_MARK = b'","object":'
+
+
+class Sink(Protocol):
+    """Receives what the source produces (implemented by ``tracker``).
+
+    A ``list_begin`` may follow another ``list_begin`` without a ``list_end`` when a
+    list failed half-way; the later one starts over.
+    """
+
+    def list_begin(self, *, relist: bool) -> None: ...
+
+    def list_item(self, ev: Event) -> None: ...
+
+    def list_end(self) -> None: ...
+
+    def watch_event(self, ev: Event) -> None: ...
+
+    def watch_status(self, up: bool) -> None: ...
+
+    async def wait_capacity(self) -> None: ...
+
+
+@dataclass
+class SourceStats:
+    """Everything the source does that metrics may report; mutated in place."""
+
+    list_requests: int = 0
+    watch_requests: int = 0
+    relists: int = 0
+    errors: dict[tuple[str, str], int] = field(default_factory=dict)
+    """(op "list"|"watch", kind) -> count; kinds: expired, forbidden, unauthorized,
+    not_found, connection, timeout, server (5xx, 429), other."""
+    last_activity: float = 0.0
+    """time.monotonic() of the last byte, event or bookmark received."""
+    watch_up: bool = False
+    list_errors: int = 0
+    """Failed lists, run-wide (never reset): compared with --maximum-errors."""
+    lists_completed: int = 0
+    events: dict[str, int] = field(default_factory=dict)
+    """EventType value -> events delivered to the sink."""
+    bookmarks: int = 0
+    bytes_received: int = 0
+    resource_version: str = ""
+    """The resourceVersion the next watch resumes from."""
+
+    def count_error(self, op: str, kind: str) -> None:
+        self.errors[(op, kind)] = self.errors.get((op, kind), 0) + 1
+
+    def count_events(self, etype: EventType, n: int = 1) -> None:
+        self.events[etype.value] = self.events.get(etype.value, 0) + n
+
+
+class _Next(Enum):
+    """What the run loop does after a watch connection ends."""
+
+    RESUME = "resume"
+    RELIST = "relist"
+
+
+class _Failure(Exception):
+    """An HTTP/stream failure, classified for stats and the retry policy."""
+
+    def __init__(self, kind: str, message: str, *, retry_now: bool = False) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.retry_now = retry_now
+        """The connection had worked: reconnect at once rather than after a backoff."""
+
+
+def _status_kind(status: int) -> str:
+    if status == 410:
+        return "expired"
+    if status == 403:
+        return "forbidden"
+    if status == 401:
+        return "unauthorized"
+    if status == 404:
+        return "not_found"
+    if status == 429 or status >= 500:
+        return "server"
+    return "other"
+
+
+class _Backoff:
+    """0.8 s doubling to 30 s with ±20% jitter; reset by a healthy watch."""
+
+    def __init__(self) -> None:
+        self._next = _BACKOFF_START
+
+    def reset(self) -> None:
+        self._next = _BACKOFF_START
+
+    def delay(self) -> float:
+        d = self._next
+        self._next = min(self._next * 2, _BACKOFF_CAP)
+        return d * random.uniform(0.8, 1.2)
+
+
+class Source:
+    """Lists then watches one resource forever, relisting when the server requires it."""
+
+    def __init__(self, client: KubeClient, resource: Resource, *, namespace: str | None,
+                 label_selector: str, field_selector: str, sink: Sink, maximum_errors: int,
+                 read_timeout: float = 90.0, page_size: int = 500,
+                 on_stats: Callable[[], None] | None = None) -> None:
+        self._client = client
+        self._resource = resource
+        self._path = resource.collection_path(namespace)
+        self._selectors = {k: v for k, v in (("labelSelector", label_selector),
+                                              ("fieldSelector", field_selector)) if v}
+        self._sink = sink
+        self._maximum_errors = maximum_errors
+        self._read_timeout = read_timeout
+        self._page_size = page_size
+        self._on_stats = on_stats
+        self.stats = SourceStats()
+        self._rv = ""
+        self._listed = False
+        self._relist_requested = False
+        self._wake = asyncio.Event()
+        self._watch_task: asyncio.Future[_Next] | None = None
+        self._backoff = _Backoff()
+
+    # ------------------------------------------------------------------ control
+
+    async def run(self) -> None:
+        """List, then watch from the list's resourceVersion, forever."""
+        need_list = True
+        while True:
+            if need_list or self._relist_requested:
+                await self._list_until_success()
+            need_list = await self._watch_cycle() is _Next.RELIST
+
+    def request_relist(self) -> None:
+        """Make the next cycle a full relist (``--resync-period``); interrupts the watch."""
+        self._relist_requested = True
+        self._wake.set()
+        if self._watch_task is not None and not self._watch_task.done():
+            self._watch_task.cancel()
+
+    def _changed(self) -> None:
+        if self._on_stats is not None:
+            self._on_stats()
+
+    async def _sleep(self, delay: float) -> None:
+        """Sleep, cut short by request_relist."""
+        if delay <= 0:
+            return
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), delay)
+        except TimeoutError:
+            pass
+
+    # --------------------------------------------------------------------- list
+
+    async def _list_until_success(self) -> None:
+        """One full list; failures are logged, counted, and retried about once a second."""
+        paginate = True
+        while True:
+            try:
+                self._rv = await self._list(paginate)
+                self.stats.resource_version = self._rv
+                self._relist_requested = False
+                return
+            except _Failure as f:
+                self.stats.count_error("list", f.kind)
+                self._changed()
+                if f.kind == "expired" and paginate:
+                    # The continue token expired mid-list: start over in one request
+                    # (client-go's pager does the same), which cannot expire again.
+                    log.warning("list of %s: continue token expired; listing again without pages",
+                                self._resource.resource)
+                    paginate = False
+                    continue
+                self._count_list_failure(f.message)
+                await self._sleep(_LIST_RETRY_DELAY)
+
+    def _count_list_failure(self, message: str) -> None:
+        self.stats.list_errors += 1
+        log.error("failed to list %s: %s", self._resource.resource, message)
+        limit = self._maximum_errors
+        if limit != -1 and self.stats.list_errors > limit:
+            raise ListErrorLimit(f"Maximum list errors of {limit} reached, exiting")
+
+    async def _list(self, paginate: bool) -> str:
+        """Read every page and feed the sink; returns the list's resourceVersion."""
+        if self._listed:
+            self.stats.relists += 1
+        self._sink.list_begin(relist=self._listed)
+        params = dict(self._selectors)
+        if paginate and self._page_size > 0:
+            params["limit"] = str(self._page_size)
+        while True:
+            await self._sink.wait_capacity()
+            body = await self._get_page(params)
+            rv, cont = self._emit_page(body)
+            if not cont:
+                break
+            params["continue"] = cont
+        self._sink.list_end()
+        self._listed = True
+        self.stats.lists_completed += 1
+        self._changed()
+        return rv
+
+    async def _get_page(self, params: dict[str, str]) -> bytes:
+        self.stats.list_requests += 1
+        timeout = aiohttp.ClientTimeout(total=self._client.default_timeout().total,
+                                        sock_connect=_CONNECT_TIMEOUT, sock_read=self._read_timeout)
+        try:
+            resp = await self._client.request("GET", self._path, params, timeout=timeout)
+            async with resp:
+                body = await resp.read()
+        except TimeoutError:
+            raise _Failure("timeout", f"timed out talking to {self._client.server}") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _Failure("connection", _describe(exc)) from None
+        self.stats.bytes_received += len(body)
+        self.stats.last_activity = time.monotonic()
+        if resp.status != 200:
+            raise _Failure(_status_kind(resp.status), status_message(resp.status, body))
+        return body
+
+    def _emit_page(self, body: bytes) -> tuple[str, str]:
+        """Hand a page's items to the sink as Sync events; returns (resourceVersion, continue)."""
+        try:
+            doc = orjson.loads(body)
+            items: list[dict[str, Any]] = doc.get("items") or []
+            meta = doc.get("metadata") or {}
+        except (orjson.JSONDecodeError, AttributeError):
+            raise _Failure("other", "the server returned an invalid list") from None
+        kind = str(doc.get("kind") or "").removesuffix("List") or self._resource.kind
+        api_version = doc.get("apiVersion") or ""
+        received = time.monotonic()
+        sink = self._sink
+        for item in items:
+            md = item.get("metadata") or {}
+            ns = md.get("namespace") or ""
+            name = md.get("name") or ""
+            # List items carry no apiVersion/kind; commands expect whole objects.
+            raw = orjson.dumps({"apiVersion": api_version, "kind": kind, **item})
+            sink.list_item(Event(EventType.SYNC, object_key(ns, name), ns, name, md.get("uid") or "",
+                                 md.get("resourceVersion") or "", raw, received, backlog=True))
+        self.stats.count_events(EventType.SYNC, len(items))
+        return str(meta.get("resourceVersion") or ""), str(meta.get("continue") or "")
+
+    # -------------------------------------------------------------------- watch
+
+    async def _watch_cycle(self) -> _Next:
+        """One watch connection plus the delay the outcome calls for."""
+        task = asyncio.ensure_future(self._watch_once())
+        self._watch_task = task
+        try:
+            started = time.monotonic()
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and self._relist_requested and not (current and current.cancelling()):
+                return _Next.RELIST
+            raise
+        except _Failure as f:
+            return await self._after_failure(f, time.monotonic() - started)
+        finally:
+            self._watch_task = None
+
+    async def _after_failure(self, f: _Failure, lasted: float) -> _Next:
+        self.stats.count_error("watch", f.kind)
+        self._changed()
+        if f.kind == "expired":
+            log.info("watch of %s: %s; relisting", self._resource.resource, f.message)
+            return _Next.RELIST
+        if f.kind in ("connection", "timeout", "server") or (f.kind == "unauthorized"):
+            log.warning("watch of %s failed: %s; resuming from resourceVersion %s",
+                        self._resource.resource, f.message, self._rv)
+            if f.retry_now:
+                self._backoff.reset()
+            else:
+                await self._sleep(self._backoff.delay())
+            return _Next.RELIST if self._relist_requested else _Next.RESUME
+        # Anything else (forbidden, not found, an ERROR event) ends the cycle like
+        # client-go's reflector: relist after a pause, and the list counts its failures.
+        log.warning("watch of %s ended with error: %s; relisting", self._resource.resource, f.message)
+        await self._sleep(self._backoff.delay())
+        return _Next.RELIST
+
+    def _watch_params(self) -> dict[str, str]:
+        params = dict(self._selectors)
+        params.update(watch="1", resourceVersion=self._rv, allowWatchBookmarks="true",
+                      timeoutSeconds=str(random.randint(*_WATCH_SECONDS)))
+        return params
+
+    async def _watch_once(self) -> _Next:
+        """One watch request, read to its end; raises _Failure."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT,
+                                        sock_read=self._read_timeout)
+        self.stats.watch_requests += 1
+        started = time.monotonic()
+        try:
+            resp = await self._client.request("GET", self._path, self._watch_params(), timeout=timeout)
+        except TimeoutError:
+            raise _Failure("timeout", f"timed out connecting to {self._client.server}") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _Failure("connection", _describe(exc)) from None
+        async with resp:
+            if resp.status != 200:
+                body = await resp.read()
+                raise _Failure(_status_kind(resp.status), status_message(resp.status, body))
+            self._set_up(True)
+            try:
+                lines = await self._read_stream(resp)
+            finally:
+                self._set_up(False)
+        if lines:
+            self._backoff.reset()
+        elif time.monotonic() - started < _SHORT_WATCH:
+            raise _Failure("other", "the watch ended at once without events")
+        return _Next.RESUME
+
+    def _set_up(self, up: bool) -> None:
+        self.stats.watch_up = up
+        self._sink.watch_status(up)
+        self._changed()
+
+    async def _read_stream(self, resp: aiohttp.ClientResponse) -> int:
+        """Split the body on newlines (no length limit) and handle each line."""
+        content = resp.content
+        sink = self._sink
+        pending: list[bytes] = []
+        handled = 0
+        while True:
+            await sink.wait_capacity()
+            try:
+                chunk = await content.readany()
+            except TimeoutError:
+                # The server answered and then went silent (half-open connection):
+                # the read timeout already paced this, so reconnect at once.
+                raise _Failure("timeout", f"no data for {self._read_timeout:g} s on the watch",
+                               retry_now=True) from None
+            except (aiohttp.ClientError, OSError) as exc:
+                raise _Failure("connection", _describe(exc), retry_now=handled > 0) from None
+            if not chunk:
+                return handled
+            now = time.monotonic()
+            self.stats.last_activity = now
+            self.stats.bytes_received += len(chunk)
+            start = 0
+            nl = chunk.find(b"\n")
+            while nl >= 0:
+                if pending:
+                    pending.append(chunk[start:nl])
+                    line = b"".join(pending)
+                    pending.clear()
+                else:
+                    line = chunk[start:nl]
+                if line:
+                    self._on_line(line, now)
+                    handled += 1
+                start = nl + 1
+                nl = chunk.find(b"\n", start)
+            if start < len(chunk):
+                pending.append(chunk[start:])
+            self._changed()
+
+    def _on_line(self, line: bytes, received: float) -> None:
+        try:
+            doc = orjson.loads(line)
+            etype = doc["type"]
+            obj = doc["object"]
+            md = obj.get("metadata") or {}
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise _Failure("other", "the server sent an invalid watch event") from None
+        if etype == "BOOKMARK":
+            self._rv = md.get("resourceVersion") or self._rv
+            self.stats.resource_version = self._rv
+            self.stats.bookmarks += 1
+            return
+        if etype == "ERROR":
+            code = obj.get("code") or 0
+            kind = "expired" if code == 410 else _status_kind(int(code)) if code else "other"
+            raise _Failure(kind, str(obj.get("message") or f"watch error {code}"))
+        event_type = _WATCH_TYPES.get(etype)
+        if event_type is None:
+            log.warning("ignoring a watch event of unknown type %r", etype)
+            return
+        ns = md.get("namespace") or ""
+        name = md.get("name") or ""
+        rv = md.get("resourceVersion") or ""
+        self._sink.watch_event(Event(event_type, object_key(ns, name), ns, name, md.get("uid") or "",
+                                     rv, _object_bytes(line, obj), received))
+        self.stats.count_events(event_type)
+        if rv:
+            self._rv = rv
+            self.stats.resource_version = rv
+
+
+def _object_bytes(line: bytes, obj: Any) -> bytes:
+    """The object's JSON exactly as the server sent it, sliced out of the event line.
+
+    The apiserver encodes ``{"type":"X","object":{...}}``; anything else is re-encoded.
+    """
+    p = line.find(_OBJECT_MARK, 9, 64)
+    if p > 0 and line.startswith(b'{"type":"') and line.endswith(b"}"):
+        return line[p + len(_OBJECT_MARK):-1]
+    return orjson.dumps(obj)
+
+
+def _describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
