@@ -1,0 +1,162 @@
+"""Go ``encoding/json`` bytes for objects: what kubectl would have printed.
+
+Where it sits: the ``runner`` (worker side) calls :func:`kubectl_json` to build the
+``--object-env-var`` value, and ``template`` calls :func:`go_json` to print maps and lists
+found by a JSONPath expression.
+
+In: a decoded JSON value (``dict``/``list``/``str``/``int``/``float``/``bool``/``None``).
+Out: the exact bytes Go's ``encoding/json`` gives for the same value, as kubectl's
+unstructured encoder uses it: compact, map keys sorted at every level, ``<`` ``>`` ``&``
+and U+2028/U+2029 escaped as ``\\u003c``-style sequences, other non-ASCII raw UTF-8, and
+floats formatted as Go formats them (``1.0`` → ``1``, ``1e20`` → ``100000000000000000000``).
+
+Invariant: the common case is one ``orjson.dumps`` call plus byte scans done in C; the slow
+path (re-encoding floats) runs only for objects that really hold floats.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import orjson
+
+__all__ = ["go_json", "go_json_float", "kubectl_json"]
+
+_OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+
+# orjson writes a float as a number token holding "." or "e", always right after ":" "[" or ","
+# and right before "," "]" or "}". Integers past int64 (19+ digits) are floats to Go too.
+# Strings may match as well (a false positive only costs a walk); a real float is never missed.
+_FLOAT_HINT = re.compile(rb"[:,\[]-?[0-9]+(?:\.[0-9]+(?:e[+-]?[0-9]+)?|e[+-]?[0-9]+)[,\]}]|[0-9]{19}")
+
+_HTML_ESCAPES = (
+    (b"<", b"\\u003c"),
+    (b">", b"\\u003e"),
+    (b"&", b"\\u0026"),
+    ("\u2028".encode(), b"\\u2028"),
+    ("\u2029".encode(), b"\\u2029"),
+)
+
+
+def kubectl_json(obj: Any) -> bytes:
+    """Return the bytes kubectl's default JSON encoder writes for ``obj``, ending in one ``\\n``."""
+    return go_json(obj) + b"\n"
+
+
+def go_json(obj: Any) -> bytes:
+    """Return Go ``json.Marshal(obj)`` for a decoded JSON value (compact, sorted, HTML-escaped)."""
+    if _is_go_float(obj):
+        return go_json_float(float(obj)).encode()
+    try:
+        out = orjson.dumps(obj, option=_OPTS)
+    except orjson.JSONEncodeError:
+        # Only integers beyond 64 bits get here; Go holds them as float64.
+        out = orjson.dumps(_go_floats(obj), option=_OPTS)
+    else:
+        if _FLOAT_HINT.search(out) is not None and _has_float(obj):
+            out = orjson.dumps(_go_floats(obj), option=_OPTS)
+    return _escape_html(out)
+
+
+def _escape_html(out: bytes) -> bytes:
+    # Each "in" test is a C memchr/memmem; objects without these bytes are returned as-is.
+    for raw, escaped in _HTML_ESCAPES:
+        if raw in out:
+            out = out.replace(raw, escaped)
+    return out
+
+
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+
+
+def _is_go_float(value: Any) -> bool:
+    """Whether Go's unstructured decoding would hold ``value`` as a float64."""
+    if isinstance(value, float):
+        return True
+    return type(value) is int and not _INT64_MIN <= value <= _INT64_MAX
+
+
+def _has_float(value: Any) -> bool:
+    if _is_go_float(value):
+        return True
+    if isinstance(value, dict):
+        return any(_has_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_float(v) for v in value)
+    return False
+
+
+def _go_floats(value: Any) -> Any:
+    """Copy ``value`` with every float replaced by its Go JSON spelling as a raw fragment."""
+    if _is_go_float(value):
+        return orjson.Fragment(go_json_float(float(value)).encode())
+    if isinstance(value, dict):
+        return {k: _go_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_go_floats(v) for v in value]
+    return value
+
+
+def go_json_float(value: float) -> str:
+    """Spell a float64 as Go's ``encoding/json`` does (``'f'`` format, ``'e'`` outside [1e-6, 1e21))."""
+    if math.isnan(value) or math.isinf(value):
+        # Go refuses to encode these; JSON decoders never produce them.
+        raise ValueError(f"json: unsupported value: {value!r}")
+    digits, point = shortest_digits(value)
+    sign = "-" if math.copysign(1.0, value) < 0 else ""
+    magnitude = abs(value)
+    if magnitude != 0 and (magnitude < 1e-6 or magnitude >= 1e21):
+        return sign + _exponent_form(digits, point, min_exp_digits=1)
+    return sign + _fixed_form(digits, point)
+
+
+def shortest_digits(value: float) -> tuple[str, int]:
+    """Shortest round-trip decimal digits of ``|value|`` and the decimal point position.
+
+    ``digits`` has no leading or trailing zeros (``"0"`` for zero); the value is
+    ``0.<digits> × 10**point``, as in Go's ``strconv`` internals.
+    """
+    text = repr(abs(value))
+    mantissa, _, exp_text = text.partition("e")
+    whole, _, frac = mantissa.partition(".")
+    raw = (whole + frac).lstrip("0")
+    point = len(whole) + (int(exp_text) if exp_text else 0)
+    if not raw:
+        return "0", 1
+    point -= len(whole + frac) - len((whole + frac).lstrip("0"))
+    return raw.rstrip("0"), point
+
+
+def _fixed_form(digits: str, point: int) -> str:
+    if digits == "0":
+        return "0"
+    if point <= 0:
+        return "0." + "0" * -point + digits
+    if point >= len(digits):
+        return digits + "0" * (point - len(digits))
+    return digits[:point] + "." + digits[point:]
+
+
+def _exponent_form(digits: str, point: int, *, min_exp_digits: int) -> str:
+    exp = point - 1 if digits != "0" else 0
+    head = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+    exp_sign = "-" if exp < 0 else "+"
+    return f"{head}e{exp_sign}{abs(exp):0{min_exp_digits}d}"
+
+
+def go_format_float(value: float) -> str:
+    """Spell a float64 as Go's ``fmt`` ``%v`` does (``strconv`` ``'g'`` with shortest digits)."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    digits, point = shortest_digits(value)
+    sign = "-" if math.copysign(1.0, value) < 0 else ""
+    exp = point - 1 if digits != "0" else 0
+    # Go: with shortest formatting, %e is chosen when exp < -4 or exp >= 6 (eprec = 6).
+    if exp < -4 or exp >= 6:
+        return sign + _exponent_form(digits, point, min_exp_digits=2)
+    return sign + _fixed_form(digits, point)

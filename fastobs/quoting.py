@@ -1,0 +1,105 @@
+"""Header lines as ``oc observe`` prints them before each command.
+
+Where it sits: the ``pool`` (parent side) writes one header line per handled event unless
+``-q``; it calls :func:`header_line` with the event type, resourceVersion and the argv the
+``runner`` builds.
+
+In: a Unix time, an event type, a resourceVersion and an argv. Out: text without the final
+newline, byte-for-byte what oc prints: ``# <TS> <Type> <rv>\\t<command line>``.
+
+Invariants: an argv element is Go-quoted (``strconv.Quote``) exactly when it is empty or holds
+a double quote, a backslash or an ASCII space, as oc does; elements that came from undecodable
+bytes (surrogate escapes) are quoted as the bytes Go would have seen. The timestamp is Go RFC
+3339 with whole seconds in the local zone, formatted once per second.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+__all__ = ["format_cmdline", "go_quote", "header_line", "rfc3339_local"]
+
+_SHORT_ESCAPES = {
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+    '"': '\\"',
+    "\\": "\\\\",
+}
+
+
+def go_quote(s: str) -> str:
+    """Return Go's ``strconv.Quote(s)``: a double-quoted literal with Go escapes."""
+    if s.isascii() and s.isprintable() and '"' not in s and "\\" not in s:
+        return '"' + s + '"'
+    return '"' + "".join(map(_escape_char, s)) + '"'
+
+
+def _escape_char(ch: str) -> str:
+    short = _SHORT_ESCAPES.get(ch)
+    if short is not None:
+        return short
+    if ch.isprintable():
+        return ch
+    code = ord(ch)
+    if code < 0x20 or code == 0x7F:
+        return f"\\x{code:02x}"
+    if 0xDC80 <= code <= 0xDCFF:
+        # A byte that was not valid UTF-8 (os.fsdecode's surrogateescape): Go sees that byte.
+        return f"\\x{code - 0xDC00:02x}"
+    if 0xD800 <= code <= 0xDFFF:
+        return "\\ufffd"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def _needs_quoting(arg: str) -> bool:
+    return not arg or '"' in arg or "\\" in arg or " " in arg
+
+
+def format_cmdline(argv: Sequence[str]) -> str:
+    """Return the command line oc prints: elements joined by spaces, some Go-quoted."""
+    return " ".join(go_quote(arg) if _needs_quoting(arg) else arg for arg in argv)
+
+
+def header_line(ts: str, type_: str, rv: str, argv: Sequence[str]) -> str:
+    """Return ``# <ts> <type> <rv>\\t<command line>`` (no trailing newline)."""
+    return f"# {ts} {type_} {rv}\t{format_cmdline(argv)}"
+
+
+_last_second: int | None = None
+_last_stamp = ""
+
+
+def rfc3339_local(epoch: float) -> str:
+    """Return Go's RFC 3339 time (whole seconds, local zone) for a Unix time.
+
+    ``2024-05-01T12:00:00Z`` when the local offset is zero, ``2024-05-01T14:00:00+02:00``
+    otherwise. The last formatted second is cached: headers come in bursts.
+    """
+    global _last_second, _last_stamp
+    second = math.floor(epoch)
+    if second == _last_second:
+        return _last_stamp
+    stamp = _format_second(second)
+    _last_second, _last_stamp = second, stamp
+    return stamp
+
+
+def _format_second(second: int) -> str:
+    local = time.localtime(second)
+    base = time.strftime("%Y-%m-%dT%H:%M:%S", local)
+    offset = local.tm_gmtoff
+    if offset == 0:
+        return base + "Z"
+    sign = "+" if offset > 0 else "-"
+    # Go prints hours and minutes only; an offset with seconds (old LMT zones) is truncated.
+    minutes = abs(offset) // 60
+    return f"{base}{sign}{minutes // 60:02d}:{minutes % 60:02d}"

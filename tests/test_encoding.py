@@ -1,0 +1,137 @@
+"""Object JSON for --object-env-var: byte-compared with real kubectl and with Go's encoding/json."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from fastobs.encoding import go_format_float, go_json, go_json_float, kubectl_json
+
+DATA = Path(__file__).parent / "data" / "template"
+OBJECT = DATA / "object.json"
+KUBECTL = Path(sys.executable).parent / "kubectl"
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters:
+- cluster: {server: "http://127.0.0.1:9"}
+  name: offline
+contexts:
+- context: {cluster: offline, user: nobody, namespace: default}
+  name: offline
+current-context: offline
+users:
+- name: nobody
+  user: {}
+"""
+
+_WS_OR_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\s+')
+
+
+def compact(text: str) -> str:
+    """Remove the whitespace Go's json.Indent added (like json.Compact)."""
+    return _WS_OR_STRING.sub(lambda m: m.group(0) if m.group(0).startswith('"') else "", text)
+
+
+def kubectl_offline(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """Run the real kubectl with a kubeconfig pointing at no server."""
+    if not KUBECTL.exists():
+        pytest.skip("kubectl is not installed in the virtualenv")
+    config = tmp_path / "kubeconfig"
+    config.write_text(KUBECONFIG)
+    env = {**os.environ, "KUBECONFIG": str(config), "HOME": str(tmp_path)}
+    return subprocess.run([str(KUBECTL), *args], capture_output=True, env=env, timeout=60, check=False)
+
+
+def test_matches_real_kubectl_json(tmp_path: Path) -> None:
+    """go_json gives the bytes of kubectl's JSON (compacted), escapes and number spellings included."""
+    # annotate --local with a value the fixture already has: kubectl prints the object unchanged.
+    args = ["annotate", "--local", "-f", str(OBJECT), "--overwrite", "fx=1", "-o", "json"]
+    done = kubectl_offline(tmp_path, *args)
+    assert done.returncode == 0, done.stderr
+    expected = compact(done.stdout.decode()).encode()
+    obj = orjson.loads(OBJECT.read_bytes())
+    assert go_json(obj) == expected
+    assert kubectl_json(obj) == expected + b"\n"
+
+
+def run_goref_json(values: list[Any], tmp_path: Path) -> list[str]:
+    """Marshal ``values`` with Go's encoding/json after an unstructured-style decode."""
+    if shutil.which("go") is None:
+        pytest.skip("the Go toolchain is not installed")
+    src = tmp_path / "goref.go"
+    shutil.copy(DATA / "goref.go", src)
+    request = {"json": values, "fmtv": []}
+    done = subprocess.run(
+        ["go", "run", str(src)], input=json.dumps(request), capture_output=True, text=True,
+        env={**os.environ, "GO111MODULE": "off"}, cwd=tmp_path, timeout=240, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    answer: list[str] = json.loads(done.stdout)["json"]
+    return answer
+
+
+FLOATS = [
+    0.0, -0.0, 1.0, -1.0, 0.5, 0.1, 1e-6, 9.99e-7, 1e-7, 1.5e-7, 123456.0, 1234567.0, 1e20, 1e21,
+    1.5e21, 9.999999999999999e20, 1.7976931348623157e308, 5e-324, 2.5e-5, 0.0001, 0.00001,
+    3.14159, 1e100, 123456789.123, 2**53 + 0.0, 1e15, 1e16, 1e17, -123.456e-10,
+]
+
+
+def test_numbers_match_go(tmp_path: Path) -> None:
+    """Floats, int64 limits and integers past int64 are spelled as Go's encoding/json spells them."""
+    values: list[Any] = [*FLOATS, 0, -1, 2**63 - 1, -(2**63), 2**63, 2**64 - 1, 10**30]
+    expected = run_goref_json(values, tmp_path)
+    assert [go_json(v).decode() for v in values] == expected
+
+
+def test_float_fmt_v_matches_go(tmp_path: Path) -> None:
+    """go_format_float matches fmt.Sprint(float64) (used when a template prints a float)."""
+    if shutil.which("go") is None:
+        pytest.skip("the Go toolchain is not installed")
+    src = tmp_path / "goref.go"
+    shutil.copy(DATA / "goref.go", src)
+    done = subprocess.run(
+        ["go", "run", str(src)], input=json.dumps({"fmtv": FLOATS}), capture_output=True, text=True,
+        env={**os.environ, "GO111MODULE": "off"}, cwd=tmp_path, timeout=240, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [go_format_float(f) for f in FLOATS] == json.loads(done.stdout)["fmtv"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param({"b": 1, "a": {"d": [], "c": {}}}, b'{"a":{"c":{},"d":[]},"b":1}', id="sorted-nested"),
+        pytest.param("<a&b>", b'"\\u003ca\\u0026b\\u003e"', id="html"),
+        pytest.param("\u2028\u2029", b'"\\u2028\\u2029"', id="line-separators"),
+        pytest.param("é🎉", '"é🎉"'.encode(), id="utf8-raw"),
+        pytest.param("\x00\x1f\x7f", b'"\\u0000\\u001f\x7f"', id="control"),
+        pytest.param("nginx:1.25", b'"nginx:1.25"', id="float-lookalike-string"),
+        pytest.param([1.0, 2, 2.5], b"[1,2,2.5]", id="whole-float"),
+        pytest.param({"x": None, "y": True}, b'{"x":null,"y":true}', id="null-bool"),
+    ],
+)
+def test_go_json_unit(value: Any, expected: bytes) -> None:
+    """Sorting, escapes and number spelling on small values."""
+    assert go_json(value) == expected
+
+
+def test_kubectl_json_ends_with_one_newline() -> None:
+    """The env value is the compact JSON followed by exactly one newline."""
+    assert kubectl_json({"a": 1}) == b'{"a":1}\n'
+
+
+def test_go_json_float_rejects_nan() -> None:
+    """NaN has no JSON spelling; Go refuses it too."""
+    with pytest.raises(ValueError):
+        go_json_float(float("nan"))

@@ -1,0 +1,129 @@
+"""Header lines: Go quoting checked against the Go toolchain, command lines and timestamps."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastobs.quoting import format_cmdline, go_quote, header_line, rfc3339_local
+
+GOREF = Path(__file__).parent / "data" / "template" / "goref.go"
+
+TRICKY = [
+    "",
+    "plain",
+    "a b",
+    'say "hi"',
+    "back\\slash",
+    "tab\there",
+    "new\nline",
+    "\a\b\f\n\r\t\v",
+    "\x00\x01\x1f\x7f",
+    "héllo wörld",
+    "日本語",
+    "emoji 🎉",
+    "\u00a0nbsp",
+    "\u200bzero width",
+    "\u2028\u2029",
+    "\ufeffbom",
+    "\U000e0001tag",
+    "\ue000private",
+    "\U0010ffff",
+    "\ufffd",
+    "\u0301combining",
+    "bad\udcffbyte",
+    "{.metadata.name}",
+    "$HOME `x` 'y'",
+]
+
+
+def run_goref(request: dict[str, Any], tmp_path: Path, *, tz: str = "UTC") -> dict[str, Any]:
+    """Run the Go reference program on ``request`` and return its decoded answer."""
+    if shutil.which("go") is None:
+        pytest.skip("the Go toolchain is not installed")
+    src = tmp_path / "goref.go"
+    shutil.copy(GOREF, src)
+    env = {**os.environ, "TZ": tz, "GO111MODULE": "off"}
+    done = subprocess.run(
+        ["go", "run", str(src)], input=json.dumps(request), capture_output=True, text=True,
+        env=env, cwd=tmp_path, timeout=240, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer
+
+
+def test_go_quote_matches_strconv_quote(tmp_path: Path) -> None:
+    """go_quote gives strconv.Quote's output, including invalid bytes from surrogate escapes."""
+    raw = [base64.b64encode(os.fsencode(s)).decode() for s in TRICKY]
+    expected = run_goref({"quote": raw}, tmp_path)["quote"]
+    assert [go_quote(s) for s in TRICKY] == expected
+
+
+def test_rfc3339_matches_go_in_other_zones(tmp_path: Path) -> None:
+    """rfc3339_local prints Go's time.RFC3339 for the process's local zone."""
+    seconds = [0, 1_700_000_000, 1_711_846_799, 1_711_846_800, 1_000_000_000]
+    for tz in ("UTC", "Europe/Paris", "America/St_Johns", "Asia/Kolkata"):
+        expected = run_goref({"tsv": seconds}, tmp_path, tz=tz)["tsv"]
+        old = os.environ.get("TZ")
+        os.environ["TZ"] = tz
+        time.tzset()
+        try:
+            got = [rfc3339_local(s + 0.75) for s in seconds]
+        finally:
+            if old is None:
+                del os.environ["TZ"]
+            else:
+                os.environ["TZ"] = old
+            time.tzset()
+        assert got == expected, tz
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        pytest.param(["/bin/echo", "default", "n", ""], '/bin/echo default n ""', id="empty"),
+        pytest.param(["", "default", "kubernetes", ""], '"" default kubernetes ""', id="no-command"),
+        pytest.param(["./s.sh", "a b"], './s.sh "a b"', id="space"),
+        pytest.param(["x", 'q"uote'], 'x "q\\"uote"', id="dquote"),
+        pytest.param(["x", "back\\slash"], 'x "back\\\\slash"', id="backslash"),
+        pytest.param(["x", "tab\tonly"], "x tab\tonly", id="tab-raw"),
+        pytest.param(["x", "nl\nonly"], "x nl\nonly", id="newline-raw"),
+        pytest.param(["x", "nl\nand space"], 'x "nl\\nand space"', id="newline-quoted"),
+        pytest.param(["x", "it's"], "x it's", id="single-quote-raw"),
+        pytest.param(["x", "ünï"], "x ünï", id="unicode-raw"),
+        pytest.param(["x", "ünï cödé"], 'x "ünï cödé"', id="unicode-quoted"),
+        pytest.param(["x", "\x01 y"], 'x "\\x01 y"', id="control"),
+        pytest.param([], "", id="nothing"),
+    ],
+)
+def test_format_cmdline(argv: list[str], expected: str) -> None:
+    """Elements are Go-quoted only when empty or holding a quote, a backslash or a space."""
+    assert format_cmdline(argv) == expected
+
+
+def test_header_line() -> None:
+    """The header is '# TS Type rv<TAB>command line'; an empty rv leaves a space before the TAB."""
+    argv = ["/tmp/add_iptables.sh", "aro-xh9ml", "10.0.2.4"]
+    assert header_line("2021-04-01T15:46:51Z", "Sync", "135850556", argv) == (
+        "# 2021-04-01T15:46:51Z Sync 135850556\t/tmp/add_iptables.sh aro-xh9ml 10.0.2.4"
+    )
+    assert header_line("T", "Deleted", "", ["", "ns", "n"]) == '# T Deleted \t"" ns n'
+
+
+def test_rfc3339_format_and_cache() -> None:
+    """Timestamps look like Go's, and a cached second is not reused for the next one."""
+    stamp = rfc3339_local(time.time())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(Z|[+-]\d\d:\d\d)", stamp)
+    first = rfc3339_local(1_700_000_000.1)
+    assert rfc3339_local(1_700_000_000.9) == first
+    assert rfc3339_local(1_700_000_001.0) != first
