@@ -45,7 +45,7 @@ HEARTBEAT_STALE = 10.0
 
 
 class PoolHandler(Protocol):
-    def on_begun(self, ev: Event, t: float) -> None: ...
+    def on_begun(self, ev: Event, t: float, header: str | None) -> None: ...
     def on_done(self, ev: Event, result: dict[str, Any], out: bytes, err: bytes) -> None: ...
     def on_output(self, ev: Event, fd: int, data: bytes) -> None: ...
     def on_fatal(self, exc: BaseException) -> None: ...
@@ -62,6 +62,8 @@ class WorkerProc:
         self.writer: asyncio.StreamWriter | None = None
         self.reader_task: asyncio.Task[None] | None = None
         self.inflight: dict[int, Event] = {}
+        self.begun: dict[int, float] = {}
+        """Jobs whose command has started: id -> monotonic start time."""
         self.ready = False
         self.last_tick = 0.0
         self.maxrss_kib = 0
@@ -88,7 +90,8 @@ class Pool:
         self.run_settings = run
         self.queues = queues
         self.handler = handler
-        self.capacity = run.concurrency + (prefetch if prefetch is not None else max(2, run.concurrency // 2))
+        extra = prefetch if prefetch is not None else max(2, run.concurrency // 2)
+        self.capacity = run.concurrency + extra
         self.workers = [WorkerProc(i) for i in range(len(queues))]
         self._ids = itertools.count(1)
         self.stopping = False
@@ -111,7 +114,8 @@ class Pool:
                 logger.warning("worker %d failed to start (%s), attempt %d", w.index, exc, w.boot_failures)
                 if w.boot_failures >= MAX_BOOT_FAILURES:
                     raise WorkerBootError(
-                        f"worker {w.index} failed to start {w.boot_failures} times in a row; last error: {exc}"
+                        f"worker {w.index} failed to start {w.boot_failures} times in a row; "
+                        f"last error: {exc}"
                     ) from exc
                 await asyncio.sleep(min(5.0, 0.2 * 2**w.boot_failures))
 
@@ -163,12 +167,12 @@ class Pool:
         deadline = grace + self.run_settings.kill_grace + 5.0
         await asyncio.gather(*(self._wait_exit(w, deadline) for w in self.workers))
 
-    async def _wait_exit(self, w: WorkerProc, timeout: float) -> None:
+    async def _wait_exit(self, w: WorkerProc, limit: float) -> None:
         if w.popen is None:
             return
         popen = w.popen
         try:
-            await asyncio.wait_for(asyncio.to_thread(popen.wait), timeout)
+            await asyncio.wait_for(asyncio.to_thread(popen.wait), limit)
         except TimeoutError:
             popen.kill()
             await asyncio.to_thread(popen.wait)
@@ -228,19 +232,21 @@ class Pool:
         if kind == protocol.DONE:
             header, rest = protocol.parse_split(payload)
             ev = w.inflight.pop(header["id"])
+            w.begun.pop(header["id"], None)
             ol = header.pop("ol", 0)
             self.handler.on_done(ev, header, bytes(rest[:ol]), bytes(rest[ol:]))
             self.handler.on_idle(w.index)
         elif kind == protocol.BEGUN:
             data = orjson.loads(payload)
-            ev = w.inflight.get(data["id"])
-            if ev is not None:
-                self.handler.on_begun(ev, data["t"])
+            begun = w.inflight.get(data["id"])
+            if begun is not None:
+                w.begun[data["id"]] = data["t"]
+                self.handler.on_begun(begun, data["t"], data.get("header"))
         elif kind == protocol.OUTPUT:
             header, rest = protocol.parse_split(payload)
-            ev = w.inflight.get(header["id"])
-            if ev is not None:
-                self.handler.on_output(ev, header["fd"], bytes(rest))
+            running = w.inflight.get(header["id"])
+            if running is not None:
+                self.handler.on_output(running, header["fd"], bytes(rest))
         elif kind == protocol.TICK:
             tick = orjson.loads(payload)
             w.last_tick = time.monotonic()
@@ -259,9 +265,10 @@ class Pool:
             return
         lost = len(w.inflight)
         w.inflight.clear()
+        w.begun.clear()
         keys = self.queues[w.index].requeue_processing()
         logger.warning(
-            "worker %d (pid %d) exited with status %s; restarting it and re-dispatching %d keys (%d jobs in flight)",
+            "worker %d (pid %d) exited with status %s; restarting it and re-dispatching %d keys (%d jobs)",
             w.index, w.pid, status, len(keys), lost,
         )
         w.restarts += 1

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import tempfile
 import time
@@ -37,6 +36,8 @@ from .template import Template, compile_template
 
 LineSink = Callable[[int, bytes], None]
 """Stream mode: receives (fd, one line of output) as the command prints it."""
+BeginSink = Callable[[float, str], None]
+"""Receives (monotonic start time, the printed header line) when the first attempt starts."""
 
 
 class Runner:
@@ -114,7 +115,7 @@ class Runner:
         self,
         job: dict[str, Any],
         obj: bytes | None,
-        on_begin: Callable[[float], None],
+        on_begin: BeginSink,
         on_line: LineSink | None = None,
     ) -> tuple[dict[str, Any], bytes, bytes]:
         """Run one job with oc's retry rule; returns (result header, stdout, stderr)."""
@@ -137,7 +138,7 @@ class Runner:
         if not cmd:
             # oc prints the header and runs nothing when no command is set for this type.
             now = time.monotonic()
-            on_begin(now)
+            on_begin(now, result["header"])
             result.update(ok=True, nocmd=True, started=now, ended=now, attempts=[])
             return result, b"", b""
         env = self._environment(job, parsed, obj)
@@ -158,7 +159,7 @@ class Runner:
         env: dict[str, str] | None,
         stdin: int,
         result: dict[str, Any],
-        on_begin: Callable[[float], None],
+        on_begin: BeginSink,
         on_line: LineSink | None,
     ) -> tuple[bytes, bytes]:
         s = self.settings
@@ -166,7 +167,7 @@ class Runner:
         outs: list[bytes] = []
         errs: list[bytes] = []
         result["started"] = time.monotonic()
-        on_begin(result["started"])
+        on_begin(result["started"], result["header"])
         retries = 0
         while True:
             if stdin != self._devnull:
@@ -211,7 +212,7 @@ class Runner:
             child = spawn.start(argv, env=env, stdin=stdin, stdout=streams.out_w, stderr=streams.err_w)
         except OSError as exc:
             streams.close()
-            return _Status(False, "spawn_error", _exec_error(argv[0], exc), -1, time.monotonic() - t0)
+            return _Status(False, "spawn_error", spawn.exec_error(argv[0], exc), -1, time.monotonic() - t0)
         streams.started()
         timed_out = False
         try:
@@ -256,14 +257,6 @@ class _Status:
         if self.reason == "timeout":
             return f"command {go_quote(exe)} timed out after {timeout:g}s and was killed"
         return f"command {go_quote(exe)} exited with status code {self.oc_code}"
-
-
-def _exec_error(exe: str, exc: OSError) -> str:
-    """Go's exec error text, as oc prints it for commands that cannot start."""
-    if "/" not in exe and exc.errno == errno.ENOENT:
-        return f'exec: {go_quote(exe)}: executable file not found in $PATH'
-    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
-    return f"fork/exec {exe}: {reason}"
 
 
 class _Streams:
@@ -334,9 +327,6 @@ class _Streams:
 
 
 def _read_memfd(fd: int) -> bytes:
-    size = os.fstat(fd).st_size
-    if not size:
-        return b""
-    data = os.pread(fd, size, 0)
+    data = spawn.read_memfd(fd)
     # oc writes a newline after output that does not end with one.
-    return data if data.endswith(b"\n") else data + b"\n"
+    return data if not data or data.endswith(b"\n") else data + b"\n"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import subprocess
@@ -95,6 +96,33 @@ def start(
         process_group=0,
     )
     return Child(popen)
+
+
+def exec_error(exe: str, exc: OSError) -> str:
+    """Go's exec error text, as oc prints it for commands that cannot start."""
+    if "/" not in exe and exc.errno == errno.ENOENT:
+        return f'exec: "{exe}": executable file not found in $PATH'
+    reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+    return f"fork/exec {exe}: {reason}"
+
+
+def read_memfd(fd: int) -> bytes:
+    """Everything written to a memfd (or regular file) so far, from offset 0."""
+    size = os.fstat(fd).st_size
+    return os.pread(fd, size, 0) if size else b""
+
+
+async def run_capture(argv: Sequence[str], env: Mapping[str, str] | None = None) -> tuple[int, bytes, bytes]:
+    """Run ``argv`` with stdin from /dev/null; returns (status, stdout, stderr)."""
+    out = os.memfd_create("fastobs-stdout", os.MFD_CLOEXEC)
+    err = os.memfd_create("fastobs-stderr", os.MFD_CLOEXEC)
+    try:
+        child = start(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        code = await child.wait()
+        return code, read_memfd(out), read_memfd(err)
+    finally:
+        os.close(out)
+        os.close(err)
 
 
 def describe_status(code: int) -> tuple[str, str]:

@@ -100,9 +100,9 @@ class Tracker:
         if known is None:
             vanished = [k for k, r in self.records.items() if r.gen != gen]
             for key in vanished:
-                rec = self.records.pop(key)
+                gone = self.records.pop(key)
                 if self.tracking:
-                    self.emit(self._synth_delete(key, rec))
+                    self.emit(self._synth_delete(key, gone))
         else:
             for raw in known:
                 key = ObjectKey(raw)

@@ -94,8 +94,11 @@ class Worker:
             self.spawned += 1
             job_id = header["id"]
 
-            def begun(t: float) -> None:
-                self.send(protocol.json_frame(protocol.BEGUN, {"id": job_id, "t": t}))
+            def begun(t: float, header: str) -> None:
+                msg: dict[str, Any] = {"id": job_id, "t": t}
+                if self.stream:
+                    msg["header"] = header
+                self.send(protocol.json_frame(protocol.BEGUN, msg))
 
             def line(fd: int, data: bytes) -> None:
                 self.send(protocol.split_frame(protocol.OUTPUT, {"id": job_id, "fd": fd}, data))
@@ -110,7 +113,12 @@ class Worker:
     async def _heartbeat(self) -> None:
         while True:
             rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            tick = {"running": len(self.tasks), "spawned": self.spawned, "maxrss_kib": rss_kib, "t": time.monotonic()}
+            tick = {
+                "running": len(self.tasks),
+                "spawned": self.spawned,
+                "maxrss_kib": rss_kib,
+                "t": time.monotonic(),
+            }
             self.send(protocol.json_frame(protocol.TICK, tick))
             await asyncio.sleep(HEARTBEAT_SECONDS)
 

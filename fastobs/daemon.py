@@ -1,0 +1,223 @@
+"""Daemon: the parent's entry point; start-up order, signals and the staged shutdown.
+
+Where it sits: called by ``cli.main`` with the parsed ``Settings``. It connects
+(``kube``), resolves the resource, validates what oc validates after discovery, starts
+the metrics server, the worker ``pool`` and the ``source``, then waits for the run's
+outcome: ``--once`` done, ``--exit-after``, an error limit, a fatal error or a signal.
+
+Shutdown is staged: stop intake (cancel the source), let running commands finish
+(``--exit-after``/``--once``: as long as they take; SIGTERM/SIGINT: ``--shutdown-grace``,
+then their process groups are killed), print the metrics if asked, exit. A second signal
+kills at once.
+
+Invariant: whatever happens, no worker or command process outlives fastobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+from . import logs
+from .durations import format_go_duration
+from .engine import Engine
+from .errors import FastobsError
+from .kube import KubeClient, Resource
+from .metrics import Metrics
+from .output import Output
+from .settings import Settings
+from .source import Source
+
+logger = logging.getLogger(__name__)
+
+FOREVER = 10 * 365 * 86400.0
+
+
+def run(settings: Settings) -> int:
+    """Run fastobs until it must stop; returns the exit code (raises FastobsError)."""
+    logs.setup(settings.log_format, settings.log_level, settings.verbosity)
+    try:
+        import uvloop
+
+        return uvloop.run(_main(settings))
+    except ImportError:  # pragma: no cover
+        return asyncio.run(_main(settings))
+
+
+async def _main(settings: Settings) -> int:
+    client = await KubeClient.connect(
+        kubeconfig=settings.kubeconfig,
+        context=settings.context,
+        namespace=settings.namespace,
+        request_timeout=settings.request_timeout,
+    )
+    try:
+        resource = await client.resolve(settings.resource)
+        settings = _finish_settings(settings, resource)
+        return await _run(settings, client, resource)
+    finally:
+        await client.close()
+
+
+def _finish_settings(settings: Settings, resource: Resource) -> Settings:
+    """oc's post-discovery checks, and what the resource tells us about argv."""
+    from dataclasses import replace
+
+    from .cli import check_after_discovery
+    from .template import compile_template
+
+    check_after_discovery(settings)
+    run = replace(settings.run, namespaced=resource.namespaced)
+    if run.template:
+        compile_template(run.template, run.output_format, allow_missing=run.allow_missing_template_keys)
+    return replace(settings, run=run)
+
+
+async def _run(settings: Settings, client: KubeClient, resource: Resource) -> int:
+    if settings.run.delete_command and not settings.names_command:
+        sys.stderr.write(
+            f'warning: If you are modifying resources outside of "{resource.gvr_string()}", you should '
+            "use the --names command to ensure you don't miss deletions that occur while the command is "
+            "not running.\n"
+        )
+    workers = settings.workers or os.cpu_count() or 1
+    output = Output(quiet=settings.run.quiet, stream=settings.run.output_mode == "stream")
+    metrics = Metrics(oc_metrics=bool(settings.listen_addr))
+    engine = Engine(settings, workers=workers, metrics=metrics, output=output)
+    metrics.set_state_provider(engine)
+    server = None
+    if settings.listen_addr:
+        from .http import serve
+
+        server = await serve(settings.listen_addr, metrics, engine)
+        logger.info("listening on %s at /metrics and /healthz", settings.listen_addr)
+    bridge = _SourceMetrics(metrics)
+    namespace = None if settings.all_namespaces or not resource.namespaced else client.namespace
+    source = Source(
+        client,
+        resource,
+        namespace=namespace,
+        label_selector=settings.selector,
+        field_selector=settings.field_selector,
+        sink=engine,
+        maximum_errors=settings.maximum_errors,
+        read_timeout=settings.watch_read_timeout,
+        on_stats=bridge.sync,
+    )
+    bridge.source = source
+    engine.watch_activity = lambda: source.stats.last_activity
+    try:
+        await engine.pool.start()
+        return await _supervise(settings, engine, source, output, metrics)
+    finally:
+        engine.pool.kill()
+        if server is not None:
+            await server.close()
+
+
+async def _supervise(
+    settings: Settings, engine: Engine, source: Source, output: Output, metrics: Metrics
+) -> int:
+    loop = asyncio.get_running_loop()
+    signals: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        signals.append(sig)
+        if len(signals) == 1:
+            name = signal.Signals(sig).name
+            logger.info("received %s: stopping intake, letting running commands finish", name)
+            engine.finish(0)
+        else:
+            logger.warning("received a second signal: killing running commands now")
+            engine.pool.kill()
+            output.flush()
+            os._exit(128 + sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    source_task = asyncio.create_task(source.run())
+    source_task.add_done_callback(lambda t: _source_ended(t, engine))
+    timers = _start_timers(settings, engine, source)
+    exit_after = False
+    try:
+        try:
+            code = await engine.outcome
+            exit_after = engine.exit_after_fired
+            error: FastobsError | None = None
+        except FastobsError as exc:
+            code, error = exc.exit_code, exc
+        source_task.cancel()
+        with contextlib.suppress(BaseException):
+            await source_task
+        grace = settings.shutdown_grace if signals or error else FOREVER
+        await engine.pool.stop(grace)
+        output.end_sync() if settings.once else output.flush()
+        if settings.print_metrics_on_exit and not signals:
+            output.stdout(metrics.exposition())
+            output.flush()
+        if exit_after:
+            output.stderr(f"Shutting down after {format_go_duration(settings.exit_after)} ...\n")
+            output.flush()
+        if error is not None:
+            raise error
+        return code
+    finally:
+        for t in timers:
+            t.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def _source_ended(task: asyncio.Task[None], engine: Engine) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        engine.fail(exc)
+
+
+def _start_timers(settings: Settings, engine: Engine, source: Source) -> list[asyncio.TimerHandle]:
+    loop = asyncio.get_running_loop()
+    timers: list[asyncio.TimerHandle] = []
+    if settings.exit_after > 0:
+
+        def exit_after() -> None:
+            engine.exit_after_fired = True
+            engine.finish(0)
+
+        timers.append(loop.call_later(settings.exit_after, exit_after))
+    if settings.resync_period > 0:
+
+        def resync() -> None:
+            engine.request_resync()
+            source.request_relist()
+            timers.append(loop.call_later(settings.resync_period, resync))
+
+        timers.append(loop.call_later(settings.resync_period, resync))
+    return timers
+
+
+class _SourceMetrics:
+    """Turns the source's counters into metric increments (the source knows no Prometheus)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.source: Source | None = None
+        self.seen: dict[object, int] = {}
+
+    def sync(self) -> None:
+        if self.source is None:
+            return
+        st, seen, m = self.source.stats, self.seen, self.metrics
+        for op, value in (("list", st.list_requests), ("watch", st.watch_requests)):
+            for _ in range(value - seen.get(op, 0)):
+                m.api_request(op)
+            seen[op] = value
+        for (op, kind), value in list(st.errors.items()):
+            for _ in range(value - seen.get((op, kind), 0)):
+                m.api_error(op, kind)
+            seen[(op, kind)] = value

@@ -1,0 +1,303 @@
+"""Engine: the parent's event path, from source callbacks to worker results.
+
+Where it sits: in the parent; it is the ``source``'s sink and the ``pool``'s handler.
+In: list items, watch events and list boundaries (from ``source``); DONE/BEGUN/OUTPUT
+frames (from ``pool``). Out: events into the ``tracker`` → ``sharder`` queues → ``pool``;
+lines to ``output``; figures to ``metrics``; the run's outcome to ``daemon``
+(:attr:`outcome`, resolved once fastobs must stop).
+
+Invariants: every event the tracker emits is counted once in ``observe_counts`` and is
+either run or, when nothing needs to run (no command for its type and ``-q``), completed
+on the spot; a key's result is applied before the key can be dispatched again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import spawn
+from .errors import CommandLimitError, FastobsError, NamesError
+from .events import Event, EventType, ObjectKey
+from .metrics import EngineState, Metrics
+from .output import Output
+from .pool import Pool
+from .settings import Settings
+from .sharder import Sharder
+from .tracker import Tracker
+
+logger = logging.getLogger(__name__)
+
+Outcome = asyncio.Future[int]
+"""Resolves to the exit code, or raises the FastobsError that stops fastobs."""
+
+
+class Engine:
+    """Glue between source, tracker, queues, pool, output and metrics."""
+
+    def __init__(self, settings: Settings, *, workers: int, metrics: Metrics, output: Output) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.output = output
+        self.clock: Callable[[], float] = time.monotonic
+        run = settings.run
+        self.tracker = Tracker(
+            emit=self._emit,
+            tracking=settings.deletion_tracking,
+            namespaced=run.namespaced,
+            keep_object=bool(run.object_env_var) or run.object_channel != "env",
+            clock=self.clock,
+        )
+        self.sharder = Sharder(
+            shards=workers, coalesce=settings.coalesce, max_pending=settings.max_pending, clock=self.clock
+        )
+        self.pool = Pool(run=run, queues=self.sharder.queues, handler=self)
+        self.outcome: Outcome = asyncio.get_running_loop().create_future()
+        self.errors = 0
+        self.emitted = 0
+        self.first_list_done = False
+        self.initial_keys: set[ObjectKey] | None = set()
+        self._resync_next = False
+        self._names_task: asyncio.Task[None] | None = None
+        self._coalesced_seen = 0
+        self.watch_is_up = False
+        self.exit_after_fired = False
+        self.watch_activity: Callable[[], float] = lambda: 0.0
+
+    # ------------------------------------------------------------------ source sink
+
+    def list_begin(self, *, relist: bool) -> None:
+        self.tracker.list_begin(resync=self._resync_next)
+        self._resync_next = False
+        if relist:
+            self.metrics.relisted()
+
+    def list_item(self, ev: Event) -> None:
+        self.tracker.list_item(ev)
+
+    def list_end(self) -> None:
+        if self.settings.names_command:
+            # The names command runs before anything else is read from the API server
+            # (the source awaits wait_capacity), as oc runs it inside the list.
+            self._names_task = asyncio.create_task(self._list_end_with_names())
+        else:
+            self._finish_list(None)
+
+    def watch_event(self, ev: Event) -> None:
+        self.tracker.watch_event(ev)
+
+    def watch_status(self, up: bool) -> None:
+        self.watch_is_up = up
+
+    async def wait_capacity(self) -> None:
+        if self._names_task is not None:
+            task, self._names_task = self._names_task, None
+            await task
+        await self.sharder.wait_capacity()
+
+    def request_resync(self) -> None:
+        """The next list is a resync: unchanged objects run again (oc's --resync-period)."""
+        self._resync_next = True
+
+    async def _list_end_with_names(self) -> None:
+        try:
+            keys = await self.run_names()
+            self._finish_list(keys)
+        except FastobsError as exc:
+            self.fail(exc)
+
+    def _finish_list(self, known: list[str] | None) -> None:
+        try:
+            self.tracker.list_end(known)
+        except FastobsError as exc:
+            self.fail(exc)
+            return
+        if not self.first_list_done:
+            self.first_list_done = True
+            self._check_once()
+
+    # ------------------------------------------------------------------ events into queues
+
+    def _emit(self, ev: Event) -> None:
+        self.emitted += 1
+        self.metrics.event_received(ev.type.value)
+        if not self.first_list_done and self.initial_keys is not None:
+            self.initial_keys.add(ev.key)
+        run = self.settings.run
+        has_cmd = bool(run.delete_command if ev.type is EventType.DELETED else run.command)
+        if not has_cmd and run.quiet:
+            # Nothing would be printed or run: complete it here, no round trip to a worker.
+            self.tracker.handled(ev, ok=True, arg=None)
+            self._key_settled(ev.key)
+            return
+        i = self.sharder.add(ev)
+        coalesced = self.sharder.coalesced()
+        if coalesced != self._coalesced_seen:
+            self.metrics.events_coalesced(coalesced - self._coalesced_seen)
+            self._coalesced_seen = coalesced
+        self.pool.pump(i)
+
+    # ------------------------------------------------------------------ pool handler
+
+    def on_begun(self, ev: Event, t: float, header: str | None) -> None:
+        self.metrics.command_started(lag_seconds=max(0.0, t - ev.received))
+        if header is not None:
+            self.output.header(ev.type.value, header)
+
+    def on_output(self, ev: Event, fd: int, data: bytes) -> None:
+        self.output.line(ev.key, fd, data)
+
+    def on_done(self, ev: Event, result: dict[str, Any], out: bytes, err: bytes) -> None:
+        i = self.sharder.shard(ev.key)
+        queue = self.sharder.queues[i]
+        queue.done(ev.key)
+        self.sharder.released()
+        self.output.command(ev.type.value, result["header"], out, err)
+        ok = bool(result["ok"])
+        self.tracker.handled(ev, ok=ok, arg=result.get("arg"))
+        if not result.get("nocmd"):
+            self._record(ev, result)
+        if ok:
+            queue.forget(ev.key)
+        else:
+            self._failed(ev, result, i)
+        self._key_settled(ev.key)
+        self.pool.pump(i)
+
+    def on_idle(self, index: int) -> None:
+        pass  # on_done already pumped this worker's queue
+
+    def on_fatal(self, exc: BaseException) -> None:
+        self.fail(exc)
+
+    def on_restart(self, index: int) -> None:
+        self.metrics.worker_restarted(index)
+
+    def _record(self, ev: Event, result: dict[str, Any]) -> None:
+        now = self.clock()
+        attempts = [(int(c), float(s)) for c, s in result.get("attempts", [])]
+        for _ in range(int(result.get("retries", 0))):
+            self.metrics.retried("immediate")
+        self.metrics.command_finished(
+            type_=ev.type.value,
+            lag_seconds=max(0.0, now - ev.received),
+            duration_seconds=float(result["ended"]) - float(result["started"]),
+            result="success" if result["ok"] else "failure",
+            reason=str(result.get("reason", "")),
+            code=str(result.get("code", "")),
+            attempts=attempts,
+        )
+
+    def _failed(self, ev: Event, result: dict[str, Any], shard: int) -> None:
+        self.output.error(str(result.get("error", "command failed")))
+        s = self.settings
+        queue = self.sharder.queues[shard]
+        if s.backoff_base > 0 and queue.attempts(ev.key) < s.backoff_attempts:
+            delay = min(s.backoff_cap, s.backoff_base * 2 ** queue.attempts(ev.key))
+            delay *= random.uniform(0.8, 1.2)  # jitter: failing keys must not retry in lockstep
+            if queue.retry_later(ev, delay):
+                self.metrics.retried("backoff")
+                asyncio.get_running_loop().call_later(delay, self.pool.pump, shard)
+            return
+        queue.forget(ev.key)
+        self.errors += 1
+        limit = s.maximum_errors
+        if limit != -1 and self.errors >= limit:
+            self.fail(CommandLimitError(f"reached maximum error limit of {limit}, exiting"))
+
+    # ------------------------------------------------------------------ --once and outcome
+
+    def _key_settled(self, key: ObjectKey) -> None:
+        if self.initial_keys and key in self.initial_keys:
+            if self.sharder.queues[self.sharder.shard(key)].is_idle(key):
+                self.initial_keys.discard(key)
+                self._check_once()
+
+    def initial_sync_done(self) -> bool:
+        return self.first_list_done and not self.initial_keys
+
+    def _check_once(self) -> None:
+        if not self.first_list_done or self.initial_keys:
+            return
+        self.initial_keys = None  # from now on, nothing is tracked for --once
+        if self.settings.once and not self.outcome.done():
+            if self.emitted == 0:
+                self.output.stderr("Nothing to sync, exiting immediately\n")
+            self.outcome.set_result(0)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.outcome.done():
+            self.outcome.set_exception(exc)
+
+    def finish(self, code: int) -> None:
+        if not self.outcome.done():
+            self.outcome.set_result(code)
+
+    # ------------------------------------------------------------------ --names
+
+    async def run_names(self) -> list[str]:
+        """Run the --names command (oc's retry rule); returns its sorted non-empty lines."""
+        s = self.settings
+        argv = list(s.names_command)
+        attempt = 0
+        while True:
+            t0 = self.clock()
+            try:
+                code, out, err = await spawn.run_capture(argv)
+            except OSError as exc:
+                self.metrics.names_executed(exit_code=-1, seconds=self.clock() - t0)
+                raise NamesError(f"unable to list known keys: {spawn.exec_error(argv[0], exc)}") from exc
+            oc_code = code if code >= 0 else -1
+            self.metrics.names_executed(exit_code=oc_code, seconds=self.clock() - t0)
+            if code == 0:
+                break
+            run = s.run
+            if run.retry_on_exit_code and oc_code == run.retry_on_exit_code and attempt < run.retry_count:
+                attempt += 1
+                continue
+            detail = f"exit status {oc_code}"
+            if err:
+                detail += "\n" + err.decode("utf-8", "replace").rstrip("\n")
+            raise NamesError(f"unable to list known keys: {detail}")
+        lines = [line for line in out.split(b"\n") if line]
+        return sorted(line.decode("utf-8", "surrogateescape") for line in lines)
+
+    # ------------------------------------------------------------------ metrics state
+
+    def engine_state(self) -> EngineState:
+        now = self.clock()
+        depth: dict[int, int] = {}
+        oldest: dict[int, float] = {}
+        running: dict[int, int] = {}
+        longest: dict[int, float] = {}
+        for i, q in enumerate(self.sharder.queues):
+            st = q.statistics()
+            depth[i] = st.depth
+            oldest[i] = st.oldest_pending_seconds
+            w = self.pool.workers[i]
+            running[i] = len(w.begun)
+            longest[i] = now - min(w.begun.values()) if w.begun else 0.0
+        return EngineState(
+            queue_depth=depth,
+            oldest_pending_seconds=oldest,
+            running=running,
+            longest_running_seconds=longest,
+            concurrency_limit=len(self.pool.workers) * self.settings.run.concurrency,
+            tracked_objects=len(self.tracker.records),
+            initial_sync_done=self.initial_sync_done(),
+            watch_up=self.watch_is_up,
+            watch_last_activity=self.watch_activity(),
+            workers_alive=self.pool.alive(),
+            workers_total=len(self.pool.workers),
+        )
+
+    # health provider
+    def watch_up(self) -> bool:
+        return self.watch_is_up
+
+    def workers_healthy(self) -> bool:
+        return self.pool.healthy()
