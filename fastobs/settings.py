@@ -84,6 +84,13 @@ class Settings:
     field_selector: str = ""
     """*new*: ``--field-selector``."""
     request_timeout: float = 0.0
+    """``--request-timeout``: seconds per API request; 0 = none."""
+    server: str = ""
+    """``-s/--server``: overrides the kubeconfig's server URL; empty = the kubeconfig's."""
+    token: str = ""
+    """``--token``: bearer token that overrides the kubeconfig's credentials; empty = none."""
+    insecure_skip_tls_verify: bool = False
+    """``--insecure-skip-tls-verify``: do not verify the server's certificate."""
 
     # --- deletes
     names_command: tuple[str, ...] = ()
