@@ -23,7 +23,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -32,7 +32,9 @@ from .encoding import kubectl_json
 from .errors import TemplateError
 from .quoting import go_quote, header_line, rfc3339_local
 from .settings import RunSettings
-from .template import Template, compile_template
+
+if TYPE_CHECKING:
+    from .template import Template
 
 LineSink = Callable[[int, bytes], None]
 """Stream mode: receives (fd, one line of output) as the command prints it."""
@@ -47,6 +49,8 @@ class Runner:
         self.settings = settings
         self.template: Template | None = None
         if settings.template:
+            from .template import compile_template  # only workers that render pay for it
+
             self.template = compile_template(
                 settings.template,
                 settings.output_format,

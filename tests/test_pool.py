@@ -1,0 +1,185 @@
+"""Real worker processes running real commands: per-key order, caps, crashes, timeouts.
+
+These drive fastobs.pool.Pool directly (no API server): events go into the real queues,
+real `python -m fastobs.worker` processes run real `/bin/sh` commands that log what they
+do to a file, and the tests read that log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastobs.events import Event, EventType, ObjectKey
+from fastobs.pool import Pool
+from fastobs.settings import RunSettings
+from fastobs.sharder import Sharder
+
+LOG_SCRIPT = r"""
+echo "start $2 $3 $(date +%s%N)" >> "$LOG"
+sleep "$SLEEP"
+echo "end $2 $3 $(date +%s%N)" >> "$LOG"
+exit "${CODE:-0}"
+"""
+
+
+class Recorder:
+    """A PoolHandler that completes jobs the way the engine does, and records them."""
+
+    def __init__(self, sharder: Sharder, expected: int) -> None:
+        self.sharder = sharder
+        self.expected = expected
+        self.results: list[tuple[Event, dict[str, Any]]] = []
+        self.begun = 0
+        self.restarts: list[int] = []
+        self.fatal: list[BaseException] = []
+        self.all_done = asyncio.Event()
+        self.pool: Pool | None = None
+
+    def on_begun(self, ev: Event, t: float, header: str | None) -> None:
+        self.begun += 1
+
+    def on_done(self, ev: Event, result: dict[str, Any], out: bytes, err: bytes) -> None:
+        i = self.sharder.shard(ev.key)
+        self.sharder.queues[i].done(ev.key)
+        self.results.append((ev, result))
+        if len(self.results) >= self.expected:
+            self.all_done.set()
+        assert self.pool is not None
+        self.pool.pump(i)
+
+    def on_output(self, ev: Event, fd: int, data: bytes) -> None:
+        pass
+
+    def on_fatal(self, exc: BaseException) -> None:
+        self.fatal.append(exc)
+
+    def on_restart(self, index: int) -> None:
+        self.restarts.append(index)
+
+    def on_idle(self, index: int) -> None:
+        pass
+
+
+def event(key: str, seq: int) -> Event:
+    ns, _, name = key.rpartition("/")
+    return Event(
+        type=EventType.UPDATED, key=ObjectKey(key), namespace=ns, name=name, uid="u", rv=str(seq),
+        obj=b'{"kind":"ConfigMap"}', received=time.monotonic(), cached_arg=str(seq),
+    )
+
+
+async def run_pool(
+    events: list[Event], *, workers: int, concurrency: int, coalesce: bool = False, timeout: float = 0.0,
+    command: tuple[str, ...] = ("sh", "-c", LOG_SCRIPT, "sh"), during: Any = None,
+) -> Recorder:
+    sharder = Sharder(shards=workers, coalesce=coalesce, max_pending=100000, clock=time.monotonic)
+    run = RunSettings(command=command, concurrency=concurrency, timeout=timeout, kill_grace=1.0)
+    rec = Recorder(sharder, len(events))
+    pool = Pool(run=run, queues=sharder.queues, handler=rec)
+    rec.pool = pool
+    await pool.start()
+    try:
+        for ev in events:
+            pool.pump(sharder.add(ev))
+        if during is not None:
+            await during(pool, rec)
+        await asyncio.wait_for(rec.all_done.wait(), 60)
+    finally:
+        await pool.stop(5.0)
+    assert not rec.fatal, rec.fatal
+    return rec
+
+
+def read_log(path: Path) -> list[tuple[str, str, str, int]]:
+    rows = []
+    for line in path.read_text().splitlines():
+        what, name, seq, ts = line.split()
+        rows.append((what, name, seq, int(ts)))
+    return rows
+
+
+@pytest.fixture
+def log_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    log = tmp_path / "log"
+    monkeypatch.setenv("LOG", str(log))
+    monkeypatch.setenv("SLEEP", "0.02")
+    return log
+
+
+def test_per_key_intervals_never_overlap_and_keep_event_order(log_env: Path) -> None:
+    """4 workers x concurrency 8, 30 keys x 4 events each, every event kept (--no-coalesce)."""
+    keys = [f"ns/k{i}" for i in range(30)]
+    events = [event(k, seq * 100 + i) for seq in range(4) for i, k in enumerate(keys)]
+    asyncio.run(run_pool(events, workers=4, concurrency=8))
+    rows = read_log(log_env)
+    assert len(rows) == 2 * len(events)
+    open_: dict[str, str] = {}
+    order: dict[str, list[int]] = {}
+    max_parallel = 0
+    for what, name, seq, _ in rows:
+        if what == "start":
+            assert name not in open_, f"{name} started while its previous command was running"
+            open_[name] = seq
+            order.setdefault(name, []).append(int(seq))
+            max_parallel = max(max_parallel, len(open_))
+        else:
+            assert open_.pop(name) == seq
+    for name, seqs in order.items():
+        assert seqs == sorted(seqs), f"{name} ran out of order: {seqs}"
+    assert max_parallel > 1, "different keys should have run in parallel"
+
+
+def test_concurrency_cap_per_worker(log_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One worker with --concurrency 3 never runs more than 3 commands at once."""
+    monkeypatch.setenv("SLEEP", "0.15")
+    events = [event(f"ns/c{i}", i) for i in range(12)]
+    asyncio.run(run_pool(events, workers=1, concurrency=3))
+    running = peak = 0
+    for what, *_ in read_log(log_env):
+        running += 1 if what == "start" else -1
+        peak = max(peak, running)
+    assert peak == 3
+
+
+def test_worker_killed_mid_run_loses_nothing(log_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL a worker while it runs commands: it is replaced and every key still runs."""
+    monkeypatch.setenv("SLEEP", "0.3")
+    keys = [f"ns/x{i}" for i in range(16)]
+    events = [event(k, i) for i, k in enumerate(keys)]
+
+    async def kill_worker(pool: Pool, rec: Recorder) -> None:
+        while rec.begun < 4:
+            await asyncio.sleep(0.01)
+        os.kill(pool.workers[0].pid, signal.SIGKILL)
+
+    rec = asyncio.run(run_pool(events, workers=2, concurrency=4, during=kill_worker))
+    assert rec.restarts == [0]
+    done_keys = {ev.key for ev, result in rec.results if result["ok"]}
+    assert done_keys == set(keys)
+    ended = {name for what, name, *_ in read_log(log_env) if what == "end"}
+    assert ended == {k.split("/")[1] for k in keys}
+
+
+def test_timeout_kills_whole_process_group(tmp_path: Path) -> None:
+    """A hung command and the grandchild it started are both killed at --timeout."""
+    pidfile = tmp_path / "grandchild"
+    script = f'sleep 300 & echo $! > {pidfile}; sleep 300'
+    rec = asyncio.run(
+        run_pool([event("ns/hung", 1)], workers=1, concurrency=1, timeout=0.5, command=("sh", "-c", script))
+    )
+    (_, result), = rec.results
+    assert result["ok"] is False and result["reason"] == "timeout"
+    assert "timed out" in result["error"]
+    grandchild = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{grandchild}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stat = Path(f"/proc/{grandchild}/stat")
+    assert not stat.exists() or stat.read_text().split()[2] == "Z", "grandchild survived the timeout"
