@@ -99,7 +99,7 @@ class EngineState:
     initial_sync_done: bool
     """Every key of the first list, and the deletions found then, has been dequeued."""
     watch_up: bool
-    """A watch stream is open (or a list is in progress after a relist)."""
+    """A watch stream is open (lists, relists and reconnect back-offs count as down)."""
     watch_last_activity: float
     """``time.monotonic()`` of the last watch byte, event or bookmark; 0 = never."""
     workers_alive: int
@@ -326,7 +326,7 @@ class _EngineCollector:
                      state.tracked_objects)
         yield _gauge("fastobs_initial_sync_done", "1 once every key of the first list has been dequeued.",
                      float(state.initial_sync_done))
-        yield _gauge("fastobs_watch_up", "1 while a watch stream (or a relist) is open.",
+        yield _gauge("fastobs_watch_up", "1 while a watch stream is open.",
                      float(state.watch_up))
         yield _gauge("fastobs_watch_silence_seconds",
                      "Seconds since the watch last delivered a byte, event or bookmark "
