@@ -78,9 +78,10 @@ class _Credentials:
     Loading is synchronous (exec plugins are subprocesses); callers run it in a thread.
     """
 
-    def __init__(self, kubeconfig: str, context: str) -> None:
+    def __init__(self, kubeconfig: str, context: str, overrides: _Overrides) -> None:
         self._kubeconfig = kubeconfig
         self._context = context
+        self.overrides = overrides
         self.cfg: Any = None
         self.context_namespace = ""
         self.ssl: ssl.SSLContext | bool = True
@@ -109,6 +110,8 @@ class _Credentials:
             self._load_kubeconfig(cfg, paths)
         elif os.environ.get("KUBERNETES_SERVICE_HOST"):
             self._load_incluster(cfg)
+        elif self.overrides.server:
+            pass  # kubectl accepts --server (and --token) without any kubeconfig
         elif paths:
             raise ConfigError(f"no kubeconfig file found at {paths}")
         else:
@@ -116,6 +119,7 @@ class _Credentials:
                 "no configuration has been provided: use --kubeconfig, set KUBECONFIG, "
                 "or run inside a cluster"
             )
+        self.overrides.apply(cfg)
         if not cfg.host:
             raise ConfigError("invalid configuration: no server found for the cluster")
         self.cfg = cfg
@@ -174,6 +178,27 @@ class _Credentials:
         return value
 
 
+@dataclass(frozen=True)
+class _Overrides:
+    """kubectl's global flags that win over the kubeconfig: --server, --token,
+    --insecure-skip-tls-verify."""
+
+    server: str = ""
+    token: str = ""
+    insecure_skip_tls_verify: bool = False
+
+    def apply(self, cfg: Any) -> None:
+        if self.server:
+            cfg.host = self.server.rstrip("/")
+        if self.token:
+            # A flag token replaces the kubeconfig's credentials (plugins included), like kubectl.
+            cfg.api_key = {"BearerToken": f"Bearer {self.token}"}
+            cfg.refresh_api_key_hook = None
+        if self.insecure_skip_tls_verify:
+            cfg.verify_ssl = False
+            cfg.ssl_ca_cert = None
+
+
 def _exec_failure(loader: Any, user: Any) -> str:
     """Re-run a failed exec plugin to get its error (the loader only logs it)."""
     from kubernetes.config.exec_provider import ExecProvider
@@ -212,9 +237,14 @@ class KubeClient:
 
     @classmethod
     async def connect(cls, *, kubeconfig: str = "", context: str = "", namespace: str = "",
-                      request_timeout: float = 0.0) -> KubeClient:
-        """Load credentials (kubeconfig, else in-cluster) and open the HTTP session."""
-        creds = _Credentials(kubeconfig, context)
+                      request_timeout: float = 0.0, server: str = "", token: str = "",
+                      insecure_skip_tls_verify: bool = False) -> KubeClient:
+        """Load credentials (kubeconfig, else in-cluster) and open the HTTP session.
+
+        ``server``, ``token`` and ``insecure_skip_tls_verify`` are kubectl's global flags
+        of the same names and override the kubeconfig.
+        """
+        creds = _Credentials(kubeconfig, context, _Overrides(server, token, insecure_skip_tls_verify))
         await asyncio.to_thread(creds.load)
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
         session = aiohttp.ClientSession(
@@ -268,7 +298,7 @@ class KubeClient:
         """A 401 means the credentials went stale (rotated token, expired plugin output)."""
         async with self._reload_lock:
             log.debug("reloading credentials after 401 Unauthorized")
-            fresh = _Credentials(self._creds._kubeconfig, self._creds._context)
+            fresh = _Credentials(self._creds._kubeconfig, self._creds._context, self._creds.overrides)
             fresh._ssl_files, fresh.ssl = self._creds._ssl_files, self._creds.ssl
             try:
                 await asyncio.to_thread(fresh.load)

@@ -113,8 +113,8 @@ class _Failure(Exception):
         super().__init__(message)
         self.kind = kind
         self.message = message
+        # True when the connection had worked: reconnect at once, not after a backoff.
         self.retry_now = retry_now
-        """The connection had worked: reconnect at once rather than after a backoff."""
 
 
 def _status_kind(status: int) -> str:
@@ -175,7 +175,16 @@ class Source:
 
     async def run(self) -> None:
         """List, then watch from the list's resourceVersion, forever."""
-        need_list = True
+        await self._loop(need_list=True)
+
+    async def _run_from(self, rv: str) -> None:
+        """Watch from ``rv`` as if a list had already been delivered (resuming a
+        previous run); an expired ``rv`` turns into a relist."""
+        self._rv = self.stats.resource_version = rv
+        self._listed = True
+        await self._loop(need_list=False)
+
+    async def _loop(self, need_list: bool) -> None:
         while True:
             if need_list or self._relist_requested:
                 await self._list_until_success()
