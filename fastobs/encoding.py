@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["go_json", "go_json_float", "kubectl_json"]
+__all__ = ["go_format_float", "go_json", "go_json_float", "go_json_indented", "kubectl_json"]
 
 _OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
@@ -57,6 +57,18 @@ def go_json(obj: Any) -> bytes:
     else:
         if _FLOAT_HINT.search(out) is not None and _has_float(obj):
             out = orjson.dumps(_go_floats(obj), option=_OPTS)
+    return _escape_html(out)
+
+
+_INDENT = re.compile(rb"\n( +)")
+
+
+def go_json_indented(obj: Any) -> bytes:
+    """Return Go ``json.MarshalIndent(obj, "", "    ")`` (kubectl's ``jsonpath-as-json``)."""
+    value = _go_floats(obj) if _has_float(obj) else obj
+    out = orjson.dumps(value, option=_OPTS | orjson.OPT_INDENT_2)
+    # orjson indents by two spaces; no string holds a raw newline, so every "\n  " is layout.
+    out = _INDENT.sub(lambda m: b"\n" + m.group(1) * 2, out)
     return _escape_html(out)
 
 

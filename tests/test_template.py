@@ -1,0 +1,332 @@
+"""JSONPath templates: differential tests against the real kubectl, plus errors and strict mode."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from fastobs.errors import TemplateError
+from fastobs.template import compile_template
+
+DATA = Path(__file__).parent / "data" / "template"
+OBJECTS = {"pod": DATA / "object.json", "configmap": DATA / "second.json"}
+KUBECTL = Path(sys.executable).parent / "kubectl"
+SEPARATOR = "<<SEP>>"
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters:
+- cluster: {server: "http://127.0.0.1:9"}
+  name: offline
+contexts:
+- context: {cluster: offline, user: nobody, namespace: default}
+  name: offline
+current-context: offline
+users:
+- name: nobody
+  user: {}
+"""
+
+# Templates that render without error on both objects; checked in one kubectl call per object.
+ORDERED = [
+    "{.metadata.name}",
+    "{.kind}/{.metadata.namespace}/{.metadata.name}",
+    "plain text only",
+    ".spec.nodeName",
+    "}{.kind}}",
+    "{ .metadata.name }",
+    "{@.metadata.name} {$.kind}",
+    "{.spec.replicas}",
+    "{.spec.ratio} {.spec.one} {.spec.million} {.spec.big} {.spec.almostBig} {.spec.tiny}",
+    "{.spec.small} {.spec.pi} {.spec.negFloat}",
+    "{.spec.int64max} {.spec.huge} {.spec.negative}",
+    "{.spec.paused} {.metadata.ownerReferences[0].controller}",
+    "{.spec.nothing}|{.metadata.deletionTimestamp}",
+    "{.spec.emptyList}{.spec.emptyMap}",
+    "{.spec.nested}",
+    "{.spec.matrix}",
+    "{.spec.mixed}",
+    "{.spec.mixed[*]}",
+    "{.metadata.labels}",
+    "{.metadata.annotations}",
+    "{.metadata.annotations.note}",
+    "{.metadata.annotations.unicode}",
+    "{.metadata.annotations.ctrl}",
+    "{.metadata.annotations.kubernetes\\.io/created-by}",
+    "{.metadata.labels['app\\.kubernetes\\.io/name']}",
+    "{.metadata.labels['app.kubernetes.io/name']}",
+    "{.metadata.labels['tier']}",
+    "{.spec.containers[*].name}",
+    "{.spec.containers[0].image}",
+    "{.spec.containers[-1].name}",
+    "{.spec.containers[1:3].name}",
+    "{.spec.containers[::2].name}",
+    "{.spec.containers[:2].name}",
+    "{.spec.containers[-2:].name}",
+    "{.spec.containers[0,2].name}",
+    "{.spec.containers[*]['name','image']}",
+    "{.spec.containers[*].ports[*].containerPort}",
+    "{.spec.containers[0].ports[*]}",
+    '{.spec.containers[?(@.name=="sidecar")].image}',
+    '{.spec.containers[?(@.name!="sidecar")].name}',
+    "{.spec.containers[?(@.restartCount>1)].name}",
+    "{.spec.containers[?(@.restartCount<=2)].name}",
+    "{.spec.containers[?(@.restartCount>=7)].name}",
+    "{.spec.containers[?(@.restartCount<7)].name}",
+    "{.spec.containers[?(@.args)].name}",
+    "{.spec.containers[?(@.ready==true)].name}",
+    "{.spec.containers[?(@.image=='busybox')].name}",
+    "{.spec.containers[?(@.ports[0].containerPort==80)].name}",
+    '{.spec.containers[?(@.name=="app")].ports[?(@.containerPort==443)].protocol}',
+    '{.status.conditions[?(@.type=="Ready")].status}',
+    '{.status.addresses[?(@.type=="InternalIP")].address}',
+    "{.status.conditions[?(@.reason)].type}",
+    '{range .spec.containers[*]}{.name}={.image}{"\\n"}{end}',
+    "{range .spec.containers[*]}[{range .ports[*]}{.containerPort}/{.protocol},{end}]{end}",
+    "{range .status.conditions[*]}{.type}:{.lastTransitionTime};{end}",
+    "{range .spec.mixed[*]}<{@}>{end}",
+    "{range .spec.emptyList[*]}x{.a}{end}after",
+    "{range .nulls[*]}<{@}>{end}",
+    "{range .entries[*]}{.name}:{.a};{end}",
+    "{range .spec.containers[*]}{.name}{end}{range .status.addresses[*]}{.address} {end}",
+    "{\"\\t\"}{'single'}{\"\\u00e9\\x41\\101\"}",
+    "{.spec.nested.a.b.c}",
+    "{..c}",
+    "{..containerPort}",
+    "{.spec.containers[*].name}{\"\\n\"}{.status.phase}",
+    "{.metadata.ownerReferences[*].kind}",
+    "{.status.conditions[*].lastTransitionTime}",
+    "{.metadata.missing}|{.metadata.missing.deeper}|{.spec.containers[*].missing}|{.spec.nothing.x}",
+    "{.spec.containers[5:5]}",
+    "{.metadata.name.*}",
+    "{1}{2.5}{true}{false}",
+    "{.metadata['name','namespace']}",
+    "{['kind']}",
+    "{.spec.matrix[*][0]} {.spec.matrix[1][1]}",
+    "{.entries[*].a}|{.entries[?(@.a)].name}|{.entries[?(@.a>=2)]}|{.list[*]}|{.data.k}",
+    "{.entries[1:]}|{.entries[:-1]}|{.entries[-3]}",
+    "{@}",
+]
+
+# Templates whose result order depends on Go's random map iteration: compared as sets of words.
+UNORDERED = [
+    "{.metadata.labels.*}",
+    "{..name}",
+    "{.spec.containers[0].*}",
+]
+
+# Templates kubectl rejects: (template, strict). The first line of both messages must agree.
+FAILING = [
+    ("{.metadata.name", False),
+    ("{.a[0}", False),
+    ('{.a[?(@.x=="y")}', False),
+    ('{"abc}', False),
+    ("{.a[x]}", False),
+    ("{.a[1:2:3:4]}", False),
+    ("{#}", False),
+    ("{\t.a}", False),
+    ("{....a}", False),
+    ('{"\\q"}', False),
+    ("{1.2.3}", False),
+    ("{.a[99999999999999999999]}", False),
+    ("{.a\n}", False),
+    ("{[1,x]}", False),
+    ('{.spec.containers[?(@.name=~"a")].name}', False),
+    ("{.spec.containers[5].name}", False),
+    ("{.spec.containers[-9]}", False),
+    ("{.spec.containers[2:1]}", False),
+    ("{.spec.containers[::0]}", False),
+    ("{.metadata.name[0]}", False),
+    ("{.metadata[0]}", False),
+    ("{.metadata.labels[?(@.x)]}", False),
+    ("{end}", False),
+    ("{foo}", False),
+    ("{.spec.containers[?(@.cpu<1.0)].name}", False),
+    ("{.spec.containers[?(@.ports==1)].name}", False),
+    ("{.spec.containers[?(@.ready<true)].name}", False),
+    ('{.spec.containers[?(@.name<>"a")].name}', False),
+    ("{.spec.containers[?(@.ports[*].containerPort==80)].name}", False),
+    ("{.metadata.missing}", True),
+    ("{.spec.nothing.x}", True),
+    ("{range .spec.emptyList[*]}{.a}{end}", True),
+    ("{.spec.containers[?(@.missing==1)].name}", True),
+]
+
+STRICT_OK = [
+    "{.metadata.name}",
+    "{.spec.containers[*].args}",
+    "{.spec.containers[?(@.args)].name}",
+]
+
+AS_JSON = [
+    "{.spec.containers[*].name}",
+    "{.metadata.labels}",
+    "{.spec.mixed}x{.spec.ratio}",
+    "{range .spec.containers[*]}{.name}{end}",
+    "{.metadata.missing}",
+]
+
+
+def load(name: str) -> Any:
+    return orjson.loads(OBJECTS[name].read_bytes())
+
+
+@pytest.fixture(scope="module")
+def kubectl_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment for running the real kubectl without any server."""
+    if not KUBECTL.exists():
+        pytest.skip("kubectl is not installed in the virtualenv")
+    home = tmp_path_factory.mktemp("kubectl")
+    (home / "kubeconfig").write_text(KUBECONFIG)
+    return {**os.environ, "KUBECONFIG": str(home / "kubeconfig"), "HOME": str(home)}
+
+
+def kubectl_print(
+    env: dict[str, str], name: str, output: str, template: str, *, strict: bool = False
+) -> tuple[int, str, str]:
+    """Print one object with kubectl's template printer; returns (exit code, stdout, stderr)."""
+    # annotate --local with the value the fixture already has prints the object unchanged, offline.
+    args = [str(KUBECTL), "annotate", "--local", "-f", str(OBJECTS[name]), "--overwrite", "fx=1",
+            f"--allow-missing-template-keys={'false' if strict else 'true'}", "-o", f"{output}={template}"]
+    done = subprocess.run(args, capture_output=True, env=env, timeout=60, check=False)
+    return done.returncode, done.stdout.decode("utf-8", "surrogateescape"), done.stderr.decode()
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTS))
+def test_matches_kubectl(kubectl_env: dict[str, str], name: str) -> None:
+    """Every template renders exactly as kubectl's -o jsonpath (one batched kubectl call per object)."""
+    templates = ORDERED + UNORDERED
+    code, out, err = kubectl_print(kubectl_env, name, "jsonpath", SEPARATOR.join(templates))
+    assert code == 0, err[:2000]
+    expected = out.split(SEPARATOR)
+    assert len(expected) == len(templates)
+    obj = load(name)
+    mismatches = []
+    for i, template in enumerate(templates):
+        got = compile_template(template).render(obj)
+        want = expected[i]
+        if template in UNORDERED:
+            got, want = " ".join(sorted(got.split(" "))), " ".join(sorted(want.split(" ")))
+        if got != want:
+            mismatches.append((template, want, got))
+    assert mismatches == []
+
+
+@pytest.mark.parametrize(("template", "strict"), FAILING, ids=[repr(t) for t, _ in FAILING])
+def test_errors_match_kubectl(kubectl_env: dict[str, str], template: str, strict: bool) -> None:
+    """Parse and execution errors carry kubectl's message (first line)."""
+    code, _, err = kubectl_print(kubectl_env, "pod", "jsonpath", template, strict=strict)
+    assert code == 1
+    expected = err.removeprefix("error: ").splitlines()[0]
+    with pytest.raises(TemplateError) as caught:
+        compile_template(template, allow_missing=not strict).render(load("pod"))
+    got = caught.value.message.removeprefix("unable to write arguments: ").splitlines()[0]
+    assert got == expected
+
+
+@pytest.mark.parametrize("template", STRICT_OK)
+def test_strict_success_matches_kubectl(kubectl_env: dict[str, str], template: str) -> None:
+    """Strict mode only fails when a field matches nothing at all."""
+    code, out, err = kubectl_print(kubectl_env, "pod", "jsonpath", template, strict=True)
+    assert code == 0, err[:2000]
+    assert compile_template(template, allow_missing=False).render(load("pod")) == out
+
+
+@pytest.mark.parametrize("template", AS_JSON)
+def test_as_json_matches_kubectl(kubectl_env: dict[str, str], template: str) -> None:
+    """jsonpath-as-json prints one indented JSON array per result group, as kubectl does."""
+    code, out, err = kubectl_print(kubectl_env, "pod", "jsonpath-as-json", template)
+    assert code == 0, err[:2000]
+    assert compile_template(template, "jsonpath-as-json").render(load("pod")) == out
+
+
+def test_template_file(tmp_path: Path, kubectl_env: dict[str, str]) -> None:
+    """jsonpath-file reads the template once; kubectl reads the same file the same way."""
+    path = tmp_path / "tmpl.jsonpath"
+    path.write_text("{.metadata.name}\n")
+    template = compile_template(str(path), "jsonpath-file")
+    path.write_text("changed")
+    code, out, _ = kubectl_print(kubectl_env, "pod", "jsonpath-file", str(tmp_path / "missing"))
+    assert code == 1
+    assert template.render(load("pod")) == "web-0\n"
+
+
+def test_unreadable_template_file(tmp_path: Path) -> None:
+    """A missing file gives oc's message with Go's error spelling."""
+    path = tmp_path / "nope"
+    with pytest.raises(TemplateError) as caught:
+        compile_template(str(path), "jsonpath-file")
+    assert caught.value.message == f"error reading --template {path}, open {path}: no such file or directory"
+
+
+@pytest.mark.parametrize("fmt", ["go-template", "go-template-file", "template", "templatefile"])
+def test_go_templates_are_refused(fmt: str) -> None:
+    """Go templates fail at start-up with one line that points to JSONPath."""
+    with pytest.raises(TemplateError) as caught:
+        compile_template("{{.metadata.name}}", fmt)
+    assert caught.value.message == (
+        f"{fmt} output is not supported by fastobs; use a JSONPath template (-o jsonpath, the default)"
+    )
+    assert "\n" not in caught.value.message
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml", "name", "jsonpath={.x}"])
+def test_unknown_format_with_template(fmt: str) -> None:
+    """Any other -o value with a template is oc's printer-matching error."""
+    with pytest.raises(TemplateError) as caught:
+        compile_template("{.x}", fmt)
+    assert caught.value.message == (
+        'unable to match a printer suitable for the output format "json", allowed formats are: '
+        "go-template,go-template-file,jsonpath,jsonpath-as-json,jsonpath-file,template,templatefile"
+    )
+
+
+@pytest.mark.parametrize("fmt", ["json", "go-template", "jsonpath-file"])
+def test_empty_template_ignores_format(fmt: str) -> None:
+    """No template text: the argument is always empty and -o is ignored, as in oc."""
+    assert compile_template("", fmt).render({"a": 1}) == ""
+
+
+def test_strict_error_message_shape() -> None:
+    """The strict-mode error starts with oc's wording and dumps the object Go-style."""
+    with pytest.raises(TemplateError) as caught:
+        template = compile_template("{.metadata.missing}", allow_missing=False)
+        template.render({"metadata": {"name": "x", "n": None}})
+    lines = caught.value.message.splitlines()
+    assert lines[0] == (
+        'unable to write arguments: error executing jsonpath "{.metadata.missing}": '
+        "Error executing template: missing is not found. "
+        "Printing more information for debugging the template:"
+    )
+    assert lines[-1] == (
+        '\t\tmap[string]interface {}{"metadata":map[string]interface {}{"n":interface {}(nil), "name":"x"}}'
+    )
+
+
+def test_parse_error_message() -> None:
+    """The classic unclosed action."""
+    with pytest.raises(TemplateError) as caught:
+        compile_template("{.metadata.name")
+    assert caught.value.message == "error parsing jsonpath {.metadata.name, unclosed action"
+
+
+def test_render_is_repeatable() -> None:
+    """Range state does not leak from one render to the next (kubectl's printer would fail here)."""
+    template = compile_template("{range .items[*]}[{.n}]{end}")
+    assert template.render({"items": [{"n": 1}, {"n": 2}]}) == "[1][2]"
+    assert template.render({"items": [{"n": 3}]}) == "[3]"
+
+
+def test_simple_path_agrees_with_general_path() -> None:
+    """The fast path for plain field chains gives the general evaluator's output."""
+    obj = load("pod")
+    for template in ["{.metadata.name}", "x{.spec.nested.a}y", "{.spec.nothing}", "{.metadata.missing.x}z",
+                     "{.spec.huge}{.spec.ratio}{.spec.paused}"]:
+        compiled = compile_template(template)
+        general = compile_template(template + "{range .x}{end}")
+        assert compiled.render(obj) == general.render(obj)
