@@ -268,3 +268,60 @@ def test_metrics_doc_names_every_fastobs_and_oc_family(exposed: dict[str, set[st
     families = {re.sub(r"_(bucket|sum|count)$", "", name) for name in exposed}
     for family in sorted(f for f in families if f.startswith(("fastobs_", "observe_"))):
         assert f"`{family}`" in doc, f"docs/metrics.md does not describe {family}"
+
+
+# -- a real fastobs against the real API server -----------------------------------------------
+
+
+@pytest.mark.cluster
+def test_a_real_fastobs_exposes_every_series_the_rules_and_dashboard_use(
+    k8s: Any, ns: str, tmp_path: Path
+) -> None:
+    from fastobs_run import configmap, free_port, recorder, start_fastobs
+
+    rec = recorder(tmp_path)
+    k8s.apply(configmap("first", ns))
+    port = free_port()
+    # Every command exits 3, so failure series exist too (they have no value before a failure).
+    proc = start_fastobs(k8s.env, "configmaps", "-n", ns, f"--listen-addr=127.0.0.1:{port}", "--",
+                         str(rec.path), extra_env={"T_EXIT": "3"})
+    try:
+        rec.wait_for(lambda calls: any("first" in c["argv"] for c in calls))
+        k8s.apply(configmap("second", ns))
+        rec.wait_for(lambda calls: any("second" in c["argv"] for c in calls))
+        text = scrape_until(port, 'fastobs_commands_total{result="failure",type="Added"} 1')
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    real: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, rest = line.partition("{")
+            real.setdefault(name.split(" ")[0], set()).update(re.findall(r'([a-zA-Z_]\w*)="', rest))
+    for name, expr in rule_exprs():
+        check_uses(name, expr, real)
+    for expr in dashboard_exprs():
+        check_uses("dashboard", grafana_to_promql(expr), real)
+    lines = text.splitlines()
+    for line in ["fastobs_watch_up 1", "fastobs_initial_sync_done 1", 'observe_counts{type="Sync"} 1',
+                 'observe_counts{type="Added"} 1',
+                 'observe_exec_durations_milliseconds_count{exit_code="3",type="Added"} 1',
+                 'fastobs_command_failures_total{code="3",reason="exit"} 2']:
+        assert line in lines, f"{line!r} not in\n{text}"
+
+
+def scrape_until(port: int, needle: str, timeout: float = 30.0) -> str:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            text = ""
+        if needle in text.splitlines():
+            return text
+        time.sleep(0.1)
+    raise AssertionError(f"{needle!r} never appeared on /metrics; last scrape:\n{text}")
