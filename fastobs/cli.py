@@ -45,11 +45,14 @@ Group = Literal["observe", "new", "connection", "hidden"]
 
 
 class ParseError(UsageError):
-    """A flag could not be parsed (pflag's wording); the usage text goes with it."""
+    """Bad argv: a flag pflag would reject (``show_usage``: print the usage text too), a
+    wrong number of arguments, or a value out of range. ``notices`` are the deprecation
+    lines printed before the error, as pflag prints them while it parses."""
 
-    def __init__(self, message: str, notices: Sequence[str] = ()) -> None:
+    def __init__(self, message: str, notices: Sequence[str] = (), *, show_usage: bool = True) -> None:
         super().__init__(message)
         self.notices = list(notices)
+        self.show_usage = show_usage
 
 
 class ShowHelp(Exception):
@@ -401,9 +404,8 @@ def _choice(flag: Flag, text: str) -> str:
 def parse_args(argv: Sequence[str]) -> tuple[Settings, list[str]]:
     """Parse argv into :class:`Settings` and the notice lines to print on stderr.
 
-    Raises :class:`ParseError` for flag syntax errors (print usage too),
-    :class:`UsageError` for argument and value errors, and :class:`ShowHelp` for
-    ``--help``/``--version``.
+    Raises :class:`ParseError` for anything wrong with argv, and :class:`ShowHelp`
+    for ``--help``/``--version``.
     """
     scan = _Scan(argv)
     scan.run()
@@ -412,13 +414,16 @@ def parse_args(argv: Sequence[str]) -> tuple[Settings, list[str]]:
         raise ShowHelp(help_text(), scan.notices)
     if values["version"]:
         raise ShowHelp(f"fastobs {__version__}\n", scan.notices)
-    resource = _resource(scan.positionals)
     notices = list(scan.notices)
-    if values["output"] == "gotemplate":
-        values["output"] = "go-template"
-        notices.append("DEPRECATED: The 'gotemplate' output format has been replaced by 'go-template', "
-                       "please use the new spelling instead")
-    _check_ranges(values)
+    try:
+        resource = _resource(scan.positionals)
+        if values["output"] == "gotemplate":
+            values["output"] = "go-template"
+            notices.append("DEPRECATED: The 'gotemplate' output format has been replaced by "
+                           "'go-template', please use the new spelling instead")
+        _check_ranges(values)
+    except UsageError as error:
+        raise ParseError(error.message, notices, show_usage=False) from None
     return _settings(resource, tuple(scan.command or ()), values), notices
 
 
@@ -647,7 +652,8 @@ def _main(args: list[str]) -> int:
         return EXIT_OK
     except ParseError as error:
         _notices(error.notices)
-        _write(sys.stderr, f"{_usage_hint()}\nerror: {error.message}\n")
+        usage = _usage_hint() + "\n" if error.show_usage else ""
+        _write(sys.stderr, f"{usage}error: {error.message}\n")
         return EXIT_ERROR
     _notices(notices)
     from fastobs import daemon  # lazy: imports the Kubernetes client (~0.3 s)
