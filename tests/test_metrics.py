@@ -8,10 +8,14 @@ while the health answers flip.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -504,3 +508,74 @@ def test_malformed_addresses_are_listen_errors(addr: str, message: str) -> None:
 )
 def test_parse_listen_addr(addr: str, parsed: tuple[str, int]) -> None:
     assert parse_listen_addr(addr) == parsed
+
+
+# -- a real fastobs against the real API server ---------------------------------------------
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return 0, ""  # not listening (yet)
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def worker_pids(parent: int) -> list[int]:
+    pids = []
+    for task in os.listdir(f"/proc/{parent}/task"):
+        children = open(f"/proc/{parent}/task/{task}/children").read().split()
+        for pid in map(int, children):
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+            if b"fastobs.worker" in cmdline:
+                pids.append(pid)
+    return pids
+
+
+@pytest.mark.cluster
+def test_real_fastobs_health_endpoints_and_worker_restart_metrics(k8s: Any, ns: str, tmp_path: Path) -> None:
+    from fastobs_run import configmap, free_port, recorder, start_fastobs
+
+    rec = recorder(tmp_path)
+    k8s.apply(configmap("one", ns))
+    port = free_port()
+    proc = start_fastobs(k8s.env, "configmaps", "-n", ns, "--workers=2", f"--listen-addr=127.0.0.1:{port}",
+                         "--", str(rec.path))
+    try:
+        wait_for("/healthz ok", lambda: http_get(port, "/healthz") == (200, "ok"))
+        assert http_get(port, "/healthz?verbose") == (200, "[+]ready ok\nhealthz check passed\n")
+        assert http_get(port, "/healthz/ready") == (200, "ok")
+        wait_for("/readyz ok", lambda: http_get(port, "/readyz") == (200, "ok"))
+        assert http_get(port, "/livez") == (200, "ok")
+
+        victim = worker_pids(proc.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+
+        def restarted() -> bool:
+            text = http_get(port, "/metrics")[1].splitlines()
+            restarts = [line for line in text if line.startswith("fastobs_worker_restarts_total{")]
+            return (sum(float(line.split()[-1]) for line in restarts) == 1
+                    and "fastobs_workers_alive 2" in text)
+
+        wait_for("a replaced worker on /metrics", restarted)
+        wait_for("/livez ok after the restart", lambda: http_get(port, "/livez") == (200, "ok"))
+        assert victim not in worker_pids(proc.pid)
+        k8s.apply(configmap("two", ns))
+        rec.wait_for(lambda calls: any("two" in c["argv"] for c in calls))
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
