@@ -106,7 +106,9 @@ def test_crd_and_custom_resource_by_server_side_apply(k8s: KubeCluster, ns: str)
         {"apiVersion": f"{GROUP}/v1", "kind": "Widget", "metadata": {"name": "w1"}, "spec": {"size": 3}},
         namespace=ns,
     )
-    widget = json.loads(k8s.kubectl("get", "widgets", "w1", "-n", ns, "-o", "json", "--show-managed-fields").stdout)
+    widget = json.loads(
+        k8s.kubectl("get", "widgets", "w1", "-n", ns, "-o", "json", "--show-managed-fields").stdout
+    )
     assert widget["spec"] == {"size": 3}
     assert widget["metadata"]["managedFields"][0]["operation"] == "Apply"
     bad = k8s.kubectl(
@@ -336,3 +338,41 @@ def test_dev_cluster_rejects_an_unknown_subcommand(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1].startswith("usage: dev-cluster {up,down,status}")
     assert "Traceback" not in res.stderr
+
+
+# ----------------------------------------------------------------------------- k8s-env-generate
+
+
+def test_k8s_env_generate_replaces_only_exact_v0_0_0_staging_modules(tmp_path: Path) -> None:
+    gomod = tmp_path / "go.mod"
+    gomod.write_text(
+        "module k8s.io/kubernetes\n\ngo 1.26.0\n\n"
+        "require k8s.io/api v0.0.0\n\n"
+        "require (\n"
+        "\tgithub.com/spf13/cobra v1.10.2\n"
+        "\tk8s.io/apimachinery v0.0.0\n"
+        "\tk8s.io/ktesting v0.0.0 // indirect\n"
+        "\tk8s.io/utils v0.0.0-20260210185600-b8788abfbbc2\n"
+        "\tk8s.io/kube-openapi v0.0.0-20260317180543-43fb72c5454a // indirect\n"
+        "\tk8s.io/klog/v2 v2.140.0\n"
+        ")\n\n"
+        "replace k8s.io/api => ./staging/src/k8s.io/api\n"
+    )
+    res = subprocess.run(
+        [str(REPO_ROOT / "scripts" / "k8s-env-generate"), "--staging", str(gomod)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["k8s.io/api", "k8s.io/apimachinery", "k8s.io/ktesting"]
+
+
+def test_k8s_env_generate_rejects_a_bad_version() -> None:
+    res = subprocess.run(
+        [str(REPO_ROOT / "scripts" / "k8s-env-generate"), "latest"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 2 and res.stderr.startswith("usage: scripts/k8s-env-generate")
