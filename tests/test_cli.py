@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +15,7 @@ from typing import Any
 import pytest
 
 from fastobs import __version__
-from fastobs.cli import FLAGS, ParseError, ShowHelp, check_after_discovery, help_text, main, parse_args
+from fastobs.cli import FLAGS, ParseError, ShowHelp, _Scan, check_after_discovery, help_text, main, parse_args
 from fastobs.errors import UsageError
 from fastobs.settings import RunSettings, Settings
 
@@ -635,3 +638,315 @@ def test_console_script_entry() -> None:
         pytest.skip("fastobs is not installed as a console script in this environment")
     done = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60, check=False)
     assert (done.returncode, done.stdout) == (0, f"fastobs {__version__}\n")
+
+
+# --- against the real pflag ---------------------------------------------------------------
+
+_PFLAG_PROGRAM = """
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+type spec struct {
+	Name, Short, Kind, Dest string
+	Default                 any
+	Choices                 []string
+	IntBase                 int
+	Deprecated              string
+}
+
+type choice struct {
+	value   *string
+	choices []string
+}
+
+func (c *choice) String() string { return *c.value }
+func (c *choice) Type() string   { return "string" }
+func (c *choice) Set(s string) error {
+	for _, allowed := range c.choices {
+		if s == allowed {
+			*c.value = s
+			return nil
+		}
+	}
+	return errors.New("must be one of " + strings.Join(c.choices, ", "))
+}
+
+type level struct{ value *int }
+
+func (l *level) String() string { return strconv.Itoa(*l.value) }
+func (l *level) Type() string   { return "Level" }
+func (l *level) Set(s string) error {
+	v, err := strconv.ParseInt(s, 10, 32)
+	if err != nil {
+		return err
+	}
+	*l.value = int(v)
+	return nil
+}
+
+func parse(specs []spec, argv []string) map[string]any {
+	var out bytes.Buffer
+	fs := pflag.NewFlagSet("fastobs", pflag.ContinueOnError)
+	fs.SetOutput(&out)
+	fs.Usage = func() {}
+	fs.SetNormalizeFunc(func(f *pflag.FlagSet, name string) pflag.NormalizedName {
+		return pflag.NormalizedName(strings.ReplaceAll(name, "_", "-"))
+	})
+	bools, strs, ints, durs, words := map[string]*bool{}, map[string]*string{}, map[string]*int{},
+		map[string]*time.Duration{}, map[string]*[]string{}
+	for _, s := range specs {
+		switch s.Kind {
+		case "bool":
+			if bools[s.Dest] == nil {
+				bools[s.Dest] = new(bool)
+				*bools[s.Dest] = s.Default.(bool)
+			}
+			fs.BoolVarP(bools[s.Dest], s.Name, s.Short, s.Default.(bool), "")
+		case "string":
+			strs[s.Dest] = new(string)
+			fs.StringVarP(strs[s.Dest], s.Name, s.Short, s.Default.(string), "")
+		case "choice":
+			strs[s.Dest] = new(string)
+			*strs[s.Dest] = s.Default.(string)
+			fs.VarP(&choice{strs[s.Dest], s.Choices}, s.Name, s.Short, "")
+		case "int":
+			if ints[s.Dest] == nil {
+				ints[s.Dest] = new(int)
+				*ints[s.Dest] = int(s.Default.(float64))
+			}
+			if s.IntBase == 10 {
+				fs.VarP(&level{ints[s.Dest]}, s.Name, s.Short, "")
+			} else {
+				fs.IntVarP(ints[s.Dest], s.Name, s.Short, int(s.Default.(float64)), "")
+			}
+		case "duration":
+			durs[s.Dest] = new(time.Duration)
+			fs.DurationVarP(durs[s.Dest], s.Name, s.Short, time.Duration(s.Default.(float64)*1e9), "")
+		case "words":
+			words[s.Dest] = new([]string)
+			fs.StringArrayVarP(words[s.Dest], s.Name, s.Short, nil, "")
+		}
+		if s.Deprecated != "" {
+			fs.MarkDeprecated(s.Name, s.Deprecated)
+		}
+	}
+	err := fs.Parse(argv)
+	notices := []string{}
+	for _, line := range strings.Split(out.String(), "\\n") {
+		if strings.HasPrefix(line, "Flag --") {
+			notices = append(notices, line)
+		}
+	}
+	result := map[string]any{"notices": notices}
+	if err != nil {
+		result["error"] = err.Error()
+		return result
+	}
+	values := map[string]any{}
+	for k, v := range bools {
+		values[k] = *v
+	}
+	for k, v := range strs {
+		values[k] = *v
+	}
+	for k, v := range ints {
+		values[k] = *v
+	}
+	for k, v := range durs {
+		values[k] = int64(*v)
+	}
+	for k, v := range words {
+		values[k] = append([]string{}, (*v)...)
+	}
+	result["values"] = values
+	result["args"] = append([]string{}, fs.Args()...)
+	result["dash"] = fs.ArgsLenAtDash()
+	return result
+}
+
+func main() {
+	var req struct {
+		Flags []spec
+		Cases [][]string
+	}
+	if err := json.NewDecoder(os.Stdin).Decode(&req); err != nil {
+		panic(err)
+	}
+	results := []map[string]any{}
+	for _, argv := range req.Cases {
+		results = append(results, parse(req.Flags, argv))
+	}
+	json.NewEncoder(os.Stdout).Encode(results)
+}
+"""
+
+_ARGV_PIECES = [
+    "pods",
+    "svc",
+    "",
+    "-",
+    "--",
+    "5",
+    "1m",
+    "-1",
+    "true",
+    "false",
+    "0x10",
+    "1_0",
+    "_1",
+    "99999999999999999999",
+    "--once",
+    "--once=false",
+    "--once=maybe",
+    "-q",
+    "-Aq",
+    "-qA",
+    "-q=false",
+    "-q=",
+    "-qn",
+    "-nfoo",
+    "-n",
+    "-n=x",
+    "--namespace",
+    "--namespace=",
+    "--name_space",
+    "--exit_after",
+    "--exit-after",
+    "--exit-after=5",
+    "--exit-after=1m30s",
+    "--resync-period=-2m",
+    "-d",
+    "--delete",
+    "--names",
+    "-a",
+    "--argument",
+    "-a{.x}",
+    "--strict-templates",
+    "--no-headers",
+    "--no-headers=false",
+    "--quiet",
+    "--maximum-errors",
+    "--maximum-errors=0x1F",
+    "--maximum-errors=0o17",
+    "--maximum-errors=1_000",
+    "--maximum-errors=1__0",
+    "-v",
+    "-v=3",
+    "-v3",
+    "--v",
+    "--loglevel",
+    "--loglevel=0x3",
+    "--object-channel",
+    "--object-channel=file",
+    "--object-channel=pipe",
+    "--bogus",
+    "--bogus=1",
+    "-x",
+    "-Ax",
+    "---x",
+    "--=x",
+    "--help=false",
+    "-s",
+    "--timeout=1.5h",
+    "--backoff-cap",
+    "-o",
+    "--output=gotemplate",
+    "--template",
+    "--listen-addr=",
+    "--allow-missing-template-keys=F",
+    "--workers",
+    "--concurrency=0b101",
+    "-lapp=web",
+    "--kill_grace=3s",
+]
+
+
+def _pflag_cases() -> list[list[str]]:
+    rng = random.Random(11251)
+    fixed = [["pods"], ["pods", "--", "--once", "--"], ["-Aq", "pods", "-n", "--"], ["--exit_after=2s", "x"]]
+    return fixed + [[rng.choice(_ARGV_PIECES) for _ in range(rng.randrange(1, 7))] for _ in range(4000)]
+
+
+def _ours(argv: list[str]) -> dict[str, Any]:
+    scan = _Scan(argv)
+    try:
+        scan.run()
+    except ParseError as error:
+        return {"notices": error.notices, "error": error.message}
+    values: dict[str, Any] = {}
+    for flag in FLAGS:
+        value = scan.values[flag.dest]
+        if flag.kind == "duration":
+            value = round(value * 1e9)
+        elif flag.kind == "words":
+            value = list(value)
+        values[flag.dest] = value
+    command = scan.command
+    return {
+        "notices": scan.notices,
+        "values": values,
+        "args": scan.positionals + (command or []),
+        "dash": len(scan.positionals) if command is not None else -1,
+    }
+
+
+@pytest.fixture(scope="module")
+def pflag_answers(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """What github.com/spf13/pflag makes of every case, with the same flag table."""
+    go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
+    if go is None:
+        pytest.skip("the Go toolchain is not installed")
+    workdir = tmp_path_factory.mktemp("gopflag")
+    (workdir / "go.mod").write_text("module gopflag\n\ngo 1.21\n\nrequire github.com/spf13/pflag v1.0.9\n")
+    (workdir / "main.go").write_text(_PFLAG_PROGRAM)
+    flags = [
+        {
+            "Name": f.name,
+            "Short": f.short,
+            "Kind": f.kind,
+            "Dest": f.dest,
+            "Default": list(f.default) if f.kind == "words" else f.default,
+            "Choices": list(f.choices),
+            "IntBase": f.int_base,
+            "Deprecated": f.deprecated,
+        }
+        for f in FLAGS
+    ]
+    request = json.dumps({"Flags": flags, "Cases": _pflag_cases()})
+    env = dict(os.environ, GOFLAGS="-mod=mod", GOPROXY="off", GOSUMDB="off", GOTOOLCHAIN="local")
+    done = subprocess.run(
+        [go, "run", "."],
+        cwd=workdir,
+        input=request.encode(),
+        capture_output=True,
+        env=env,
+        timeout=280,
+        check=False,
+    )
+    if done.returncode != 0 and b"GOPROXY=off" in done.stderr:
+        pytest.skip("github.com/spf13/pflag is not in the Go module cache")
+    assert done.returncode == 0, done.stderr.decode()
+    answers: list[dict[str, Any]] = json.loads(done.stdout)
+    return answers
+
+
+def test_argv_parsing_matches_pflag(pflag_answers: list[dict[str, Any]]) -> None:
+    """On thousands of argv mixes, values, arguments, `--` position, notices and errors match pflag."""
+    mismatches = []
+    for argv, answer in zip(_pflag_cases(), pflag_answers, strict=True):
+        ours = _ours(argv)
+        if ours != answer:
+            mismatches.append((argv, ours, answer))
+    assert len(pflag_answers) > 4000
+    assert mismatches[:3] == []
