@@ -94,7 +94,7 @@ async def _run(settings: Settings, client: KubeClient, resource: Resource) -> in
         from .http import serve
 
         server = await serve(settings.listen_addr, metrics, engine)
-        logger.info("listening on %s at /metrics and /healthz", settings.listen_addr)
+        logger.debug("listening on %s at /metrics and /healthz", settings.listen_addr)
     bridge = _SourceMetrics(metrics)
     namespace = None if settings.all_namespaces or not resource.namespaced else client.namespace
     source = Source(

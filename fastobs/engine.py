@@ -227,13 +227,15 @@ class Engine:
         if self.settings.once and not self.outcome.done():
             if self.emitted == 0:
                 self.output.stderr("Nothing to sync, exiting immediately\n")
-            self.outcome.set_result(0)
+            self.finish(0)
 
     def fail(self, exc: BaseException) -> None:
+        self.pool.stopping = True  # nothing new is dispatched once the outcome is known
         if not self.outcome.done():
             self.outcome.set_exception(exc)
 
     def finish(self, code: int) -> None:
+        self.pool.stopping = True
         if not self.outcome.done():
             self.outcome.set_result(code)
 

@@ -41,6 +41,8 @@ class Worker:
         self.reader = reader
         self.writer = writer
         self.tasks: set[asyncio.Task[None]] = set()
+        self.running: set[asyncio.Task[None]] = set()
+        """Tasks holding a slot: their command has started (or is about to)."""
         self.spawned = 0
         self.stopping = False
 
@@ -91,6 +93,10 @@ class Worker:
 
     async def _job(self, header: dict[str, Any], obj: bytes | None) -> None:
         async with self.slots:
+            task = asyncio.current_task()
+            assert task is not None
+            self.running.add(task)
+            task.add_done_callback(self.running.discard)
             self.spawned += 1
             job_id = header["id"]
 
@@ -125,6 +131,10 @@ class Worker:
     async def _drain(self, grace: float) -> None:
         """Graceful stop: running commands get ``grace`` seconds, then their groups are killed."""
         self.stopping = True
+        # Jobs that were only prefetched never start: the parent re-dispatches nothing
+        # after a stop, and oc would not have run them either.
+        for task in self.tasks - self.running:
+            task.cancel()
         if self.tasks:
             _, pending = await asyncio.wait(set(self.tasks), timeout=grace if grace > 0 else None)
             if pending:

@@ -1,0 +1,355 @@
+"""End to end: the real ``fastobs`` command against the real kube-apiserver.
+
+Each test runs ``python -m fastobs`` as a subprocess with a recording command (argv,
+environment, stdin written to a file) and checks what oc observe users rely on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from fastobs_run import (
+    configmap,
+    headers,
+    recorder,
+    run_fastobs,
+    start_fastobs,
+)
+
+pytestmark = pytest.mark.cluster
+
+TS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(Z|[+-]\d\d:\d\d)"
+NO_METRICS = "--listen-addr="
+
+
+def make_cms(k8s, ns: str, n: int, **kw) -> None:  # type: ignore[no-untyped-def]
+    items = [configmap(f"cm{i}", ns, **kw) for i in range(n)]
+    k8s.apply({"apiVersion": "v1", "kind": "List", "items": items})
+
+
+def test_namespaced_argv_env_headers_and_sync_markers(k8s, ns, tmp_path: Path) -> None:
+    """argv is [cmd args...] ns name (no trailing empty arg); env and headers as oc."""
+    make_cms(k8s, ns, 3, data={"k": "v"})
+    rec = recorder(tmp_path)
+    res = run_fastobs(
+        k8s.env, "configmaps", "-n", ns, "--once", NO_METRICS, "--type-env-var", "T_TYPE",
+        "--object-env-var", "T_OBJ", "--", str(rec.path), "lead",
+    )
+    assert res.returncode == 0, res.stderr
+    calls = rec.calls()
+    assert sorted(c["argv"] for c in calls) == [["lead", ns, f"cm{i}"] for i in range(3)]
+    for c in calls:
+        assert c["env"]["T_TYPE"] == "Sync"
+        obj = c["env"]["T_OBJ"]
+        assert obj.endswith("\n") and json.loads(obj)["kind"] == "ConfigMap"
+        assert obj == json.dumps(json.loads(obj), separators=(",", ":"), sort_keys=True) + "\n"
+        assert c["stdin"] == "", "stdin must be /dev/null"
+    lines = headers(res.stdout)
+    assert re.fullmatch(rf"# {TS} Sync started", lines[0])
+    assert re.fullmatch(rf"# {TS} Sync ended", lines[-1])
+    for line in lines[1:-1]:
+        assert re.fullmatch(rf"# {TS} Sync \d+\t{re.escape(str(rec.path))} lead {ns} cm\d", line), line
+
+
+def test_cluster_scoped_argv_and_short_name(k8s, tmp_path: Path) -> None:
+    """Cluster-scoped resources get only the name; short names resolve through discovery."""
+    label = f"t{time.monotonic_ns()}"
+    for i in range(2):
+        k8s.apply({"apiVersion": "v1", "kind": "Namespace",
+                   "metadata": {"name": f"{label}-{i}", "labels": {"suite": label}}})
+    rec = recorder(tmp_path)
+    res = run_fastobs(k8s.env, "ns", "-l", f"suite={label}", "--once", NO_METRICS, "--", str(rec.path))
+    assert res.returncode == 0, res.stderr
+    assert sorted(rec.argvs()) == [[f"{label}-0"], [f"{label}-1"]]
+
+
+def test_template_argument_and_strict_mode(k8s, ns, tmp_path: Path) -> None:
+    """--template output is one argv element; missing keys are empty unless strict."""
+    k8s.apply(configmap("a", ns, data={"x": "hello world"}))
+    k8s.apply(configmap("b", ns, data={}))
+    rec = recorder(tmp_path)
+    res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "--template", "{.data.x}",
+                      "--", str(rec.path))
+    assert res.returncode == 0, res.stderr
+    assert sorted(rec.argvs()) == [[ns, "a", "hello world"], [ns, "b", ""]]
+    strict = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "--template", "{.data.x}",
+                         "--allow-missing-template-keys=false", "--", str(rec.path))
+    assert strict.returncode == 1
+    assert "error: unable to write arguments" in strict.stderr and "is not found" in strict.stderr
+    assert "Traceback" not in strict.stderr
+
+
+def test_template_parse_error_at_startup(k8s, ns, tmp_path: Path) -> None:
+    res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "--template", "{.metadata.name",
+                      "--", "true")
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1].startswith("error: error parsing jsonpath {.metadata.name")
+
+
+def test_object_data_cannot_inject_commands(k8s, ns, tmp_path: Path) -> None:
+    """Object data with quotes, spaces and $(...) reaches argv verbatim; nothing runs."""
+    evil = "$(touch " + str(tmp_path / "pwned") + "); `id` \"q\" 'x' && rm -rf /"
+    k8s.apply(configmap("evil", ns, data={"x": evil}))
+    rec = recorder(tmp_path)
+    res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "--template", "{.data.x}",
+                      "--", str(rec.path))
+    assert res.returncode == 0, res.stderr
+    assert rec.argvs() == [[ns, "evil", evil]]
+    assert not (tmp_path / "pwned").exists()
+    # oc quotes such elements Go-style in the header line.
+    assert '"$(touch ' in res.stdout
+
+
+def test_names_and_delete_at_startup(k8s, ns, tmp_path: Path) -> None:
+    """Keys from --names missing on the server get the delete command, without template arg."""
+    k8s.apply(configmap("present", ns, data={"x": "1"}))
+    names = tmp_path / "names.sh"
+    names.write_text(f"#!/bin/sh\necho {ns}/gone\necho {ns}/present\necho\n")
+    names.chmod(0o755)
+    rec = recorder(tmp_path)
+    dele = recorder(tmp_path, "delete")
+    res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "--template", "{.data.x}",
+                      "--names", str(names), "--delete", str(dele.path), "--delete", "d-arg",
+                      "--", str(rec.path))
+    assert res.returncode == 0, res.stderr
+    assert rec.argvs() == [[ns, "present", "1"]]
+    assert dele.argvs() == [["d-arg", ns, "gone"]]
+    assert re.search(rf"# {TS} Deleted \t{re.escape(str(dele.path))} d-arg {ns} gone", res.stdout)
+
+
+def test_delete_without_names_warns_and_watch_delete_runs(k8s, ns, tmp_path: Path) -> None:
+    """A watch DELETED runs --delete with the final state (template rendered from it)."""
+    k8s.apply(configmap("keep", ns, data={"x": "k"}))
+    rec = recorder(tmp_path)
+    dele = recorder(tmp_path, "delete")
+    proc = start_fastobs(k8s.env, "cm", "-n", ns, NO_METRICS, "--template", "{.data.x}",
+                         "--delete", str(dele.path), "--", str(rec.path))
+    try:
+        rec.wait_for(lambda c: len(c) == 1)
+        k8s.apply(configmap("tmp", ns, data={"x": "final"}))
+        rec.wait_for(lambda c: len(c) == 2)
+        k8s.kubectl("delete", "cm", "tmp", "-n", ns)
+        dele.wait_for(lambda c: len(c) == 1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert dele.argvs() == [[ns, "tmp", "final"]]
+    assert 'warning: If you are modifying resources outside of "/v1, Resource=configmaps"' in err
+
+
+def test_label_selector_stop_matching_is_delete(k8s, ns, tmp_path: Path) -> None:
+    """An object that stops matching -l arrives as Deleted."""
+    k8s.apply(configmap("m", ns, labels={"watch": "yes"}))
+    rec = recorder(tmp_path)
+    dele = recorder(tmp_path, "delete")
+    proc = start_fastobs(k8s.env, "cm", "-n", ns, "-l", "watch=yes", NO_METRICS,
+                         "--delete", str(dele.path), "--", str(rec.path))
+    try:
+        rec.wait_for(lambda c: len(c) == 1)
+        k8s.kubectl("label", "cm", "m", "-n", ns, "watch=no", "--overwrite")
+        dele.wait_for(lambda c: len(c) == 1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert dele.argvs() == [[ns, "m"]]
+
+
+def test_retry_on_exit_code(k8s, ns, tmp_path: Path) -> None:
+    """An attempt exiting with --retry-on-exit-code is retried at once, up to --retry-count."""
+    k8s.apply(configmap("r", ns))
+    counter = tmp_path / "count"
+    script = tmp_path / "flaky.sh"
+    script.write_text(f'#!/bin/sh\necho x >> {counter}\n[ "$(wc -l < {counter})" -ge 3 ] && exit 0\nexit 7\n')
+    script.chmod(0o755)
+    res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "--retry-on-exit-code", "7",
+                      "--", str(script))
+    assert res.returncode == 0, res.stderr
+    assert len(counter.read_text().splitlines()) == 3
+    counter.unlink()
+    res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "--retry-on-exit-code", "7",
+                      "--retry-count", "1", "--", str(script))
+    assert len(counter.read_text().splitlines()) == 2
+    assert f'error: command "{script}" exited with status code 7' in res.stderr
+
+
+def test_maximum_errors(k8s, ns, tmp_path: Path) -> None:
+    """Failed events count up to --maximum-errors, then exit 1 with oc's message."""
+    make_cms(k8s, ns, 4)
+    rec = recorder(tmp_path)
+    res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "--maximum-errors", "2",
+                      "--workers", "1", "--concurrency", "1", "--", str(rec.path),
+                      extra_env={"T_EXIT": "3"})
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1] == "error: reached maximum error limit of 2, exiting"
+    failures = sum("exited with status code 3" in line for line in lines)
+    # The limit stops dispatching at once; a command the worker had already started when
+    # the second failure came back may still finish (and is reported), never more.
+    assert 2 <= failures <= 3, lines
+    assert len(rec.calls()) == failures
+
+
+def test_once_with_empty_list(k8s, ns) -> None:
+    res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "--", "true")
+    assert res.returncode == 0
+    assert res.stderr.strip() == "Nothing to sync, exiting immediately"
+    assert res.stdout == ""
+
+
+def test_unknown_resource(k8s) -> None:
+    res = run_fastobs(k8s.env, "foos", "--once")
+    assert res.returncode == 1
+    assert res.stderr.strip() == 'error: the server doesn\'t have a resource type "foos"'
+
+
+def test_forbidden_for_restricted_identity(k8s, restricted) -> None:
+    """A list the identity may not do: clear error lines, then oc's list-error exit (255)."""
+    env = dict(k8s.env, KUBECONFIG=str(restricted.kubeconfig))
+    res = run_fastobs(env, "secrets", "-n", restricted.namespace, "--once", NO_METRICS,
+                      "--maximum-errors", "1", "--", "true", timeout=60)
+    assert res.returncode == 255, res.stderr
+    assert "forbidden" in res.stderr.lower()
+    assert "Maximum list errors of 1 reached, exiting" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_large_object_through_stdin_and_file(k8s, ns, tmp_path: Path) -> None:
+    """A 200 KiB object reaches the command on stdin or in a file; the env var cannot carry it."""
+    big = "x" * (200 * 1024)
+    k8s.apply(configmap("big", ns, data={"blob": big}))
+    for channel in ("stdin", "file"):
+        rec = recorder(tmp_path, f"rec-{channel}")
+        res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "--object-channel", channel,
+                          "--", str(rec.path))
+        assert res.returncode == 0, res.stderr
+        (call,) = rec.calls()
+        text = call["stdin"] if channel == "stdin" else call["file"]
+        assert json.loads(text)["data"]["blob"] == big
+    rec = recorder(tmp_path, "rec-env")
+    res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "--object-env-var", "T_OBJ",
+                      "--", str(rec.path))
+    assert res.returncode == 0
+    assert "argument list too long" in res.stderr
+    assert rec.calls() == []
+
+
+def test_sigterm_lets_running_commands_finish(k8s, ns, tmp_path: Path) -> None:
+    """SIGTERM stops intake, lets the running command end, exits 0."""
+    k8s.apply(configmap("slow", ns))
+    marker = tmp_path / "finished"
+    script = tmp_path / "slow.sh"
+    began = tmp_path / "began"
+    script.write_text(f"#!/bin/sh\necho started\ntouch {began}\nsleep 1\ntouch {marker}\n")
+    script.chmod(0o755)
+    proc = start_fastobs(k8s.env, "cm", "-n", ns, NO_METRICS, "--", str(script))
+    deadline = time.monotonic() + 20
+    while not began.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert marker.exists(), "the running command was not allowed to finish"
+    assert "started" in out
+
+
+def test_sigterm_grace_then_kill_and_second_signal(k8s, ns, tmp_path: Path) -> None:
+    """After --shutdown-grace the command's process group is killed; fastobs still exits 0."""
+    k8s.apply(configmap("hang", ns))
+    pidfile = tmp_path / "pid"
+    script = tmp_path / "hang.sh"
+    script.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {pidfile}\nwait\n")
+    script.chmod(0o755)
+    proc = start_fastobs(k8s.env, "cm", "-n", ns, NO_METRICS, "--shutdown-grace", "1s", "--kill-grace", "1s",
+                         "--", str(script))
+    deadline = time.monotonic() + 20
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    grandchild = int(pidfile.read_text())
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    time.sleep(0.2)
+    assert not _alive(grandchild), "the command's process group survived shutdown"
+
+
+def test_exit_after(k8s, ns, tmp_path: Path) -> None:
+    k8s.apply(configmap("e", ns))
+    res = run_fastobs(k8s.env, "cm", "-n", ns, NO_METRICS, "--exit-after", "2s", "--", "true")
+    assert res.returncode == 0
+    assert res.stderr.strip().splitlines()[-1] == "Shutting down after 2s ..."
+
+
+def test_print_metrics_on_exit(k8s, ns) -> None:
+    make_cms(k8s, ns, 2)
+    res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", "--listen-addr=127.0.0.1:0",
+                      "--print-metrics-on-exit", "--", "true")
+    assert res.returncode == 0, res.stderr
+    assert 'observe_counts{type="Sync"} 2' in res.stdout
+    assert 'observe_exec_durations_milliseconds_count{exit_code="0",type="Sync"} 2' in res.stdout
+
+
+def test_resync_period_reruns_everything(k8s, ns, tmp_path: Path) -> None:
+    make_cms(k8s, ns, 2)
+    rec = recorder(tmp_path)
+    res = run_fastobs(k8s.env, "cm", "-n", ns, NO_METRICS, "--resync-period", "1s", "--exit-after", "3500ms",
+                      "--", str(rec.path))
+    assert res.returncode == 0, res.stderr
+    counts: dict[str, int] = {}
+    for argv in rec.argvs():
+        counts[argv[1]] = counts.get(argv[1], 0) + 1
+    assert set(counts) == {"cm0", "cm1"} and min(counts.values()) >= 3, counts
+
+
+def test_grouped_output_never_interleaves(k8s, ns, tmp_path: Path) -> None:
+    """Each command's output stays together under its own header."""
+    make_cms(k8s, ns, 6)
+    script = tmp_path / "chatty.sh"
+    script.write_text('#!/bin/sh\nfor i in 1 2 3 4 5; do echo "$2 line $i"; sleep 0.01; done\n')
+    script.chmod(0o755)
+    res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "--concurrency", "6", "--", str(script))
+    assert res.returncode == 0, res.stderr
+    blocks = re.split(r"^# .*$\n", res.stdout, flags=re.M)
+    bodies = [b for b in blocks if b.strip()]
+    assert len(bodies) == 6
+    for body in bodies:
+        names = {line.split()[0] for line in body.splitlines()}
+        assert len(names) == 1, f"output of different commands mixed: {body!r}"
+
+
+def test_stream_output_prefixes_key(k8s, ns, tmp_path: Path) -> None:
+    k8s.apply(configmap("s", ns))
+    res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "--output-mode", "stream",
+                      "--", "sh", "-c", "echo out; echo err >&2", "sh")
+    assert res.returncode == 0, res.stderr
+    assert f"{ns}/s: out" in res.stdout.splitlines()
+    assert f"{ns}/s: err" in res.stderr.splitlines()
+
+
+def test_no_command_prints_headers_only(k8s, ns) -> None:
+    k8s.apply(configmap("h", ns))
+    res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS)
+    assert res.returncode == 0, res.stderr
+    assert re.search(rf'# {TS} Sync \d+\t"" {ns} h$', res.stdout, flags=re.M)
+    quiet = run_fastobs(k8s.env, "cm", "-n", ns, "--once", "-q", NO_METRICS)
+    assert quiet.returncode == 0 and quiet.stdout == ""
+
+
+def _alive(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_help_and_usage_errors_need_no_cluster() -> None:
+    res = subprocess.run(["python", "-m", "fastobs"], capture_output=True, text=True, check=False)
+    assert res.returncode == 1
+    assert "you must specify at least one argument containing the resource to observe" in res.stderr
