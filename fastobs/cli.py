@@ -160,6 +160,8 @@ class Flag:
     """pflag's deprecation text: using the flag prints ``Flag --x has been deprecated, <text>``."""
     choices: tuple[str, ...] = ()
     int_base: int = 0
+    """0: Go's literal syntax (``0x1f``, ``1_000``), as pflag's int; 10: klog's level."""
+    int_bits: int = 64
 
 
 def _flags() -> tuple[Flag, ...]:
@@ -270,9 +272,9 @@ def _connection_flags() -> list[Flag]:
                    "before giving up on a single server request (e.g. 1s, 2m, 3h; a bare integer is "
                    "seconds); 0 = no timeout."),
         connection("loglevel", "int", "verbosity", 0, "Set the level of log output (0-10), like "
-                   "oc's --loglevel.", int_base=10),
+                   "oc's --loglevel.", int_base=10, int_bits=32),
         connection("v", "int", "verbosity", 0, "Number for the log level verbosity (alias of "
-                   "--loglevel).", short="v", int_base=10),
+                   "--loglevel).", short="v", int_base=10, int_bits=32),
     ]
 
 
@@ -377,19 +379,12 @@ def _convert(flag: Flag, text: str, current: Any) -> Any:
     converters: dict[Kind, Callable[[], Any]] = {
         "bool": lambda: parse_go_bool(text),
         "string": lambda: text,
-        "int": lambda: parse_go_int(text, base=flag.int_base, bits=32 if flag.int_base else 64),
-        "duration": lambda: _duration(text),
+        "int": lambda: parse_go_int(text, base=flag.int_base, bits=flag.int_bits),
+        "duration": lambda: parse_go_duration(text),
         "words": lambda: (*current, text),
         "choice": lambda: _choice(flag, text),
     }
     return converters[flag.kind]()
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_go_duration(text)
-    except DurationError as error:
-        raise ValueError(str(error)) from None
 
 
 def _choice(flag: Flag, text: str) -> str:
