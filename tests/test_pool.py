@@ -76,7 +76,8 @@ def event(key: str, seq: int) -> Event:
 
 
 async def run_pool(
-    events: list[Event], *, workers: int, concurrency: int, coalesce: bool = False, timeout: float = 0.0,
+    events: list[Event], *, workers: int, concurrency: int, coalesce: bool = False,
+    timeout: float = 0.0,  # noqa: ASYNC109 - the command timeout, not this coroutine's
     command: tuple[str, ...] = ("sh", "-c", LOG_SCRIPT, "sh"), during: Any = None,
 ) -> Recorder:
     sharder = Sharder(shards=workers, coalesce=coalesce, max_pending=100000, clock=time.monotonic)
