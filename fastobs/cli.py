@@ -514,11 +514,21 @@ TEMPLATE_FORMATS = ("go-template", "go-template-file", "jsonpath", "jsonpath-as-
 
 
 def check_after_discovery(settings: Settings) -> None:
-    """oc's checks that come after the resource is resolved, in oc's order; raises UsageError."""
+    """oc's checks that come after the resource is resolved, in oc's order: ``-o`` and the
+    template, ``--names`` without ``--delete``, the label selector.
+
+    Raises :class:`UsageError`, or :class:`~fastobs.errors.TemplateError` for a template
+    that does not parse.
+    """
     run = settings.run
-    if run.template and run.output_format not in TEMPLATE_FORMATS:
-        raise UsageError(f"unable to match a printer suitable for the output format "
-                         f"{go_quote(run.output_format)}, allowed formats are: {','.join(TEMPLATE_FORMATS)}")
+    if run.template:
+        if run.output_format not in TEMPLATE_FORMATS:
+            raise UsageError(f"unable to match a printer suitable for the output format "
+                             f"{go_quote(run.output_format)}, allowed formats are: "
+                             f"{','.join(TEMPLATE_FORMATS)}")
+        from fastobs.template import compile_template  # raises TemplateError (exit 1) as oc
+
+        compile_template(run.template, run.output_format, allow_missing=run.allow_missing_template_keys)
     if settings.names_command and not run.delete_command:
         raise UsageError("--delete and --names must both be specified")
     if settings.selector:

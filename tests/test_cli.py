@@ -16,7 +16,7 @@ import pytest
 
 from fastobs import __version__
 from fastobs.cli import FLAGS, ParseError, ShowHelp, _Scan, check_after_discovery, help_text, main, parse_args
-from fastobs.errors import UsageError
+from fastobs.errors import TemplateError, UsageError
 from fastobs.settings import RunSettings, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -950,3 +950,11 @@ def test_argv_parsing_matches_pflag(pflag_answers: list[dict[str, Any]]) -> None
             mismatches.append((argv, ours, answer))
     assert len(pflag_answers) > 4000
     assert mismatches[:3] == []
+
+
+def test_template_is_checked_before_names_and_selector() -> None:
+    """As in oc, a template that does not parse is reported before --names and selector errors."""
+    settings = parse("--template", "{.metadata.name", "--names", "x", "-l", "a b")
+    with pytest.raises(TemplateError, match=r"^error parsing jsonpath \{\.metadata\.name, unclosed action$"):
+        check_after_discovery(settings)
+    check_after_discovery(parse("--template", "{.metadata.name}"))
