@@ -119,6 +119,12 @@ _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
 
 
+class _Byte(int):
+    """A byte of a string reached through ``.*`` or ``..`` (Go ``uint8``)."""
+
+    __slots__ = ()
+
+
 class _ExecError(Exception):
     """An evaluation error; ``partial`` is what Go's function returned alongside the error."""
 
@@ -264,7 +270,7 @@ def _children(value: Any) -> list[Any]:
         return value  # type: ignore[no-any-return]
     if kind is str:
         # Go indexes a string by byte.
-        return list(value.encode("utf-8", "surrogateescape"))
+        return [_Byte(b) for b in value.encode("utf-8", "surrogateescape")]
     return []
 
 
@@ -387,21 +393,26 @@ class _Filter(_Node):
 
 def _kind(value: Any) -> type:
     kind = type(value)
-    if kind in (bool, int, float, str):
+    if kind in (bool, int, float, str, _Byte):
         return kind
     raise _ExecError("invalid type for comparison")
 
 
-def _equal(left: Any, right: Any) -> bool:
-    if _kind(left) is not _kind(right):
+def _same_kind(left: Any, right: Any) -> type:
+    """The common kind of two operands; Go compares signed and unsigned integers with each other."""
+    kind, other = _kind(left), _kind(right)
+    if kind is not other and {kind, other} != {int, _Byte}:
         raise _ExecError("incompatible types for comparison")
+    return kind
+
+
+def _equal(left: Any, right: Any) -> bool:
+    _same_kind(left, right)
     return bool(left == right)
 
 
 def _less(left: Any, right: Any) -> bool:
-    kind = _kind(left)
-    if kind is not _kind(right):
-        raise _ExecError("incompatible types for comparison")
+    kind = _same_kind(left, right)
     if kind is bool:
         raise _ExecError("invalid type for comparison")
     return bool(left < right)
@@ -431,7 +442,7 @@ def _text(value: Any) -> str:
         return value  # type: ignore[no-any-return]
     if kind is bool:
         return "true" if value else "false"
-    if kind is int:
+    if kind is int or kind is _Byte:
         if _INT64_MIN <= value <= _INT64_MAX:
             return str(value)
         return go_format_float(float(value))
@@ -446,7 +457,7 @@ def _text(value: Any) -> str:
 
 def _go_type(value: Any) -> str:
     names = {dict: "map[string]interface {}", list: "[]interface {}", str: "string", bool: "bool",
-             int: "int64", float: "float64"}
+             int: "int64", float: "float64", _Byte: "uint8"}
     return names.get(type(value), "interface {}")
 
 
