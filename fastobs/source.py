@@ -301,7 +301,8 @@ class Source:
             raw = orjson.dumps({"apiVersion": api_version, "kind": kind, **item})
             sink.list_item(Event(EventType.SYNC, object_key(ns, name), ns, name, md.get("uid") or "",
                                  md.get("resourceVersion") or "", raw, received, backlog=True))
-        self.stats.count_events(EventType.SYNC, len(items))
+        if items:
+            self.stats.count_events(EventType.SYNC, len(items))
         return str(meta.get("resourceVersion") or ""), str(meta.get("continue") or "")
 
     # -------------------------------------------------------------------- watch

@@ -1,0 +1,431 @@
+"""Tests for fastobs.source against the real kube-apiserver: paginated lists, watch
+events and their keys/rv/uid/bytes, selectors, relist on 410, resuming a broken watch
+without a relist, the list error limit, and objects larger than 1 MiB."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import orjson
+import pytest
+import uvloop
+
+from fastobs.errors import ListErrorLimit
+from fastobs.events import Event, EventType
+from fastobs.kube import KubeClient
+from fastobs.source import Source, _object_bytes
+
+pytestmark = pytest.mark.cluster
+
+CRD_GROUP = "fastobs.example.com"
+WIDGETS_CRD = f"""
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: sourcewidgets.{CRD_GROUP}
+spec:
+  group: {CRD_GROUP}
+  scope: Namespaced
+  names: {{plural: sourcewidgets, singular: sourcewidget, kind: SourceWidget}}
+  versions:
+  - {{name: v1, served: true, storage: true,
+     schema: {{openAPIV3Schema: {{type: object, x-kubernetes-preserve-unknown-fields: true}}}}}}
+"""
+WAIT = 30.0
+
+
+def aio(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test on a fresh uvloop loop, like the parent process does."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        uvloop.run(fn(*args, **kwargs))
+
+    return wrapper
+
+
+class Recorder:
+    """A Sink that records every call in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self._changed = asyncio.Event()
+
+    def _add(self, what: str, arg: Any) -> None:
+        self.calls.append((what, arg))
+        self._changed.set()
+
+    def list_begin(self, *, relist: bool) -> None:
+        self._add("begin", relist)
+
+    def list_item(self, ev: Event) -> None:
+        assert ev.type is EventType.SYNC and ev.backlog
+        self._add("item", ev)
+
+    def list_end(self) -> None:
+        self._add("end", None)
+
+    def watch_event(self, ev: Event) -> None:
+        assert ev.type is not EventType.SYNC and not ev.backlog
+        self._add("event", ev)
+
+    def watch_status(self, up: bool) -> None:
+        self._add("up", up)
+
+    async def wait_capacity(self) -> None:
+        return None
+
+    # --- helpers for tests
+    def count(self, what: str, arg: Any = ...) -> int:
+        return sum(1 for w, a in self.calls if w == what and (arg is ... or a == arg))
+
+    def events(self) -> list[Event]:
+        return [a for w, a in self.calls if w == "event"]
+
+    def last_list(self) -> list[Event]:
+        """Items of the most recent complete list."""
+        items: list[Event] = []
+        done: list[Event] = []
+        for w, a in self.calls:
+            if w == "begin":
+                items = []
+            elif w == "item":
+                items.append(a)
+            elif w == "end":
+                done = items
+        return done
+
+    async def wait_for(self, cond: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + WAIT
+        while not cond():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out waiting for {what}; calls: {self.summary()}")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(left, 0.5))
+
+    def summary(self) -> list[str]:
+        return [f"{w}:{a.type}:{a.key}" if isinstance(a, Event) else f"{w}:{a}" for w, a in self.calls]
+
+
+@contextlib.asynccontextmanager
+async def running(coro: Coroutine[Any, Any, None]) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.ensure_future(coro)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def source_for(k8s: Any, resource: str, ns: str | None,
+                     **kw: Any) -> AsyncIterator[tuple[Source, Recorder]]:
+    client = await KubeClient.connect(kubeconfig=str(kw.pop("kubeconfig", k8s.kubeconfig)))
+    try:
+        res = await client.resolve(resource)
+        sink = Recorder()
+        kw.setdefault("label_selector", "")
+        kw.setdefault("field_selector", "")
+        kw.setdefault("maximum_errors", 20)
+        yield Source(client, res, namespace=ns, sink=sink, **kw), sink
+    finally:
+        await client.close()
+
+
+async def kubectl(k8s: Any, *args: str, input: str | None = None) -> dict[str, Any]:
+    """kubectl in a thread (the loop keeps reading the watch); returns -o json output if any."""
+    res = await asyncio.to_thread(k8s.kubectl, *args, input=input)
+    return json.loads(res.stdout) if res.stdout.startswith("{") else {}
+
+
+def configmap(name: str, labels: dict[str, str] | None = None, data: dict[str, str] | None = None) -> str:
+    return json.dumps({"apiVersion": "v1", "kind": "ConfigMap",
+                       "metadata": {"name": name, "labels": labels or {}}, "data": data or {"k": "v"}})
+
+
+async def create_cm(k8s: Any, ns: str, name: str, **kw: Any) -> dict[str, Any]:
+    return await kubectl(k8s, "create", "-n", ns, "-o", "json", "-f", "-", input=configmap(name, **kw))
+
+
+def parsed(ev: Event) -> dict[str, Any]:
+    assert ev.obj is not None
+    obj: dict[str, Any] = orjson.loads(ev.obj)
+    return obj
+
+
+# --------------------------------------------------------------------------- list
+
+@aio
+async def test_list_is_paginated_and_items_are_whole_objects(k8s: Any, ns: str) -> None:
+    made = {}
+    for i in range(7):
+        obj = await create_cm(k8s, ns, f"cm-{i}")
+        made[f"{ns}/cm-{i}"] = obj
+    async with source_for(k8s, "configmaps", ns, page_size=2) as (src, sink), running(src.run()):
+        await sink.wait_for(lambda: sink.count("end") == 1 and src.stats.watch_up, "list and watch")
+    items = sink.last_list()
+    assert sorted(ev.key for ev in items) == sorted(made)
+    assert src.stats.list_requests == 4  # 2 + 2 + 2 + 1
+    assert sink.calls[0] == ("begin", False)
+    assert src.stats.events == {"Sync": 7} and src.stats.relists == 0
+    for ev in items:
+        want = made[ev.key]
+        obj = parsed(ev)
+        assert obj["apiVersion"] == "v1" and obj["kind"] == "ConfigMap"
+        assert obj["metadata"]["name"] == ev.name and ev.namespace == ns
+        assert ev.uid == want["metadata"]["uid"] == obj["metadata"]["uid"]
+        assert ev.rv == want["metadata"]["resourceVersion"] == obj["metadata"]["resourceVersion"]
+        assert obj["data"] == {"k": "v"}
+
+
+@aio
+async def test_cluster_scoped_resources_have_bare_keys(k8s: Any, ns: str) -> None:
+    async with source_for(k8s, "namespaces", None) as (src, sink), running(src.run()):
+        await sink.wait_for(lambda: sink.count("end") == 1, "list")
+    item = next(ev for ev in sink.last_list() if ev.name == ns)
+    assert item.key == ns and item.namespace == ""
+    assert parsed(item)["kind"] == "Namespace"
+
+
+# --------------------------------------------------------------------------- watch
+
+@aio
+async def test_watch_events_added_updated_deleted(k8s: Any, ns: str) -> None:
+    async with source_for(k8s, "configmaps", ns) as (src, sink), running(src.run()):
+        await sink.wait_for(lambda: src.stats.watch_up, "watch up")
+        created = await create_cm(k8s, ns, "a")
+        await sink.wait_for(lambda: len(sink.events()) == 1, "Added")
+        await kubectl(k8s, "label", "-n", ns, "cm/a", "x=y")
+        await sink.wait_for(lambda: len(sink.events()) == 2, "Updated")
+        updated = await kubectl(k8s, "get", "-n", ns, "-o", "json", "cm/a")
+        await kubectl(k8s, "delete", "-n", ns, "cm/a")
+        await sink.wait_for(lambda: len(sink.events()) == 3, "Deleted")
+    added, upd, deleted = sink.events()
+    assert [e.type for e in (added, upd, deleted)] == [EventType.ADDED, EventType.UPDATED, EventType.DELETED]
+    uid = created["metadata"]["uid"]
+    for ev in (added, upd, deleted):
+        assert (ev.key, ev.namespace, ev.name, ev.uid) == (f"{ns}/a", ns, "a", uid)
+        obj = parsed(ev)
+        assert obj["kind"] == "ConfigMap" and obj["apiVersion"] == "v1"
+        assert obj["metadata"]["resourceVersion"] == ev.rv
+    assert added.rv == created["metadata"]["resourceVersion"]
+    assert upd.rv == updated["metadata"]["resourceVersion"]
+    assert parsed(upd)["metadata"]["labels"] == {"x": "y"}
+    assert int(added.rv) < int(upd.rv) < int(deleted.rv)
+    assert src.stats.resource_version == deleted.rv
+    assert src.stats.events == {"Added": 1, "Updated": 1, "Deleted": 1}
+
+
+@aio
+async def test_label_selector_and_leaving_it_is_a_delete(k8s: Any, ns: str) -> None:
+    await create_cm(k8s, ns, "in-list", labels={"app": "x"})
+    await create_cm(k8s, ns, "never", labels={"app": "y"})
+    async with source_for(k8s, "configmaps", ns, label_selector="app=x") as (src, sink), running(src.run()):
+        await sink.wait_for(lambda: src.stats.watch_up, "watch up")
+        assert [ev.name for ev in sink.last_list()] == ["in-list"]
+        await create_cm(k8s, ns, "other", labels={"app": "y"})
+        await create_cm(k8s, ns, "joins", labels={"app": "x"})
+        await sink.wait_for(lambda: len(sink.events()) == 1, "Added joins")
+        await kubectl(k8s, "label", "--overwrite", "-n", ns, "cm/joins", "app=z")
+        await sink.wait_for(lambda: len(sink.events()) == 2, "Deleted joins")
+    added, gone = sink.events()
+    assert (added.type, added.name) == (EventType.ADDED, "joins")
+    # The object stopped matching: the watch reports it as deleted, carrying the last
+    # state that matched (the apiserver's watch cache sends the previous object).
+    assert (gone.type, gone.name, gone.uid) == (EventType.DELETED, "joins", added.uid)
+    assert parsed(gone)["metadata"]["labels"] == {"app": "x"}
+
+
+@aio
+async def test_field_selector(k8s: Any, ns: str) -> None:
+    await create_cm(k8s, ns, "one")
+    await create_cm(k8s, ns, "two")
+    async with source_for(k8s, "configmaps", ns, field_selector="metadata.name=two") as (src, sink), \
+            running(src.run()):
+        await sink.wait_for(lambda: src.stats.watch_up, "watch up")
+        await kubectl(k8s, "label", "-n", ns, "cm/one", "a=b")
+        await kubectl(k8s, "label", "-n", ns, "cm/two", "a=b")
+        await sink.wait_for(lambda: len(sink.events()) == 1, "Updated two")
+    assert [ev.name for ev in sink.last_list()] == ["two"]
+    assert [(ev.type, ev.name) for ev in sink.events()] == [(EventType.UPDATED, "two")]
+
+
+@aio
+async def test_all_namespaces(k8s: Any, ns: str) -> None:
+    async with source_for(k8s, "configmaps", None, label_selector=f"t={ns}") as (src, sink), \
+            running(src.run()):
+        await sink.wait_for(lambda: src.stats.watch_up, "watch up")
+        await create_cm(k8s, ns, "everywhere", labels={"t": ns})
+        await sink.wait_for(lambda: len(sink.events()) == 1, "Added")
+    assert sink.events()[0].key == f"{ns}/everywhere"
+    assert src._path == "/api/v1/configmaps"
+
+
+# --------------------------------------------------------------------------- 410 and reconnects
+
+@pytest.fixture(scope="module")
+def widgets(k8s: Any) -> str:
+    """A CRD created during the run: its watch cache starts at a recent resourceVersion,
+    so watching from resourceVersion 1 is reliably "too old" (410)."""
+    k8s.kubectl("apply", "-f", "-", input=WIDGETS_CRD)
+    k8s.kubectl("wait", "--for=condition=established", "--timeout=30s", f"crd/sourcewidgets.{CRD_GROUP}")
+    deadline = time.monotonic() + 30
+    while "sourcewidgets" not in k8s.kubectl("api-resources", f"--api-group={CRD_GROUP}", "-o=name").stdout:
+        assert time.monotonic() < deadline, "the CRD never appeared in discovery"
+        time.sleep(0.2)
+    return f"sourcewidgets.{CRD_GROUP}"
+
+
+def widget(name: str, spec: dict[str, Any]) -> str:
+    return json.dumps({"apiVersion": f"{CRD_GROUP}/v1", "kind": "SourceWidget",
+                       "metadata": {"name": name}, "spec": spec})
+
+
+@aio
+async def test_expired_resource_version_relists_and_loses_nothing(k8s: Any, ns: str, widgets: str) -> None:
+    await kubectl(k8s, "create", "-n", ns, "-f", "-", input=widget("w1", {"n": 1}))
+    # A first run sees w1, then stops.
+    async with source_for(k8s, widgets, ns) as (src, sink), running(src.run()):
+        await sink.wait_for(lambda: src.stats.watch_up, "watch up")
+    assert [ev.name for ev in sink.last_list()] == ["w1"]
+    # While nothing watches: w1 changes and w2 appears.
+    changed = await kubectl(k8s, "patch", "-n", ns, "-o", "json", "--type=merge", f"{widgets}/w1",
+                            "-p", '{"spec": {"n": 2}}')
+    w2 = await kubectl(k8s, "create", "-n", ns, "-o", "json", "-f", "-", input=widget("w2", {"n": 1}))
+    # Resume with a resourceVersion the server no longer has.
+    async with source_for(k8s, widgets, ns) as (src, sink), running(src._run_from("1")):
+        await sink.wait_for(lambda: sink.count("end") == 1 and src.stats.watch_up, "relist and watch")
+        await kubectl(k8s, "create", "-n", ns, "-f", "-", input=widget("w3", {"n": 1}))
+        await sink.wait_for(lambda: len(sink.events()) == 1, "Added w3")
+    assert src.stats.errors == {("watch", "expired"): 1}
+    assert src.stats.relists == 1
+    assert [a for w, a in sink.calls if w == "begin"] == [True]
+    relisted = {ev.name: ev for ev in sink.last_list()}
+    assert sorted(relisted) == ["w1", "w2"]
+    assert relisted["w1"].rv == changed["metadata"]["resourceVersion"]
+    assert parsed(relisted["w1"])["spec"] == {"n": 2}
+    assert parsed(relisted["w1"])["kind"] == "SourceWidget"
+    assert relisted["w2"].uid == w2["metadata"]["uid"]
+    assert [(ev.type, ev.name) for ev in sink.events()] == [(EventType.ADDED, "w3")]
+
+
+@aio
+async def test_read_timeout_reconnects_without_relist_or_loss(k8s: Any, ns: str) -> None:
+    # No bookmark comes within 0.3 s, so every quiet gap breaks the watch as a
+    # half-open connection would; the source must resume from its resourceVersion.
+    async with source_for(k8s, "configmaps", ns, read_timeout=0.3) as (src, sink), running(src.run()):
+        await sink.wait_for(lambda: src.stats.watch_up, "watch up")
+        for i in range(5):
+            await create_cm(k8s, ns, f"c{i}")
+            await asyncio.sleep(0.5)
+        await sink.wait_for(lambda: len(sink.events()) == 5, "five Added")
+    assert sorted(ev.name for ev in sink.events()) == [f"c{i}" for i in range(5)]
+    assert src.stats.errors.get(("watch", "timeout"), 0) >= 2
+    assert src.stats.watch_requests >= 3
+    assert src.stats.relists == 0 and sink.count("begin") == 1 and src.stats.list_requests == 1
+
+
+@aio
+async def test_severed_connection_resumes_without_relist(k8s: Any, ns: str) -> None:
+    async with source_for(k8s, "configmaps", ns) as (src, sink), running(src.run()):
+        await sink.wait_for(lambda: src.stats.watch_up, "watch up")
+        await create_cm(k8s, ns, "before")
+        await sink.wait_for(lambda: len(sink.events()) == 1, "Added before")
+        # Cut the TCP connections under the reader, like a proxy or NAT dropping them.
+        cut = 0
+        for conns in src._client._session.connector._conns.values():  # type: ignore[union-attr]
+            for proto, _ in conns:
+                proto.transport.abort()
+                cut += 1
+        for proto in list(src._client._session.connector._acquired):  # type: ignore[union-attr]
+            if proto.transport is not None:
+                proto.transport.abort()
+                cut += 1
+        assert cut >= 1
+        await create_cm(k8s, ns, "after")
+        await sink.wait_for(lambda: len(sink.events()) == 2, "Added after")
+    assert [ev.name for ev in sink.events()] == ["before", "after"]
+    assert src.stats.errors.get(("watch", "connection"), 0) == 1
+    assert src.stats.relists == 0 and src.stats.watch_requests == 2
+
+
+@aio
+async def test_request_relist_interrupts_the_watch(k8s: Any, ns: str) -> None:
+    await create_cm(k8s, ns, "x")
+    async with source_for(k8s, "configmaps", ns) as (src, sink), running(src.run()):
+        await sink.wait_for(lambda: src.stats.watch_up, "watch up")
+        src.request_relist()
+        await sink.wait_for(lambda: sink.count("end") == 2 and src.stats.watch_up, "second list")
+    assert sink.count("begin", True) == 1
+    assert src.stats.relists == 1 and src.stats.errors == {}
+    assert [ev.name for ev in sink.last_list()] == ["x"]
+
+
+@aio
+async def test_objects_larger_than_one_mebibyte(k8s: Any, ns: str, widgets: str) -> None:
+    big = "x" * (1_300_000)
+    async with source_for(k8s, widgets, ns) as (src, sink), running(src.run()):
+        await sink.wait_for(lambda: src.stats.watch_up, "watch up")
+        await kubectl(k8s, "create", "-n", ns, "-f", "-", input=widget("huge", {"blob": big}))
+        await sink.wait_for(lambda: len(sink.events()) == 1, "Added huge")
+        src.request_relist()
+        await sink.wait_for(lambda: sink.count("end") == 2, "relist")
+    (ev,) = sink.events()
+    assert ev.obj is not None and len(ev.obj) > 1 << 20
+    assert parsed(ev)["spec"]["blob"] == big
+    (item,) = sink.last_list()
+    assert parsed(item)["spec"]["blob"] == big and item.rv == ev.rv
+
+
+# --------------------------------------------------------------------------- errors
+
+@aio
+async def test_forbidden_list_is_logged_counted_and_limited(k8s: Any, restricted: Any,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="fastobs.source")
+    async with source_for(k8s, "secrets", restricted.namespace, kubeconfig=restricted.kubeconfig,
+                          maximum_errors=2) as (src, sink):
+        with pytest.raises(ListErrorLimit) as err:
+            await asyncio.wait_for(src.run(), WAIT)
+    assert err.value.message == "Maximum list errors of 2 reached, exiting"
+    assert err.value.exit_code == 255
+    assert src.stats.errors == {("list", "forbidden"): 3} and src.stats.list_errors == 3
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3
+    assert lines[0] == (f'failed to list secrets: secrets is forbidden: User "{_user(restricted)}" cannot '
+                        f'list resource "secrets" in API group "" in the namespace "{restricted.namespace}"')
+    assert sink.count("item") == 0 and sink.count("end") == 0
+
+
+@aio
+async def test_restricted_identity_can_watch_what_it_may(k8s: Any, restricted: Any) -> None:
+    async with source_for(k8s, "configmaps", restricted.namespace, kubeconfig=restricted.kubeconfig,
+                          maximum_errors=0) as (src, sink), running(src.run()):
+        await sink.wait_for(lambda: src.stats.watch_up, "watch up")
+    assert src.stats.errors == {}
+
+
+def _user(restricted: Any) -> str:
+    import k8s_cluster
+
+    return k8s_cluster.RESTRICTED_USER
+
+
+# --------------------------------------------------------------------------- pure logic
+
+def test_object_bytes_are_sliced_verbatim() -> None:
+    line = b'{"type":"MODIFIED","object":{"kind":"X","metadata":{"name":"a"},"s":"}\\"object\\":"}}'
+    assert _object_bytes(line, None) == b'{"kind":"X","metadata":{"name":"a"},"s":"}\\"object\\":"}'
+    # Another encoder's layout is re-encoded rather than sliced wrongly.
+    odd = b'{"object":{"kind":"X"},"type":"ADDED"}'
+    assert orjson.loads(_object_bytes(odd, {"kind": "X"})) == {"kind": "X"}
