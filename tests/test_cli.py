@@ -958,3 +958,79 @@ def test_template_is_checked_before_names_and_selector() -> None:
     with pytest.raises(TemplateError, match=r"^error parsing jsonpath \{\.metadata\.name, unclosed action$"):
         check_after_discovery(settings)
     check_after_discovery(parse("--template", "{.metadata.name}"))
+
+
+# --- the real entry point against the real apiserver --------------------------------------
+
+
+def run_on_cluster(env: dict[str, str], *argv: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fastobs", "--listen-addr=", *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+
+
+@pytest.mark.cluster
+def test_cluster_oc_style_command_line(k8s: Any, ns: str) -> None:
+    """An oc-style command line (deprecated -a, -q, --once) runs against the server and exits 0."""
+    k8s.kubectl("-n", ns, "create", "configmap", "cm1", "--from-literal=k=v1")
+    done = run_on_cluster(
+        k8s.env,
+        "configmaps",
+        "-n",
+        ns,
+        "--once",
+        "-q",
+        "-a",
+        "{.metadata.name}",
+        "-a",
+        "{.data.k}",
+        "--",
+        "echo",
+        "seen",
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines().count(ARGUMENT_NOTICE) == 2
+    assert f"seen {ns} cm1 cm1 v1" in done.stdout.splitlines()
+    assert not [line for line in done.stdout.splitlines() if line.startswith("# ")]
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize(
+    ("argv", "last_line"),
+    [
+        pytest.param(
+            ["configmaps", "--names", "./known.sh"],
+            "error: --delete and --names must both be specified",
+            id="names-without-delete",
+        ),
+        pytest.param(
+            ["configmaps", "-l", "a b"],
+            "error: unable to parse requirement: found 'b', expected: in, notin, =, ==, !=, gt, lt",
+            id="bad-selector",
+        ),
+        pytest.param(
+            ["nosuchthings", "--names", "x", "-l", "a b"],
+            'error: the server doesn\'t have a resource type "nosuchthings"',
+            id="discovery-first",
+        ),
+    ],
+)
+def test_cluster_checks_after_discovery(k8s: Any, ns: str, argv: list[str], last_line: str) -> None:
+    """Errors oc reports after discovery come out of the real run in oc's order, exit 1."""
+    done = run_on_cluster(k8s.env, "-n", ns, *argv)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines()[-1] == last_line
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.cluster
+def test_cluster_exit_after_prints_go_duration(k8s: Any, ns: str) -> None:
+    """--exit-after exits 0 with oc's line, the duration printed the Go way."""
+    done = run_on_cluster(k8s.env, "configmaps", "-n", ns, "--exit_after=1500ms", "-q")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[-1] == "Shutting down after 1.5s ..."
