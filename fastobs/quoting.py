@@ -65,7 +65,12 @@ def _needs_quoting(arg: str) -> bool:
 
 
 def format_cmdline(argv: Sequence[str]) -> str:
-    """Return the command line oc prints: elements joined by spaces, some Go-quoted."""
+    """Return the command line oc prints: elements joined by spaces, some Go-quoted.
+
+    ``argv[0]`` is the executable; an empty one (no command configured) prints as ``""``.
+    """
+    if not argv:
+        return '""'
     return " ".join(go_quote(arg) if _needs_quoting(arg) else arg for arg in argv)
 
 

@@ -103,7 +103,8 @@ def test_rfc3339_matches_go_in_other_zones(tmp_path: Path) -> None:
         pytest.param(["x", "ünï"], "x ünï", id="unicode-raw"),
         pytest.param(["x", "ünï cödé"], 'x "ünï cödé"', id="unicode-quoted"),
         pytest.param(["x", "\x01 y"], 'x "\\x01 y"', id="control"),
-        pytest.param([], "", id="nothing"),
+        pytest.param([], '""', id="nothing"),
+        pytest.param([""], '""', id="only-empty-command"),
     ],
 )
 def test_format_cmdline(argv: list[str], expected: str) -> None:
