@@ -125,6 +125,12 @@ class _Byte(int):
     __slots__ = ()
 
 
+class _GoInt(int):
+    """An integer written in the template (Go ``int``, where object integers are ``int64``)."""
+
+    __slots__ = ()
+
+
 class _ExecError(Exception):
     """An evaluation error; ``partial`` is what Go's function returned alongside the error."""
 
@@ -391,11 +397,14 @@ class _Filter(_Node):
 # Filter comparisons: client-go's fork of text/template's eq/lt helpers.
 
 
+_KINDS: Final[dict[type, type]] = {bool: bool, int: int, _GoInt: int, float: float, str: str, _Byte: _Byte}
+
+
 def _kind(value: Any) -> type:
-    kind = type(value)
-    if kind in (bool, int, float, str, _Byte):
-        return kind
-    raise _ExecError("invalid type for comparison")
+    kind = _KINDS.get(type(value))
+    if kind is None:
+        raise _ExecError("invalid type for comparison")
+    return kind
 
 
 def _same_kind(left: Any, right: Any) -> type:
@@ -442,7 +451,7 @@ def _text(value: Any) -> str:
         return value  # type: ignore[no-any-return]
     if kind is bool:
         return "true" if value else "false"
-    if kind is int or kind is _Byte:
+    if kind is int or kind is _GoInt or kind is _Byte:
         if _INT64_MIN <= value <= _INT64_MAX:
             return str(value)
         return go_format_float(float(value))
@@ -457,7 +466,7 @@ def _text(value: Any) -> str:
 
 def _go_type(value: Any) -> str:
     names = {dict: "map[string]interface {}", list: "[]interface {}", str: "string", bool: "bool",
-             int: "int64", float: "float64", _Byte: "uint8"}
+             int: "int64", float: "float64", _Byte: "uint8", _GoInt: "int"}
     return names.get(type(value), "interface {}")
 
 
@@ -763,7 +772,7 @@ class _Parser:
         value = self._consume()
         as_int = _parse_int(value)
         if as_int is not None:
-            cur.nodes.append(_Literal(as_int))
+            cur.nodes.append(_Literal(_GoInt(as_int)))
             return
         if _FLOAT.fullmatch(value) is not None:
             as_float = float(value)

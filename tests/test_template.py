@@ -342,6 +342,11 @@ FUZZ_KEYS = ["a", "b", "name", "items", "x.y", "n", "s", ""]
 FUZZ_SCALARS: list[Any] = [
     0, 1, -1, 2, 7, 1.5, 2.0, 1e6, 0.1, "a", "b", "x y", "", True, False, None, "é", "<&>",
 ]
+SOUP = [
+    *"{}[]()'\".@$?*:,=<>!\\ \t\n#+-0123456789abnrxuU_éend",
+    "range", "end", "true", "..", "[?(", "@.a", ".a", ".b", "[0]", "[*]", "'a'", '"x"', "\\n", "\\x41",
+    "\\u00e9", "\\101", "1.5", "+1", "-1", "1.", "٣",
+]
 FUZZ_LITERALS = ['"a"', "'b'", "1", "2", "1.5", "true", "false", '"x y"', "-1", "@.n", "@.a", '"1"']
 
 
@@ -417,6 +422,11 @@ class TemplateFuzzer:
             return "{@}"
         return "{" + self.path(3) + "}"
 
+    def soup(self) -> str:
+        """A template of random syntax pieces: mostly parse errors, each with kubectl's reason."""
+        text = "".join(self.rnd.choice(SOUP) for _ in range(self.rnd.randint(1, 14)))
+        return "{" + text + "}" if self.rnd.random() < 0.7 else text
+
     def template(self) -> str:
         parts = []
         for _ in range(self.rnd.randint(1, 4)):
@@ -464,12 +474,13 @@ def oracle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return binary
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_random_templates_match_client_go(oracle: Path, seed: int) -> None:
+@pytest.mark.parametrize(("seed", "kind"), [(1, "grammar"), (2, "grammar"), (3, "grammar"), (4, "soup")])
+def test_random_templates_match_client_go(oracle: Path, seed: int, kind: str) -> None:
     """2000 random templates and objects per seed render as client-go's jsonpath renders them."""
     fuzzer = TemplateFuzzer(seed)
+    make = fuzzer.template if kind == "grammar" else fuzzer.soup
     cases = [
-        {"tmpl": fuzzer.template(), "obj": fuzzer.obj(), "strict": fuzzer.rnd.random() < 0.3,
+        {"tmpl": make(), "obj": fuzzer.obj(), "strict": fuzzer.rnd.random() < 0.3,
          "json": fuzzer.rnd.random() < 0.1}
         for _ in range(2000)
     ]
