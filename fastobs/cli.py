@@ -368,7 +368,8 @@ class _Scan:
         except ValueError as error:
             shown = f"-{flag.short}, --{flag.name}" if flag.short else f"--{flag.name}"
             message = f"invalid argument {go_quote(text)} for {go_quote(shown)} flag: {error}"
-            raise self.fail(message) from None
+            # A wrong choice is spelled out in the message itself: the usage text adds nothing.
+            raise ParseError(message, self.notices, show_usage=flag.kind != "choice") from None
         self.values[flag.dest] = value
         if flag.deprecated:
             # pflag prints this on every use, at the moment the flag is set.
