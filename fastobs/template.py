@@ -524,25 +524,20 @@ class _JSONPathTemplate:
             return "".join(_json_group(group) for group in groups)
         return "".join(map(_group_text, groups))
 
-    def _render_simple(self, obj: Any, plan: list[str | tuple[str, ...]]) -> str | None:
-        """Text and plain field chains: no state, no lists built. None: use the general path."""
+    def _render_simple(self, obj: Any, plan: list[str | tuple[str | int, ...]]) -> str | None:
+        """Text and ``{.a.b[0].c}`` chains: no state, no lists built. None: use the general path."""
         parts = []
         for step in plan:
-            if type(step) is str:
+            if isinstance(step, str):
                 parts.append(step)
                 continue
-            value = obj
-            for name in step:
-                if type(value) is not dict:
-                    value = _MISSING
-                    break
-                value = value.get(name, _MISSING)
-                if value is _MISSING:
-                    break
+            value = _follow(obj, step)
             if value is _MISSING:
                 if not self.allow_missing:
                     return None  # the general path raises kubectl's error
                 continue
+            if value is _FALLBACK:
+                return None
             parts.append(_text(value))
         return "".join(parts)
 
@@ -595,16 +590,53 @@ def _json_group(group: list[Any]) -> str:
     return go_json_indented(values).decode("utf-8", "surrogateescape") + "\n"
 
 
-def _simple_plan(root: list[_Node]) -> list[str | tuple[str, ...]] | None:
-    """Plan for templates made only of text and ``{.a.b.c}`` actions, else None."""
-    plan: list[str | tuple[str, ...]] = []
+_FALLBACK: Final = object()
+
+
+def _follow(value: Any, path: tuple[str | int, ...]) -> Any:
+    """Walk field names and single indexes; _MISSING when nothing is found, _FALLBACK on errors."""
+    for step in path:
+        if isinstance(step, str):
+            if type(value) is not dict:
+                return _MISSING
+            value = value.get(step, _MISSING)
+            if value is _MISSING:
+                return _MISSING
+            continue
+        if value is None:
+            return _MISSING
+        if type(value) is not list:
+            return _FALLBACK  # kubectl fails: "... is not array or slice"
+        index = step + len(value) if step < 0 else step
+        if not 0 <= index < len(value):
+            return _FALLBACK  # kubectl fails: "array index out of bounds"
+        value = value[index]
+    return value
+
+
+def _simple_step(node: _Node) -> str | int | None:
+    if type(node) is _Field:
+        return node.name
+    if type(node) is _Array:
+        first, second, third = node.params
+        if first.known and second.derived and not third.known:
+            return first.value
+    return None
+
+
+def _simple_plan(root: list[_Node]) -> list[str | tuple[str | int, ...]] | None:
+    """Plan for templates made only of text and ``{.a.b[0].c}`` actions, else None."""
+    plan: list[str | tuple[str | int, ...]] = []
     for node in root:
         if isinstance(node, _Text):
             plan.append(node.text)
-        elif isinstance(node, _List) and node.nodes and all(type(n) is _Field for n in node.nodes):
-            plan.append(tuple(n.name for n in node.nodes if isinstance(n, _Field)))
-        else:
+            continue
+        if not isinstance(node, _List) or not node.nodes:
             return None
+        steps = tuple(_simple_step(n) for n in node.nodes)
+        if any(step is None for step in steps):
+            return None
+        plan.append(tuple(step for step in steps if step is not None))
     return plan
 
 
