@@ -1,0 +1,289 @@
+"""Harness plumbing: processes, the replay server, RSS sampling, result rows.
+
+Where it sits: ``run`` (the scenarios) builds on it; ``systems`` uses :func:`launch`.
+In: argv lists and scenario parameters. Out: :class:`Row` values and the machine block.
+
+Invariant: every process the harness starts runs in its own session and is killed
+(whole process group) when its scenario ends, whether it finished, failed or timed out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+PY = ROOT / ".venv" / "bin" / "python"
+
+
+@dataclass
+class Row:
+    """One measurement: a system on a scenario."""
+
+    scenario: str
+    system: str
+    events: int = 0
+    seconds: float = 0.0
+    events_per_s: float = 0.0
+    lag_p50_ms: float | None = None
+    lag_p99_ms: float | None = None
+    parent_rss_mib: float | None = None
+    worker_rss_mib: float | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def finish(self, events: int, seconds: float) -> Row:
+        self.events, self.seconds = events, seconds
+        self.events_per_s = events / seconds if seconds > 0 else 0.0
+        return self
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = ""
+    with contextlib.suppress(OSError):
+        mem = Path("/proc/meminfo").read_text().splitlines()[0].split(":", 1)[1].strip()
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory": mem,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "system": platform.system(),
+    }
+
+
+# ------------------------------------------------------------------ processes
+
+
+@dataclass
+class Proc:
+    popen: subprocess.Popen[bytes]
+    started: float
+    """Wall-clock time just before the process was started."""
+
+
+def launch(argv: list[str], env: dict[str, str] | None = None, stdout: Path | None = None) -> Proc:
+    out = stdout.open("wb") if stdout else subprocess.DEVNULL
+    t = time.time()
+    p = subprocess.Popen(
+        argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE, start_new_session=True
+    )
+    if stdout:
+        out.close()  # type: ignore[union-attr]
+    return Proc(p, t)
+
+
+def stop(proc: Proc, grace: float = 3.0) -> None:
+    """Kills the process group: SIGTERM, then SIGKILL after ``grace`` seconds."""
+    p = proc.popen
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.pid, sig)
+        try:
+            p.wait(wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(p.pid, signal.SIGKILL)
+
+
+def wait(proc: Proc, timeout: float) -> tuple[int | None, float, str]:
+    """(exit status or None on timeout, wall-clock end time, stderr tail)."""
+    try:
+        _, err = proc.popen.communicate(timeout=timeout)
+        return proc.popen.returncode, time.time(), err.decode(errors="replace")[-600:]
+    except subprocess.TimeoutExpired:
+        stop(proc)
+        _, err = proc.popen.communicate()
+        return None, time.time(), (err or b"").decode(errors="replace")[-600:]
+
+
+class RssSampler:
+    """Polls VmRSS of a process (the parent) and its direct children (workers)."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid = pid
+        self.parent_max = 0.0
+        self.child_max = 0.0
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.parent_max = max(self.parent_max, _rss_mib(self.pid))
+            for child in _children(self.pid):
+                if _is_worker(child):
+                    self.child_max = max(self.child_max, _rss_mib(child))
+            self._stop.wait(self._interval)
+
+
+def _rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                kids.extend(int(x) for x in (task / "children").read_text().split())
+    return kids
+
+
+def _is_worker(pid: int) -> bool:
+    """A long-lived Python helper process (fastobs worker), not a user command."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"python" in cmd[0].rsplit(b"/", 1)[-1]
+
+
+# ------------------------------------------------------------------ replay server
+
+
+class Replay:
+    """A running ``replay.py``: its kubeconfig, request log and statistics."""
+
+    def __init__(
+        self, objects: int, watch_events: int = 0, watch_rate: float = 0.0, namespaces: int = 10
+    ) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="fastobs-replay-"))
+        argv = [
+            str(PY),
+            str(BENCH / "replay.py"),
+            "--dir",
+            str(self.dir),
+            "--objects",
+            str(objects),
+            "--watch-events",
+            str(watch_events),
+            "--watch-rate",
+            str(watch_rate),
+            "--namespaces",
+            str(namespaces),
+        ]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, start_new_session=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode()
+        if not line.startswith("READY "):
+            self.close()
+            raise RuntimeError(f"replay server did not start: {line!r}")
+        self.port = int(line.split()[1])
+        self.kubeconfig = self.dir / "kubeconfig"
+        self.objects, self.watch_events = objects, watch_events
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def __enter__(self) -> Replay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def requests(self) -> list[dict[str, Any]]:
+        path = self.dir / "requests.ndjson"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def first_list_time(self) -> float | None:
+        """Wall-clock arrival of the first LIST (or initial-events WATCH) of pods."""
+        for r in self.requests():
+            if r["path"].endswith("/pods"):
+                return float(r["t"])
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        ctx = ssl.create_default_context(cafile=str(self.dir / "ca.crt"))
+        with urllib.request.urlopen(
+            f"https://127.0.0.1:{self.port}/_bench/stats", context=ctx, timeout=10
+        ) as resp:
+            doc: dict[str, Any] = json.loads(resp.read())
+        return doc
+
+
+# ------------------------------------------------------------------ command log
+
+
+def read_log(path: Path) -> list[tuple[int, str, float]]:
+    """Lines ``rv key epoch`` the lag command appended; malformed lines are skipped."""
+    out: list[tuple[int, str, float]] = []
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0].isdigit():
+            with contextlib.suppress(ValueError):
+                out.append((int(parts[0]), parts[1], float(parts[2])))
+    return out
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+def percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    k = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
+    return s[k]
+
+
+@contextlib.contextmanager
+def workdir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="fastobs-bench-"))
+    yield d
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

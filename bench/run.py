@@ -1,0 +1,515 @@
+"""fastobs benchmark runner: scenarios x systems, one table, one JSON file.
+
+Usage: ``python bench/run.py [--quick] [--json FILE] [--systems a,b] [SCENARIO...]``
+
+Where it sits: the top of ``bench/``. Each scenario starts a fresh replay server
+(``replay.py``) with its workload, runs every system on it (``systems.py``) and
+returns :class:`harness.Row` values; the limits (``xargs -P``, ``spawner.py``) run in
+the same invocation so ratios compare numbers taken minutes apart on the same machine.
+Out: a table on stdout and ``bench/results/<date>.json`` (rows plus a machine block).
+
+Invariant: a scenario never leaves a process behind, and a system that is missing or
+fails gets a row saying so instead of aborting the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (  # noqa: E402
+    BENCH,
+    PY,
+    Replay,
+    Row,
+    RssSampler,
+    launch,
+    log,
+    machine,
+    percentile,
+    read_log,
+    stop,
+    wait,
+    wait_for,
+)
+from systems import Workload, argv_for, available, write_scripts  # noqa: E402
+
+PEERS = ("oc-observe", "kopf", "kubectl-xargs")
+
+
+@dataclass
+class Ctx:
+    quick: bool
+    scripts: dict[str, Path]
+    work: Path
+    systems: set[str] | None
+
+    def n(self, full: int, quick: int) -> int:
+        return quick if self.quick else full
+
+    def wants(self, system: str) -> bool:
+        return self.systems is None or system in self.systems or system.split("[")[0] in self.systems
+
+
+def _skip(scenario: str, system: str, why: str) -> Row:
+    return Row(scenario, system, note=f"not measured: {why}")
+
+
+def run_once_system(
+    ctx: Ctx,
+    scenario: str,
+    system: str,
+    rp: Replay,
+    w: Workload,
+    events: int,
+    timeout: float,
+    label: str = "",
+) -> Row:
+    """Runs a system that exits by itself once ``events`` objects were handled."""
+    name = label or system
+    why = available(system)
+    if why:
+        return _skip(scenario, name, why)
+    start_count = len(rp.requests())
+    argv, env = argv_for(system, w)
+    proc = launch(argv, env)
+    with RssSampler(proc.popen.pid) as rss:
+        status, end, err = wait(proc, timeout)
+    row = Row(
+        scenario,
+        name,
+        parent_rss_mib=round(rss.parent_max, 1),
+        worker_rss_mib=round(rss.child_max, 1) if rss.child_max else None,
+    )
+    if status != 0:
+        row.note = f"failed: exit {status}" + (
+            f": {err.strip().splitlines()[-1][:100]}" if err.strip() else ""
+        )
+        return row
+    first = next((float(r["t"]) for r in rp.requests()[start_count:] if r["path"].endswith("/pods")), None)
+    row.finish(events, end - (first or proc.started))
+    row.extra["wall_s"] = round(end - proc.started, 3)
+    return row
+
+
+# ------------------------------------------------------------------ spawn
+
+
+def scenario_spawn(ctx: Ctx) -> list[Row]:
+    n = ctx.n(20_000, 2_000)
+    peer_n = ctx.n(4_000, 600)
+    conc = 16
+    act = ctx.scripts["act.sh"]
+    rows: list[Row] = []
+    if ctx.wants("xargs-limit"):
+        t0 = time.time()
+        seq = subprocess.Popen(
+            ["awk", f'BEGIN {{ for (i = 0; i < {n}; i++) print "ns-" i, "pod-" i }}'], stdout=subprocess.PIPE
+        )
+        subprocess.run(["xargs", "-P", str(conc), "-n", "2", str(act)], stdin=seq.stdout, check=True)
+        seq.wait()
+        rows.append(Row("spawn", f"xargs -P{conc} (limit)").finish(n, time.time() - t0))
+    for procs in (1, 2):
+        if ctx.wants("spawner-limit"):
+            out = subprocess.run(
+                [
+                    str(PY),
+                    str(BENCH / "spawner.py"),
+                    "--events",
+                    str(n),
+                    "--procs",
+                    str(procs),
+                    "--concurrency",
+                    str(conc // procs),
+                    str(act),
+                ],
+                capture_output=True,
+                check=True,
+                timeout=300,
+            )
+            doc = json.loads(out.stdout)
+            rows.append(Row("spawn", f"python spawner x{procs} (limit)").finish(n, doc["seconds"]))
+    with Replay(objects=n) as rp:
+        w = Workload(rp.kubeconfig, act, conc, expect=n)
+        if ctx.wants("fastobs"):
+            rows.append(run_once_system(ctx, "spawn", "fastobs", rp, w, n, 300, "fastobs (2 workers)"))
+    with Replay(objects=peer_n) as rp:
+        w = Workload(rp.kubeconfig, act, conc, expect=peer_n)
+        for peer in PEERS:
+            if ctx.wants(peer):
+                rows.append(run_once_system(ctx, "spawn", peer, rp, w, peer_n, 300))
+    return rows
+
+
+# ------------------------------------------------------------------ io
+
+
+def scenario_io(ctx: Ctx) -> list[Row]:
+    n = ctx.n(2_000, 400)
+    oc_n = ctx.n(400, 100)
+    conc = 128
+    rows: list[Row] = []
+    with Replay(objects=n) as rp:
+        w = Workload(rp.kubeconfig, ctx.scripts["io.sh"], conc, expect=n)
+        for system in ("fastobs", "kopf", "kubectl-xargs"):
+            if ctx.wants(system):
+                rows.append(run_once_system(ctx, "io", system, rp, w, n, 300))
+    if ctx.wants("oc-observe"):
+        with Replay(objects=oc_n) as rp:
+            w = Workload(rp.kubeconfig, ctx.scripts["io.sh"], 1, expect=oc_n)
+            rows.append(run_once_system(ctx, "io", "oc-observe", rp, w, oc_n, 300))
+    return rows
+
+
+# ------------------------------------------------------------------ churn
+
+
+def _has_rv(logf: Path, rv: int) -> Callable[[], bool]:
+    return lambda: any(r == rv for r, _, _ in read_log(logf))
+
+
+def scenario_churn(ctx: Ctx) -> list[Row]:
+    keys = ctx.n(2_000, 500)
+    updates = ctx.n(20_000, 4_000)
+    rows: list[Row] = []
+    for label, flags in (("fastobs (coalesce)", ()), ("fastobs --no-coalesce", ("--no-coalesce",))):
+        if not ctx.wants("fastobs"):
+            continue
+        why = available("fastobs")
+        if why:
+            rows.append(_skip("churn", label, why))
+            continue
+        with Replay(objects=keys, watch_events=updates) as rp:
+            logf = ctx.work / f"churn-{len(flags)}.log"
+            logf.unlink(missing_ok=True)
+            w = Workload(rp.kubeconfig, ctx.scripts["lag.sh"], 32, once=False, log=logf, fastobs_flags=flags)
+            argv, env = argv_for("fastobs", w)
+            last_rv = keys + updates
+            proc = launch(argv, env)
+            with RssSampler(proc.popen.pid) as rss:
+                ok = wait_for(_has_rv(logf, last_rv), 240, 0.1)
+            stats = rp.stats()
+            stop(proc)
+            entries = read_log(logf)
+            row = Row(
+                "churn",
+                label,
+                parent_rss_mib=round(rss.parent_max, 1),
+                worker_rss_mib=round(rss.child_max, 1) or None,
+            )
+            if not ok:
+                row.note = "failed: the last update's command never ran"
+                rows.append(row)
+                continue
+            t_last = min(t for rv, _, t in entries if rv == last_rv)
+            sent_last = stats["sent_at"][-1]
+            row.finish(len(entries), t_last - (rp.first_list_time() or proc.started))
+            row.extra.update(
+                commands=len(entries),
+                events=keys + updates,
+                last_update_to_done_ms=round((t_last - sent_last) * 1000, 1),
+            )
+            row.note = (
+                f"{len(entries)} commands for {keys + updates} events; last update done after "
+                f"{row.extra['last_update_to_done_ms']} ms"
+            )
+            rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------ ingest
+
+
+def scenario_ingest(ctx: Ctx) -> list[Row]:
+    n = ctx.n(100_000, 20_000)
+    peer_n = ctx.n(20_000, 5_000)
+    rows: list[Row] = []
+    with Replay(objects=n) as rp:
+        w = Workload(rp.kubeconfig, None, 16, expect=n)
+        if ctx.wants("fastobs"):
+            rows.append(run_once_system(ctx, "ingest-list", "fastobs", rp, w, n, 300))
+        if ctx.wants("oc-observe"):
+            rows.append(run_once_system(ctx, "ingest-list", "oc-observe", rp, w, n, 300))
+    with Replay(objects=peer_n) as rp:
+        w = Workload(rp.kubeconfig, None, 16, expect=peer_n)
+        for peer in ("kopf", "kubectl-xargs"):
+            if ctx.wants(peer):
+                rows.append(run_once_system(ctx, "ingest-list", peer, rp, w, peer_n, 300))
+    # The watch path: a small list, then n MODIFIED events as fast as the client reads.
+    if ctx.wants("fastobs"):
+        why = available("fastobs")
+        if why:
+            rows.append(_skip("ingest-watch", "fastobs", why))
+            return rows
+        with Replay(objects=1_000, watch_events=n) as rp:
+            w = Workload(rp.kubeconfig, None, 16, once=False)
+            argv, env = argv_for("fastobs", w)
+            proc = launch(argv, env)
+            with RssSampler(proc.popen.pid) as rss:
+                done = wait_for(lambda: bool(rp.stats()["stream_done"]), 300, 0.2)
+            stats = rp.stats()
+            stop(proc)
+            row = Row(
+                "ingest-watch",
+                "fastobs",
+                parent_rss_mib=round(rss.parent_max, 1),
+                worker_rss_mib=round(rss.child_max, 1) or None,
+            )
+            if done:
+                row.finish(n, stats["stream_done"] - stats["stream_started"])
+                row.note = "time for the server to write every event (the client reads at its own pace)"
+            else:
+                row.note = "failed: the watch stream was not consumed"
+            rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------ startup
+
+
+def scenario_startup(ctx: Ctx) -> list[Row]:
+    reps = ctx.n(3, 1)
+    rows: list[Row] = []
+    for system in ("fastobs", *PEERS):
+        if not ctx.wants(system):
+            continue
+        why = available(system)
+        if why:
+            rows.append(_skip("startup", system, why))
+            continue
+        firsts, cmds = [], []
+        note = ""
+        for rep in range(reps):
+            with Replay(objects=100) as rp:
+                logf = ctx.work / f"startup-{system}-{rep}.log"
+                logf.unlink(missing_ok=True)
+                w = Workload(rp.kubeconfig, ctx.scripts["lag.sh"], 16, expect=100, log=logf)
+                argv, env = argv_for(system, w)
+                proc = launch(argv, env)
+                status, _, err = wait(proc, 60)
+                first = rp.first_list_time()
+                entries = read_log(logf)
+                if status != 0 or first is None or not entries:
+                    note = f"failed: exit {status} {err.strip()[-100:]}"
+                    continue
+                firsts.append(first - proc.started)
+                cmds.append(min(t for _, _, t in entries) - proc.started)
+        row = Row("startup", system, note=note)
+        if firsts:
+            row.extra.update(
+                first_list_ms=round(sorted(firsts)[len(firsts) // 2] * 1000, 1),
+                first_command_ms=round(sorted(cmds)[len(cmds) // 2] * 1000, 1),
+            )
+            row.note = (
+                f"first list request {row.extra['first_list_ms']} ms, first command "
+                f"{row.extra['first_command_ms']} ms after launch (median of {len(firsts)})"
+            )
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------ lag
+
+
+def _lag_run(ctx: Ctx, keys: int, events: int, rate: float, tag: str) -> tuple[Row, float]:
+    """fastobs --no-coalesce on a watch of ``events`` updates; returns the row and events/s."""
+    with Replay(objects=keys, watch_events=events, watch_rate=rate) as rp:
+        logf = ctx.work / f"lag-{tag}.log"
+        logf.unlink(missing_ok=True)
+        w = Workload(
+            rp.kubeconfig, ctx.scripts["lag.sh"], 32, once=False, log=logf, fastobs_flags=("--no-coalesce",)
+        )
+        argv, env = argv_for("fastobs", w)
+        first_rv, last_rv = keys + 1, keys + events
+        proc = launch(argv, env)
+        with RssSampler(proc.popen.pid) as rss:
+            ok = wait_for(lambda: any(rv == last_rv for rv, _, _ in read_log(logf)), 60 + events / 200, 0.1)
+            wait_for(lambda: sum(1 for rv, _, _ in read_log(logf) if rv >= first_rv) >= events, 2, 0.1)
+        stats = rp.stats()
+        stop(proc)
+    row = Row(
+        "lag",
+        f"fastobs @ {tag}",
+        parent_rss_mib=round(rss.parent_max, 1),
+        worker_rss_mib=round(rss.child_max, 1) or None,
+    )
+    if not ok:
+        row.note = "failed: the last event's command never ran"
+        return row, 0.0
+    runs = {rv: t for rv, _, t in sorted(read_log(logf), key=lambda x: -x[2]) if rv >= first_rv}
+    lags = [
+        (runs[keys + 1 + e] - sent) * 1000 for e, sent in enumerate(stats["sent_at"]) if keys + 1 + e in runs
+    ]
+    span = max(runs.values()) - stats["stream_started"]
+    row.finish(len(runs), span)
+    row.lag_p50_ms, row.lag_p99_ms = round(percentile(lags, 50), 2), round(percentile(lags, 99), 2)
+    row.extra["offered_rate"] = rate
+    return row, row.events_per_s
+
+
+def scenario_lag(ctx: Ctx) -> list[Row]:
+    if not ctx.wants("fastobs"):
+        return []
+    why = available("fastobs")
+    if why:
+        return [_skip("lag", "fastobs", why)]
+    keys = ctx.n(4_000, 1_000)
+    seconds = ctx.n(10, 3)
+    rows: list[Row] = []
+    row, max_rate = _lag_run(ctx, keys, ctx.n(10_000, 3_000), 0.0, "max rate")
+    rows.append(row)
+    if max_rate <= 0:
+        return rows
+    for frac in (0.5, 0.9):
+        rate = max_rate * frac
+        r, _ = _lag_run(ctx, keys, int(rate * seconds), rate, f"{int(frac * 100)}% ({rate:.0f}/s)")
+        rows.append(r)
+    return rows
+
+
+# ------------------------------------------------------------------ scaling
+
+
+def scenario_scaling(ctx: Ctx) -> list[Row]:
+    if not ctx.wants("fastobs"):
+        return []
+    n = ctx.n(20_000, 3_000)
+    rows: list[Row] = []
+    with Replay(objects=n) as rp:
+        for workers in (1, 2, 4):
+            w = Workload(rp.kubeconfig, ctx.scripts["act.sh"], 8 * workers, workers=workers)
+            rows.append(
+                run_once_system(ctx, "scaling", "fastobs", rp, w, n, 300, f"fastobs {workers} worker(s)")
+            )
+    return rows
+
+
+SCENARIOS: dict[str, Callable[[Ctx], list[Row]]] = {
+    "spawn": scenario_spawn,
+    "io": scenario_io,
+    "churn": scenario_churn,
+    "ingest": scenario_ingest,
+    "startup": scenario_startup,
+    "lag": scenario_lag,
+    "scaling": scenario_scaling,
+}
+
+
+# ------------------------------------------------------------------ output
+
+
+def _fmt(v: float | None, digits: int = 1) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:,.{digits}f}"
+
+
+def table(rows: list[Row]) -> str:
+    head = (
+        "scenario",
+        "system",
+        "events",
+        "seconds",
+        "events/s",
+        "lag p50 ms",
+        "lag p99 ms",
+        "parent MiB",
+        "worker MiB",
+        "note",
+    )
+    lines = [head]
+    for r in rows:
+        lines.append(
+            (
+                r.scenario,
+                r.system,
+                str(r.events) if r.events else "-",
+                _fmt(r.seconds or None, 2),
+                _fmt(r.events_per_s or None, 0),
+                _fmt(r.lag_p50_ms),
+                _fmt(r.lag_p99_ms),
+                _fmt(r.parent_rss_mib),
+                _fmt(r.worker_rss_mib),
+                r.note,
+            )
+        )
+    widths = [max(len(x[i]) for x in lines) for i in range(len(head) - 1)]
+    out = []
+    for k, x in enumerate(lines):
+        out.append("  ".join(c.ljust(widths[i]) if i < len(widths) else c for i, c in enumerate(x)).rstrip())
+        if k == 0:
+            out.append("  ".join("-" * wd for wd in widths) + "  ----")
+    return "\n".join(out)
+
+
+def markdown(rows: list[Row]) -> str:
+    out = [
+        "| scenario | system | events | s | events/s | lag p50 ms | lag p99 ms | parent MiB | worker MiB "
+        "| note |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r.scenario} | {r.system} | {r.events or '-'} | {_fmt(r.seconds or None, 2)} | "
+            f"{_fmt(r.events_per_s or None, 0)} | {_fmt(r.lag_p50_ms)} | {_fmt(r.lag_p99_ms)} | "
+            f"{_fmt(r.parent_rss_mib)} | {_fmt(r.worker_rss_mib)} | {r.note} |"
+        )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="fastobs benchmarks")
+    p.add_argument("--quick", action="store_true", help="small workloads (about 2 minutes in all)")
+    p.add_argument("--json", type=Path, help="results file (default bench/results/<date>.json)")
+    p.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
+    p.add_argument(
+        "--systems",
+        help="comma-separated subset: fastobs,oc-observe,kopf,kubectl-xargs,xargs-limit,spawner-limit",
+    )
+    p.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"default: all of {', '.join(SCENARIOS)}")
+    args = p.parse_args(argv)
+    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    if unknown:
+        p.error(f"unknown scenario(s): {', '.join(unknown)}")
+    work = Path(os.environ.get("TMPDIR", "/tmp")) / f"fastobs-bench-{os.getpid()}"
+    work.mkdir(parents=True, exist_ok=True)
+    ctx = Ctx(args.quick, write_scripts(work), work, set(args.systems.split(",")) if args.systems else None)
+    started = time.time()
+    rows: list[Row] = []
+    for name in args.scenarios or list(SCENARIOS):
+        log(f"== {name}")
+        t0 = time.time()
+        new = SCENARIOS[name](ctx)
+        for r in new:
+            log(f"   {r.system}: {_fmt(r.events_per_s or None, 0)} events/s {r.note}")
+        rows.extend(new)
+        log(f"   ({time.time() - t0:.1f} s)")
+    print(table(rows))
+    if args.markdown:
+        print()
+        print(markdown(rows))
+    out = args.json or BENCH / "results" / f"{time.strftime('%Y-%m-%dT%H%M%S', time.gmtime(started))}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "machine": machine(),
+        "mode": "quick" if args.quick else "full",
+        "started": started,
+        "duration_s": round(time.time() - started, 1),
+        "rows": [r.as_json() for r in rows],
+    }
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"\nresults: {out}  ({doc['duration_s']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

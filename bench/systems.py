@@ -1,0 +1,160 @@
+"""Systems under test: how each one is started on a workload.
+
+Where it sits: ``run``'s scenarios ask :func:`argv_for` for the command line of a
+system (fastobs or a peer from ``bench/peers``) and time it with ``harness``.
+In: a :class:`Workload`. Out: argv and environment, or None when the system is not
+installed (the scenario then records a "not available" row).
+
+Invariant: every system gets the same command, the same object source and the same
+total concurrency; the object reaches the command in ``$OBJ`` (or, for the kubectl
+pipeline that cannot pass it, the resourceVersion as a third argument).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import BENCH, ROOT
+
+FASTOBS = ROOT / ".venv" / "bin" / "fastobs"
+OC = BENCH / ".peers" / "oc" / "oc"
+KOPF = BENCH / ".peers" / "kopf-venv" / "bin" / "kopf"
+KUBECTL = ROOT / ".venv" / "bin" / "kubectl"
+
+ACT_SH = '#!/bin/sh\nns="$1"; name="$2"\nexit 0\n'
+IO_SH = "#!/bin/sh\nexec sleep 0.02\n"
+# Records "rv key time" when it runs; bash because $EPOCHREALTIME is a builtin (no extra exec).
+LAG_SH = (
+    '#!/bin/bash\nr=${3:-}\nif [[ -z $r ]]; then r=${OBJ#*\\"resourceVersion\\":\\"}; r=${r%%\\"*}; fi\n'
+    'echo "$r $1/$2 $EPOCHREALTIME" >> "$BENCH_LOG"\n'
+)
+
+
+@dataclass
+class Workload:
+    kubeconfig: Path
+    command: Path | None
+    concurrency: int
+    """Total commands in flight (fastobs: workers x per-worker concurrency)."""
+    expect: int = 0
+    """Commands after which a system without --once must stop (kopf, kubectl pipeline)."""
+    once: bool = True
+    log: Path | None = None
+    workers: int = 2
+    fastobs_flags: tuple[str, ...] = ()
+
+
+def write_scripts(d: Path) -> dict[str, Path]:
+    out = {}
+    for name, text in (("act.sh", ACT_SH), ("io.sh", IO_SH), ("lag.sh", LAG_SH)):
+        p = d / name
+        p.write_text(text)
+        p.chmod(0o755)
+        out[name] = p
+    return out
+
+
+def fastobs_runnable() -> str:
+    """Empty if fastobs starts, else the reason it does not."""
+    if not FASTOBS.exists():
+        return "not installed"
+    try:
+        r = subprocess.run([str(FASTOBS), "--help"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"does not start: {exc}"
+    if r.returncode != 0:
+        return (
+            "does not start: " + r.stderr.decode(errors="replace").strip().splitlines()[-1:][0][:120]
+            if r.stderr.strip()
+            else f"exit {r.returncode}"
+        )
+    return ""
+
+
+def available(system: str) -> str:
+    """Empty if the system can run here, else why not."""
+    if system.startswith("fastobs"):
+        return fastobs_runnable()
+    path = {"oc-observe": OC, "kopf": KOPF, "kubectl-xargs": KUBECTL}.get(system)
+    if path is None or not path.exists():
+        return f"{system} is not built/installed (see bench/README.md)"
+    return ""
+
+
+def _env(w: Workload) -> dict[str, str]:
+    env = dict(os.environ, KUBECONFIG=str(w.kubeconfig))
+    if w.log:
+        env["BENCH_LOG"] = str(w.log)
+    return env
+
+
+def argv_for(system: str, w: Workload) -> tuple[list[str], dict[str, str]]:
+    env = _env(w)
+    cmd = [str(w.command)] if w.command else []
+    if system.startswith("fastobs"):
+        per_worker = max(1, w.concurrency // w.workers)
+        argv = [
+            str(FASTOBS),
+            "pods",
+            "-A",
+            "-q",
+            "--kubeconfig",
+            str(w.kubeconfig),
+            "--listen-addr",
+            "",
+            "--workers",
+            str(w.workers),
+            "--concurrency",
+            str(per_worker),
+            "--object-env-var",
+            "OBJ",
+            *w.fastobs_flags,
+        ]
+        if w.once:
+            argv.append("--once")
+        return [*argv, "--", *cmd] if cmd else argv, env
+    if system == "oc-observe":
+        argv = [
+            str(OC),
+            "observe",
+            "pods",
+            "-A",
+            "-q",
+            "--kubeconfig",
+            str(w.kubeconfig),
+            "--listen-addr",
+            "",
+            "--object-env-var",
+            "OBJ",
+            "--maximum-errors",
+            "-1",
+        ]
+        if w.once:
+            argv.append("--once")
+        return [*argv, "--", *cmd] if cmd else argv, env
+    if system == "kopf":
+        env.update(
+            BENCH_CMD=str(w.command or ""), BENCH_EXPECT=str(w.expect), BENCH_CONCURRENCY=str(w.concurrency)
+        )
+        return [
+            str(KOPF),
+            "run",
+            "--standalone",
+            "-A",
+            "--quiet",
+            str(BENCH / "peers" / "kopf_handler.py"),
+        ], env
+    if system == "kubectl-xargs":
+        return [
+            shutil.which("sh") or "/bin/sh",
+            str(BENCH / "peers" / "kubectl_xargs.sh"),
+            str(KUBECTL),
+            str(w.expect),
+            str(w.concurrency),
+            *cmd,
+        ], env
+    raise ValueError(f"unknown system {system}")
