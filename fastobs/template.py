@@ -1,12 +1,15 @@
 """Templates: kubectl's JSONPath dialect, compiled once and rendered per event.
 
-Where it sits: the ``runner`` (worker side) compiles the ``--template``/``-a`` text once at
-start-up with :func:`compile_template` and renders every object with ``Template.render``; the
-result is the single template argument oc appends to the command's argv. The parent compiles
-it too, so that a bad template fails at start-up (exit 1) before anything is watched.
+Where it sits: the ``--template``/``-a`` text is compiled once at start-up with
+:func:`compile_template` (a bad template is a start-up error, exit 1, as in oc), and the
+worker-side ``runner`` renders every object with ``Template.render``; the result is the single
+template argument oc appends to the command's argv. Imports only the standard library, orjson
+and fastobs's own small modules, so worker processes stay light.
 
 In: template text and output format; then decoded JSON objects. Out: the text kubectl's
-``-o jsonpath=...`` printer would write for that object (no trailing newline).
+``-o jsonpath=...`` printer would write for that object (no trailing newline). Bytes that are
+not UTF-8 (from ``{"\xff"}`` escapes) come out as surrogate escapes, which ``os.fsencode`` and
+``subprocess`` turn back into the same bytes.
 
 Invariants:
 
@@ -23,9 +26,13 @@ Invariants:
 * Where Go iterates a map in random order (``.*`` and ``..`` over maps), fastobs uses sorted
   key order, so output is stable.
 * Go templates (``go-template``, ``template`` and their ``-file`` forms) are not supported:
-  no maintained Python library implements Go's ``text/template`` faithfully (the PyPI
-  candidates are unmaintained CGo bindings), and a near-miss would silently change what user
-  commands receive. They are rejected at start-up with a message naming JSONPath instead.
+  no maintained Python library implements kubectl's Go templates faithfully. The PyPI
+  candidates are thin bindings with a single or stale release (``go-template`` 0.0.3 of 2019,
+  ``py-go-template`` 1.0.0 of 2023, which adds sprig functions kubectl lacks, and
+  ``cognihub-pygotemplate`` 0.0.2 without a wheel for this platform); none has kubectl's
+  ``exists`` and ``base64decode`` functions or its float-only numbers. A near-miss would
+  silently change what user commands receive, so these formats are rejected at start-up with
+  a message naming JSONPath instead.
 """
 
 from __future__ import annotations
@@ -83,10 +90,12 @@ def _read_template_file(path: str) -> str:
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as handle:
             return handle.read()
+    except ValueError:  # an embedded NUL byte: Go's open(2) fails with EINVAL
+        raise TemplateError(f"error reading --template {path}, open {path}: invalid argument") from None
     except OSError as exc:
         # Go's *PathError spelling: "open <path>: no such file or directory".
         op = "read" if isinstance(exc, IsADirectoryError) else "open"
-        reason = (exc.strerror or str(exc))
+        reason = exc.strerror or str(exc)
         reason = reason[:1].lower() + reason[1:]
         raise TemplateError(f"error reading --template {path}, {op} {path}: {reason}") from None
 
@@ -113,7 +122,7 @@ class _Invalid:
         return "<invalid reflect.Value>"
 
 
-INVALID: Final = _Invalid()
+_INVALID: Final = _Invalid()
 _MISSING: Final = object()
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
@@ -239,7 +248,7 @@ class _Array(_Node):
         result: list[Any] = []
         first, second, third = self.params
         for value in values:
-            if value is None or value is INVALID:
+            if value is None or value is _INVALID:
                 continue
             if type(value) is not list:
                 raise _ExecError(f"{_go_type(value)} is not array or slice", values)
@@ -459,7 +468,7 @@ def _text(value: Any) -> str:
         return go_format_float(value)
     if value is None:
         return "null"
-    if value is INVALID:
+    if value is _INVALID:
         return "<no value>"
     return go_json(value).decode("utf-8", "surrogateescape")
 
@@ -473,7 +482,7 @@ def _go_type(value: Any) -> str:
 def _go_v(value: Any) -> str:
     if value is None:
         return "<nil>"
-    if value is INVALID:
+    if value is _INVALID:
         return "<invalid reflect.Value>"
     if type(value) is dict:
         return "map[" + " ".join(f"{k}:{_go_v(value[k])}" for k in sorted(value)) + "]"
@@ -558,10 +567,10 @@ class _JSONPathTemplate:
                 st.in_range += 1
                 if results:
                     for value in results:
-                        full.extend(self._find(st, INVALID if value is None else value, i + 1))
+                        full.extend(self._find(st, _INVALID if value is None else value, i + 1))
                 else:
                     # Go still walks the body once (on no value) to find where the range ends.
-                    self._find(st, INVALID, i + 1)
+                    self._find(st, _INVALID, i + 1)
                 st.in_range -= 1
                 if i < st.last_end < len(nodes):
                     i = st.last_end
@@ -586,7 +595,7 @@ def _group_text(group: list[Any]) -> str:
 
 
 def _json_group(group: list[Any]) -> str:
-    values = [None if value is INVALID else value for value in group]
+    values = [None if value is _INVALID else value for value in group]
     return go_json_indented(values).decode("utf-8", "surrogateescape") + "\n"
 
 
