@@ -109,10 +109,12 @@ class _Next(Enum):
 class _Failure(Exception):
     """An HTTP/stream failure, classified for stats and the retry policy."""
 
-    def __init__(self, kind: str, message: str, *, retry_now: bool = False) -> None:
+    def __init__(self, kind: str, message: str, *, retry_now: bool = False, relist: bool = False) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
+        # True for an in-stream ERROR event: the server gave up on this watch.
+        self.relist = relist
         # True when the connection had worked: reconnect at once, not after a backoff.
         self.retry_now = retry_now
 
@@ -312,7 +314,6 @@ class Source:
         task = asyncio.ensure_future(self._watch_once())
         self._watch_task = task
         try:
-            started = time.monotonic()
             return await task
         except asyncio.CancelledError:
             current = asyncio.current_task()
@@ -320,17 +321,17 @@ class Source:
                 return _Next.RELIST
             raise
         except _Failure as f:
-            return await self._after_failure(f, time.monotonic() - started)
+            return await self._after_failure(f)
         finally:
             self._watch_task = None
 
-    async def _after_failure(self, f: _Failure, lasted: float) -> _Next:
+    async def _after_failure(self, f: _Failure) -> _Next:
         self.stats.count_error("watch", f.kind)
         self._changed()
         if f.kind == "expired":
             log.info("watch of %s: %s; relisting", self._resource.resource, f.message)
             return _Next.RELIST
-        if f.kind in ("connection", "timeout", "server") or (f.kind == "unauthorized"):
+        if f.kind in ("connection", "timeout", "server", "unauthorized") and not f.relist:
             log.warning("watch of %s failed: %s; resuming from resourceVersion %s",
                         self._resource.resource, f.message, self._rv)
             if f.retry_now:
@@ -438,7 +439,7 @@ class Source:
         if etype == "ERROR":
             code = obj.get("code") or 0
             kind = "expired" if code == 410 else _status_kind(int(code)) if code else "other"
-            raise _Failure(kind, str(obj.get("message") or f"watch error {code}"))
+            raise _Failure(kind, str(obj.get("message") or f"watch error {code}"), relist=True)
         event_type = _WATCH_TYPES.get(etype)
         if event_type is None:
             log.warning("ignoring a watch event of unknown type %r", etype)

@@ -20,7 +20,7 @@ import uvloop
 from fastobs.errors import ListErrorLimit
 from fastobs.events import Event, EventType
 from fastobs.kube import KubeClient
-from fastobs.source import Source, _object_bytes
+from fastobs.source import Source, _Failure, _Next, _object_bytes
 
 pytestmark = pytest.mark.cluster
 
@@ -429,3 +429,38 @@ def test_object_bytes_are_sliced_verbatim() -> None:
     # Another encoder's layout is re-encoded rather than sliced wrongly.
     odd = b'{"object":{"kind":"X"},"type":"ADDED"}'
     assert orjson.loads(_object_bytes(odd, {"kind": "X"})) == {"kind": "X"}
+
+
+@pytest.mark.parametrize(("code", "kind", "after"), [
+    (410, "expired", _Next.RELIST),
+    (500, "server", _Next.RELIST),
+    (0, "other", _Next.RELIST),
+])
+def test_in_stream_error_events_end_in_a_relist(code: int, kind: str, after: _Next) -> None:
+    from fastobs.kube import Resource
+
+    async def main() -> None:
+        sink = Recorder()
+        src = Source(None, Resource("", "v1", "pods", "Pod", True),  # type: ignore[arg-type]
+                     namespace=None, label_selector="", field_selector="", sink=sink, maximum_errors=0)
+        status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "boom"}
+        if code:
+            status["code"] = code
+        with pytest.raises(_Failure) as err:
+            src._on_line(orjson.dumps({"type": "ERROR", "object": status}), 0.0)
+        assert (err.value.kind, err.value.relist) == (kind, True)
+        assert await src._after_failure(err.value) is after
+        assert src.stats.errors == {("watch", kind): 1}
+
+    uvloop.run(main())
+
+
+def test_bookmarks_only_move_the_resource_version() -> None:
+    from fastobs.kube import Resource
+
+    sink = Recorder()
+    src = Source(None, Resource("", "v1", "pods", "Pod", True),  # type: ignore[arg-type]
+                 namespace=None, label_selector="", field_selector="", sink=sink, maximum_errors=0)
+    src._on_line(b'{"type":"BOOKMARK","object":{"kind":"Pod","apiVersion":"v1","metadata":'
+                 b'{"resourceVersion":"777","annotations":{"k8s.io/initial-events-end":"true"}}}}', 1.0)
+    assert sink.calls == [] and src.stats.resource_version == "777" and src.stats.bookmarks == 1
