@@ -1,0 +1,679 @@
+"""End to end: the values on ``/metrics`` and the health endpoints of a real fastobs.
+
+Each test runs ``python -m fastobs`` against the real kube-apiserver with the HTTP server on
+a free loopback port, drives real objects, commands, signals and watch failures, and then
+scrapes ``/metrics`` over HTTP and compares the numbers with what the commands themselves
+recorded. The exposition is parsed by a small regex reader that keeps names as written
+(``prometheus_client``'s parser renames ``observe_counts`` to ``observe_counts_total``).
+
+A watch expiry cannot be forced on demand from a shared API server, so one test puts
+:class:`WatchProxy` between fastobs and the server: plain HTTP in front, the server's HTTPS
+behind, and on request it withholds watch events, injects an in-stream ``ERROR`` 410 or
+answers the next watch with HTTP 410.
+"""
+
+from __future__ import annotations
+
+import http.client
+import http.server
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from fastobs_run import Recorder, configmap, free_port, recorder, start_fastobs
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(60)]
+
+Labels = frozenset[tuple[str, str]]
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+-?\d+)?$")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+# ----------------------------------------------------------------------------- scraping
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One ``/metrics`` answer: sample name -> {label set -> value}."""
+
+    samples: dict[str, dict[Labels, float]]
+    text: str
+
+    @classmethod
+    def parse(cls, text: str) -> Scrape:
+        samples: dict[str, dict[Labels, float]] = {}
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            m = _SAMPLE.match(line)
+            assert m, f"not a Prometheus sample line: {line!r}"
+            labels = frozenset(_LABEL.findall(m.group(2) or ""))
+            samples.setdefault(m.group(1), {})[labels] = float(m.group(3))
+        return cls(samples, text)
+
+    def value(self, name: str, **labels: str) -> float | None:
+        """The sample with exactly these labels, or None when it is not exposed."""
+        return self.samples.get(name, {}).get(frozenset(labels.items()))
+
+    def total(self, name: str, **labels: str) -> float:
+        """Sum of every sample of ``name`` whose labels include ``labels``."""
+        want = set(labels.items())
+        return sum(v for ls, v in self.samples.get(name, {}).items() if want <= ls)
+
+    def by_label(self, name: str, label: str) -> dict[str, float]:
+        return {dict(ls)[label]: v for ls, v in self.samples.get(name, {}).items() if label in dict(ls)}
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    """(status, body); (0, "") while nothing listens."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def scrape(port: int) -> Scrape:
+    status, body = http_get(port, "/metrics")
+    assert status == 200, f"/metrics answered {status}"
+    return Scrape.parse(body)
+
+
+def wait_scrape(port: int, what: str, check: Callable[[Scrape], bool], timeout: float = 20.0) -> Scrape:
+    """Scrape until ``check`` holds; the failure message shows the last scrape's fastobs lines."""
+    deadline = time.monotonic() + timeout
+    last: Scrape | None = None
+    while time.monotonic() < deadline:
+        if http_get(port, "/metrics")[0] == 200:
+            last = scrape(port)
+            if check(last):
+                return last
+        time.sleep(0.05)
+    shown = "" if last is None else "\n".join(
+        line for line in last.text.splitlines() if line.startswith(("fastobs_", "observe_")))
+    raise AssertionError(f"timed out waiting for {what}; last scrape:\n{shown}")
+
+
+def wait_until(what: str, check: Callable[[], object], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def settled(s: Scrape) -> bool:
+    """Nothing queued and nothing running."""
+    return s.total("fastobs_workqueue_depth") == 0 and s.total("fastobs_commands_running") == 0
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Fastobs:
+    proc: subprocess.Popen[str]
+    port: int
+
+    def scrape(self) -> Scrape:
+        return scrape(self.port)
+
+    def wait(self, what: str, check: Callable[[Scrape], bool], timeout: float = 20.0) -> Scrape:
+        def alive_and(s: Scrape) -> bool:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read() if self.proc.stderr else ""
+                raise AssertionError(f"fastobs exited with {self.proc.returncode}: {err}")
+            return check(s)
+
+        return wait_scrape(self.port, what, alive_and, timeout)
+
+
+def launch(env: dict[str, str], *args: str, workers: int = 2) -> Fastobs:
+    port = free_port()
+    proc = start_fastobs(env, f"--workers={workers}", f"--listen-addr=127.0.0.1:{port}", *args)
+    return Fastobs(proc, port)
+
+
+def stop(fo: Fastobs) -> tuple[str, str]:
+    if fo.proc.poll() is None:
+        fo.proc.send_signal(signal.SIGTERM)
+    try:
+        return fo.proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        fo.proc.kill()
+        return fo.proc.communicate()
+
+
+def worker_pids(parent: int) -> list[int]:
+    pids = []
+    for task in os.listdir(f"/proc/{parent}/task"):
+        try:
+            children = Path(f"/proc/{parent}/task/{task}/children").read_text().split()
+        except OSError:
+            continue
+        for pid in map(int, children):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"fastobs.worker" in cmdline:
+                pids.append(pid)
+    return pids
+
+
+def script(path: Path, body: str) -> Path:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def make_cms(k8s: Any, ns: str, names: list[str], **kw: Any) -> None:
+    k8s.apply({"apiVersion": "v1", "kind": "List", "items": [configmap(n, ns, **kw) for n in names]})
+
+
+def api_client(k8s: Any) -> Any:
+    from kubernetes import client, config
+
+    return client.CoreV1Api(config.new_client_from_config(config_file=str(k8s.kubeconfig)))
+
+
+# ----------------------------------------------------------------------------- 1. failures
+
+
+def test_failed_commands_counted_by_reason_code_attempt_and_type(k8s: Any, ns: str, tmp_path: Path) -> None:
+    """5 objects whose command exits 3: every failure series says 5, no success anywhere."""
+    n = 5
+    make_cms(k8s, ns, [f"cm{i}" for i in range(n)])
+    rec = recorder(tmp_path)
+    fo = launch(dict(k8s.env, T_EXIT="3"), "configmaps", "-n", ns, "--maximum-errors", "-1",
+                "--", str(rec.path))
+    try:
+        s = fo.wait("5 failed commands",
+                    lambda s: s.total("fastobs_commands_total") == n and settled(s))
+        assert len(rec.calls()) == n
+        assert fo.proc.poll() is None, "--maximum-errors -1 must never stop fastobs"
+        assert s.value("fastobs_command_failures_total", reason="exit", code="3") == n
+        assert s.total("fastobs_command_failures_total") == n
+        assert s.value("fastobs_commands_total", result="failure", type="Sync") == n
+        assert s.total("fastobs_commands_total", result="success") == 0
+        assert s.value("observe_exec_durations_milliseconds_count", exit_code="3", type="Sync") == n
+        assert s.total("observe_exec_durations_milliseconds_count") == n
+        assert s.value("fastobs_command_duration_seconds_count", result="failure") == n
+        assert s.total("fastobs_command_duration_seconds_count") == n
+        assert s.value("observe_counts", type="Sync") == n
+        assert s.value("fastobs_events_total", type="Sync") == n
+        assert s.total("fastobs_workqueue_retries_total") == 0
+    finally:
+        _, err = stop(fo)
+    assert err.count("exited with status code 3") == n, err
+
+
+def test_immediate_retries_count_attempts_not_commands(k8s: Any, ns: str, tmp_path: Path) -> None:
+    """--retry-on-exit-code: the oc summary counts attempts, fastobs_commands_total commands."""
+    n, retries = 3, 2
+    make_cms(k8s, ns, [f"cm{i}" for i in range(n)])
+    rec = recorder(tmp_path)
+    fo = launch(dict(k8s.env, T_EXIT="3"), "configmaps", "-n", ns, "--maximum-errors", "-1",
+                "--retry-on-exit-code", "3", "--retry-count", str(retries), "--", str(rec.path))
+    try:
+        s = fo.wait("3 failed commands", lambda s: s.total("fastobs_commands_total") == n and settled(s))
+        attempts = n * (1 + retries)
+        assert len(rec.calls()) == attempts
+        assert s.value("observe_exec_durations_milliseconds_count", exit_code="3", type="Sync") == attempts
+        assert s.value("fastobs_commands_total", result="failure", type="Sync") == n
+        assert s.value("fastobs_command_failures_total", reason="exit", code="3") == n
+        assert s.value("fastobs_workqueue_retries_total", kind="immediate") == n * retries
+        assert s.value("fastobs_workqueue_retries_total", kind="backoff") == 0
+        assert s.value("fastobs_command_start_lag_seconds_count") == n
+        assert s.value("fastobs_command_end_lag_seconds_count") == n
+    finally:
+        stop(fo)
+
+
+# ----------------------------------------------------------------------------- 2. coalescing
+
+
+def test_churn_is_coalesced_and_the_last_run_sees_the_final_state(k8s: Any, ns: str, tmp_path: Path) -> None:
+    """50 quick updates while the command is slow: every event counted, few runs, newest state last."""
+    updates = 50
+    k8s.apply(configmap("hot", ns, data={"v": "0"}))
+    rec = recorder(tmp_path)
+    slow = script(tmp_path / "slow.sh", f'"{rec.path}" "$@"\nsleep 0.5\n')
+    fo = launch(k8s.env, "configmaps", "-n", ns, "--template", "{.data.v}", "--type-env-var", "T_TYPE",
+                "--", str(slow))
+    try:
+        rec.wait_for(lambda c: len(c) == 1)  # the Sync run is now running, not pending
+        fo.wait("the watch", lambda s: s.value("fastobs_watch_up") == 1)
+        api = api_client(k8s)
+        for i in range(1, updates + 1):
+            api.patch_namespaced_config_map("hot", ns, {"data": {"v": str(i)}})
+        rec.wait_for(lambda c: c[-1]["argv"][-1] == str(updates), timeout=30)
+        s = fo.wait("all commands ended", lambda s: settled(s) and s.total("fastobs_commands_total")
+                    == len(rec.calls()))
+    finally:
+        stop(fo)
+    calls = rec.calls()
+    values = [int(c["argv"][-1]) for c in calls]
+    types = [c["env"]["T_TYPE"] for c in calls]
+    assert types[0] == "Sync" and set(types[1:]) == {"Updated"}, types
+    assert values == sorted(set(values)), f"runs out of order or repeated: {values}"
+    assert values[-1] == updates
+    runs = len(calls) - 1
+    assert s.value("fastobs_events_total", type="Updated") == updates
+    assert s.value("observe_counts", type="Updated") == updates
+    coalesced = s.value("fastobs_events_coalesced_total")
+    assert coalesced is not None and coalesced > 0
+    assert runs < updates
+    # Every Updated event either ran or was replaced by a newer one before it ran.
+    assert runs + coalesced == updates, (runs, coalesced)
+    assert s.value("fastobs_commands_total", result="success", type="Updated") == runs
+    assert s.value("observe_exec_durations_milliseconds_count", exit_code="0", type="Updated") == runs
+
+
+# ----------------------------------------------------------------------------- 3. lag histograms
+
+
+def test_lag_histograms_count_starts_and_ends_at_the_right_moments(k8s: Any, ns: str, tmp_path: Path) -> None:
+    """Start lag counts commands when they start, end lag when they end, per event type."""
+    names = [f"cm{i}" for i in range(4)]
+    make_cms(k8s, ns, names, data={"v": "a"})
+    gate = tmp_path / "gate"
+    rec = recorder(tmp_path)
+    dele = recorder(tmp_path, "delete")
+    gated = script(tmp_path / "gated.sh", f'"{rec.path}" "$@"\nwhile [ ! -e "{gate}" ]; do sleep 0.02; done\n')
+    fo = launch(k8s.env, "configmaps", "-n", ns, "--type-env-var", "T_TYPE", "--delete", str(dele.path),
+                "--", str(gated))
+    try:
+        rec.wait_for(lambda c: len(c) == 4)
+        s = fo.wait("4 running commands", lambda s: s.total("fastobs_commands_running") == 4)
+        assert s.value("fastobs_command_start_lag_seconds_count") == 4
+        assert s.value("fastobs_command_end_lag_seconds_count") == 0
+        assert s.total("fastobs_commands_total") == 0
+        assert s.total("fastobs_workqueue_longest_running_processor_seconds") > 0
+        gate.touch()
+        s = fo.wait("4 ended commands", lambda s: s.value("fastobs_command_end_lag_seconds_count") == 4)
+        assert s.value("fastobs_command_start_lag_seconds_count") == 4
+        fo.wait("idle", settled)
+
+        k8s.apply(configmap("cm0", ns, data={"v": "b"}))
+        k8s.apply(configmap("cm1", ns, data={"v": "b"}))
+        k8s.apply(configmap("new", ns, data={"v": "a"}))
+        rec.wait_for(lambda c: len(c) == 7)
+        k8s.kubectl("delete", "cm", "cm2", "-n", ns)
+        dele.wait_for(lambda c: len(c) == 1)
+        s = fo.wait("every command ended", lambda s: settled(s) and s.total("fastobs_commands_total") == 8)
+    finally:
+        stop(fo)
+    calls = rec.calls() + dele.calls()
+    by_type = Counter(c["env"]["T_TYPE"] for c in calls)
+    assert by_type == {"Sync": 4, "Updated": 2, "Added": 1, "Deleted": 1}
+    assert s.value("fastobs_command_start_lag_seconds_count") == len(calls)
+    assert s.value("fastobs_command_end_lag_seconds_count") == len(calls)
+    for etype, count in by_type.items():
+        assert s.value("fastobs_commands_total", result="success", type=etype) == count, etype
+        assert s.value("observe_exec_durations_milliseconds_count", exit_code="0", type=etype) == count
+        assert s.value("fastobs_events_total", type=etype) == count
+    # Buckets are cumulative and end with every observation.
+    buckets = s.samples["fastobs_command_start_lag_seconds_bucket"]
+    ordered = sorted(buckets.items(), key=lambda kv: float(dict(kv[0])["le"]))
+    assert [v for _, v in ordered] == sorted(v for _, v in ordered)
+    assert ordered[-1][1] == len(calls) and dict(ordered[-1][0])["le"] == "+Inf"
+
+
+# ----------------------------------------------------------------------------- 4. worker restarts
+
+
+def test_killed_workers_are_counted_per_worker_and_replaced(k8s: Any, ns: str, tmp_path: Path) -> None:
+    """SIGKILL the worker running a command: restart counted, worker replaced, command run again."""
+    k8s.apply(configmap("victim", ns))
+    gate = tmp_path / "gate"
+    log = tmp_path / "parents"
+    gated = script(tmp_path / "gated.sh",
+                   f'echo $PPID >> "{log}"\nwhile [ ! -e "{gate}" ]; do sleep 0.02; done\n')
+    fo = launch(k8s.env, "configmaps", "-n", ns, "--", str(gated), workers=2)
+    try:
+        s = fo.wait("2 workers and a running command",
+                    lambda s: s.value("fastobs_workers_alive") == 2 and s.total("fastobs_commands_running") == 1)
+        assert s.value("fastobs_workers_total") == 2
+        assert s.by_label("fastobs_worker_restarts_total", "worker") == {"0": 0, "1": 0}
+        wait_until("the command's pid", lambda: log.exists() and log.read_text().strip())
+        first = int(log.read_text().split()[0])
+        workers = worker_pids(fo.proc.pid)
+        assert first in workers, f"the command's parent {first} is not a worker of fastobs ({workers})"
+        os.kill(first, signal.SIGKILL)
+
+        wait_until("the command to run again", lambda: len(log.read_text().split()) == 2)
+        second = int(log.read_text().split()[1])
+        assert second != first and second in worker_pids(fo.proc.pid)
+        s = fo.wait("one restart", lambda s: s.total("fastobs_worker_restarts_total") == 1
+                    and s.value("fastobs_workers_alive") == 2)
+        restarts = s.by_label("fastobs_worker_restarts_total", "worker")
+        assert sorted(restarts.values()) == [0, 1], restarts
+        killed_index = next(i for i, v in restarts.items() if v == 1)
+        assert s.total("fastobs_commands_running") == 1, "the re-dispatched command is the only one running"
+        assert s.value("fastobs_command_start_lag_seconds_count") == 2
+        wait_until("/livez ok", lambda: http_get(fo.port, "/livez") == (200, "ok"))
+
+        other = next(p for p in worker_pids(fo.proc.pid) if p != second)
+        os.kill(other, signal.SIGKILL)
+        s = fo.wait("two restarts", lambda s: s.total("fastobs_worker_restarts_total") == 2
+                    and s.value("fastobs_workers_alive") == 2)
+        assert s.by_label("fastobs_worker_restarts_total", "worker") == {"0": 1, "1": 1}, killed_index
+        wait_until("/livez ok", lambda: http_get(fo.port, "/livez") == (200, "ok"))
+        assert len(worker_pids(fo.proc.pid)) == 2
+
+        gate.touch()
+        s = fo.wait("the command ended", lambda s: s.total("fastobs_commands_total") == 1 and settled(s))
+        assert s.value("fastobs_commands_total", result="success", type="Sync") == 1
+        assert s.value("fastobs_command_end_lag_seconds_count") == 1
+        assert len(log.read_text().split()) == 2, "the command ran a third time"
+    finally:
+        gate.touch()
+        stop(fo)
+
+
+# ----------------------------------------------------------------------------- 5. watch expiry
+
+
+class WatchProxy:
+    """Plain HTTP in front of the API server's HTTPS, able to break watches on request.
+
+    Non-watch requests are forwarded whole. A watch response is forwarded line by line
+    (one chunk per event), and the test can ``withhold()`` events (read from the server,
+    never forwarded: lost as a dropped connection would lose them), ``expire()`` every
+    open watch with the in-stream ``ERROR`` 410 the server sends for a compacted
+    resourceVersion, ``cut()`` open watches (clean end of stream), and answer the next
+    watch request with HTTP 410.
+    """
+
+    def __init__(self, server: str, ca_file: Path) -> None:
+        url = urlsplit(server)
+        self.upstream = (url.hostname or "127.0.0.1", url.port or 443)
+        self.ssl = ssl.create_default_context(cafile=str(ca_file))
+        self.lock = threading.Lock()
+        self.generation = 0
+        self.ending = b""
+        self.withholding = False
+        self.withheld = 0
+        self.refuse_next_watch = False
+        self.watch_requests = 0
+        self.refused = 0
+        self.open_watches: dict[int, float] = {}
+        handler = type("Handler", (_ProxyHandler,), {"proxy": self})
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> WatchProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cut()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def withhold(self) -> None:
+        with self.lock:
+            self.withholding = True
+
+    def expire(self) -> None:
+        """End every open watch with an in-stream ERROR 410; later watches pass normally."""
+        self._end(b'{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","metadata":{},'
+                  b'"status":"Failure","message":"too old resource version: 1 (2)",'
+                  b'"reason":"Expired","code":410}}\n')
+
+    def cut(self) -> None:
+        self._end(b"")
+
+    def _end(self, line: bytes) -> None:
+        with self.lock:
+            self.ending = line
+            self.generation += 1
+            self.withholding = False
+
+    def oldest_watch_age(self) -> float:
+        with self.lock:
+            return time.monotonic() - min(self.open_watches.values()) if self.open_watches else 0.0
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    proxy: WatchProxy
+    _HOP = {"host", "connection", "keep-alive", "accept-encoding", "transfer-encoding", "content-length"}
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        p = self.proxy
+        watch = "watch=1" in self.path or "watch=true" in self.path
+        if watch:
+            with p.lock:
+                p.watch_requests += 1
+                refuse, p.refuse_next_watch = p.refuse_next_watch, False
+            if refuse:
+                p.refused += 1
+                self._send_whole(410, "application/json", json.dumps({
+                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                    "message": "too old resource version: 1 (2)", "reason": "Expired", "code": 410,
+                }).encode())
+                return
+        conn = http.client.HTTPSConnection(*p.upstream, context=p.ssl, timeout=60)
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in self._HOP}
+            conn.request("GET", self.path, headers=headers)
+            resp = conn.getresponse()
+            if watch and resp.status == 200:
+                self._stream(conn, resp)
+            else:
+                self._send_whole(resp.status, resp.getheader("Content-Type") or "", resp.read())
+        finally:
+            conn.close()
+
+    def _send_whole(self, status: int, ctype: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _stream(self, conn: http.client.HTTPSConnection, resp: http.client.HTTPResponse) -> None:
+        p = self.proxy
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", resp.getheader("Content-Type") or "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.flush()
+        lines: queue.Queue[bytes | None] = queue.Queue()
+
+        def read() -> None:
+            try:
+                for line in iter(resp.readline, b""):
+                    lines.put(line)
+            except (OSError, ValueError, http.client.HTTPException):
+                pass
+            lines.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
+        me = threading.get_ident()
+        with p.lock:
+            gen = p.generation
+            p.open_watches[me] = time.monotonic()
+        try:
+            while True:
+                try:
+                    line = lines.get(timeout=0.02)
+                except queue.Empty:
+                    line = b""
+                with p.lock:
+                    if p.generation != gen:
+                        self._chunk(p.ending)
+                        break
+                    if line is None:
+                        break
+                    if line and p.withholding:
+                        p.withheld += 1
+                        continue
+                if line:
+                    self._chunk(line)
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except OSError:
+            pass  # fastobs went away
+        finally:
+            with p.lock:
+                p.open_watches.pop(me, None)
+            if conn.sock is not None:
+                try:
+                    conn.sock.shutdown(socket.SHUT_RDWR)  # unblocks the reader thread
+                except OSError:
+                    pass
+
+    def _chunk(self, data: bytes) -> None:
+        if data:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+
+@pytest.fixture
+def proxy(k8s: Any) -> Iterator[WatchProxy]:
+    with WatchProxy(k8s.server, k8s.ca_file) as p:
+        yield p
+
+
+@pytest.mark.parametrize("how", ["in-stream-error", "http-410"])
+def test_watch_expiry_relists_loses_nothing_and_skips_unchanged(
+    k8s: Any, ns: str, tmp_path: Path, proxy: WatchProxy, how: str
+) -> None:
+    """After a 410 the relist finds what the broken watch never delivered; unchanged objects do not run."""
+    make_cms(k8s, ns, ["cm0", "cm1", "cm2"], data={"v": "1"})
+    rec = recorder(tmp_path)
+    fo = launch(k8s.env, "configmaps", "-n", ns, "--server", proxy.url, "--token", k8s.token,
+                "--template", "{.data.v}", "--type-env-var", "T_TYPE", "--", str(rec.path))
+    try:
+        rec.wait_for(lambda c: len(c) == 3)
+        s = fo.wait("an open watch", lambda s: s.value("fastobs_watch_up") == 1 and settled(s))
+        assert s.value("fastobs_relists_total") == 0
+        assert s.total("fastobs_api_errors_total") == 0
+        # A watch open for over a second that ends cleanly is resumed, not a failure.
+        wait_until("a watch older than 1.5 s", lambda: proxy.oldest_watch_age() > 1.5)
+
+        proxy.withhold()
+        k8s.apply(configmap("cm0", ns, data={"v": "2"}))
+        k8s.apply(configmap("late", ns, data={"v": "1"}))
+        wait_until("both events withheld", lambda: proxy.withheld >= 2)
+        assert len(rec.calls()) == 3, "a withheld event reached fastobs"
+        if how == "in-stream-error":
+            proxy.expire()
+        else:
+            proxy.refuse_next_watch = True
+            proxy.cut()
+
+        rec.wait_for(lambda c: {("cm0", "2"), ("late", "1")} <= {(a[1], a[2]) for a in (x["argv"] for x in c)})
+        s = fo.wait("the relist done and the watch back", lambda s: s.value("fastobs_relists_total") == 1
+                    and s.value("fastobs_watch_up") == 1 and settled(s))
+        k8s.apply(configmap("after", ns, data={"v": "1"}))
+        rec.wait_for(lambda c: any(x["argv"][1] == "after" for x in c))
+        s = fo.wait("idle", lambda s: settled(s) and s.total("fastobs_commands_total") == len(rec.calls()))
+    finally:
+        stop(fo)
+    runs = [(c["argv"][1], c["argv"][2], c["env"]["T_TYPE"]) for c in rec.calls()]
+    assert sorted(runs) == sorted([
+        ("cm0", "1", "Sync"), ("cm1", "1", "Sync"), ("cm2", "1", "Sync"),
+        ("cm0", "2", "Sync"), ("late", "1", "Sync"), ("after", "1", "Added"),
+    ]), runs
+    assert s.value("fastobs_api_errors_total", op="watch", kind="expired") == 1
+    assert s.total("fastobs_api_errors_total") == 1, "only the expiry is an error"
+    assert s.value("fastobs_relists_total") == 1
+    assert s.value("fastobs_api_requests_total", op="list") == 2
+    assert s.value("fastobs_api_requests_total", op="watch") == proxy.watch_requests
+    assert proxy.refused == (1 if how == "http-410" else 0)
+    # Relisted objects that did not change since their last good run are filtered out.
+    assert s.value("fastobs_events_total", type="Sync") == 5
+    assert s.value("fastobs_tracked_objects") == 5
+
+
+# ----------------------------------------------------------------------------- 6. health
+
+
+@dataclass
+class Probe:
+    t: float
+    names_done: bool
+    healthz: tuple[int, str]
+    readyz: tuple[int, str]
+    livez: tuple[int, str]
+    sync_gauge: float | None
+
+
+def test_health_endpoints_follow_the_initial_sync(k8s: Any, ns: str, tmp_path: Path) -> None:
+    """/healthz and /readyz fail until the slow --names command and the first list are done; /livez never."""
+    make_cms(k8s, ns, ["a", "b"])
+    done = tmp_path / "names-done"
+    names = script(tmp_path / "names.sh", f'sleep 2\ntouch "{done}"\n')
+    rec = recorder(tmp_path)
+    fo = launch(k8s.env, "configmaps", "-n", ns, "--names", str(names), "--delete", "true",
+                "--", str(rec.path))
+    probes: list[Probe] = []
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            names_done = done.exists()  # read before asking: a 200 must come after this
+            healthz = http_get(fo.port, "/healthz")
+            readyz = http_get(fo.port, "/readyz")
+            livez = http_get(fo.port, "/livez")
+            metrics = http_get(fo.port, "/metrics")
+            gauge = Scrape.parse(metrics[1]).value("fastobs_initial_sync_done") if metrics[0] == 200 else None
+            probes.append(Probe(time.monotonic(), names_done, healthz, readyz, livez, gauge))
+            if readyz[0] == 200 and len([p for p in probes if p.readyz[0] == 200]) >= 3:
+                break
+            time.sleep(0.05)
+        assert http_get(fo.port, "/healthz/ready") == (200, "ok")
+        s = fo.scrape()
+    finally:
+        stop(fo)
+    answered = [p for p in probes if p.healthz[0] != 0]
+    assert answered, "the HTTP server never answered"
+    waiting = [p for p in answered if not p.names_done]
+    assert len(waiting) >= 5, "the start-up was not observed while --names ran"
+    for p in waiting:
+        assert p.healthz == (500, "[-]ready failed: reason withheld\nhealthz check failed\n"), p
+        assert p.readyz[0] == 500 and "[-]initial-sync failed" in p.readyz[1], p
+        assert p.sync_gauge == 0, p
+    first_ok = next(i for i, p in enumerate(answered) if p.healthz[0] == 200)
+    assert all(p.healthz == (200, "ok") for p in answered[first_ok:]), "/healthz went back to failing"
+    assert answered[-1].readyz == (200, "ok") and answered[-1].sync_gauge == 1
+    # Liveness does not wait for the sync: once the workers are up it stays ok.
+    first_live = next(i for i, p in enumerate(answered) if p.livez[0] == 200)
+    assert first_live < first_ok
+    assert all(p.livez == (200, "ok") for p in answered[first_live:]), [p.livez for p in answered]
+    assert s.value("observe_name_exec_durations_milliseconds_count", exit_code="0") == 1
+    assert (s.value("observe_name_exec_durations_milliseconds_sum", exit_code="0") or 0) >= 2000
+    assert sorted(a[1] for a in rec.argvs()) == ["a", "b"]
