@@ -16,6 +16,7 @@ bytes (surrogate escapes) are quoted as the bytes Go would have seen. The timest
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Sequence
 
@@ -36,9 +37,27 @@ _SHORT_ESCAPES = {
 
 def go_quote(s: str) -> str:
     """Return Go's ``strconv.Quote(s)``: a double-quoted literal with Go escapes."""
-    if s.isascii() and s.isprintable() and '"' not in s and "\\" not in s:
-        return '"' + s + '"'
+    if s.isascii():
+        if s.isprintable() and '"' not in s and "\\" not in s:
+            return '"' + s + '"'
+    elif _SURROGATES.search(s) is not None:
+        s = _as_go_sees_it(s)
     return '"' + "".join(map(_escape_char, s)) + '"'
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _as_go_sees_it(s: str) -> str:
+    """Re-split surrogate-escaped bytes the way Go decodes the same bytes.
+
+    Escaped bytes next to each other may form valid UTF-8 (Go then sees one character), and
+    only bytes that are not valid UTF-8 stay escaped, one per byte, like Go's RuneError.
+    """
+    try:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return s  # a lone surrogate that no byte string produces; quoted as U+FFFD
 
 
 def _escape_char(ch: str) -> str:
