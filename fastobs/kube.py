@@ -144,9 +144,12 @@ class _Credentials:
         self.context_namespace = loader.current_context["context"].get("namespace") or ""
 
     def _load_incluster(self, cfg: Any) -> None:
-        from kubernetes.config.incluster_config import load_incluster_config
+        from kubernetes.config.incluster_config import InClusterConfigLoader
 
-        load_incluster_config(client_configuration=cfg, try_refresh_token=True)  # type: ignore[no-untyped-call]
+        # The loader re-reads the (projected, rotating) token file every minute.
+        loader = InClusterConfigLoader(  # type: ignore[no-untyped-call]
+            token_filename=f"{_SA_DIR}/token", cert_filename=f"{_SA_DIR}/ca.crt", try_refresh_token=True)
+        loader.load_and_set(cfg)  # type: ignore[no-untyped-call]
         try:
             with open(f"{_SA_DIR}/namespace", encoding="utf-8") as f:
                 self.context_namespace = f.read().strip()

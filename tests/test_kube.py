@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import ssl
 import stat
 import subprocess
@@ -490,3 +491,31 @@ def test_connecting_does_not_import_the_api_models(k8s: Any) -> None:
                          cwd=Path(__file__).resolve().parents[1]).stdout
     assert out.strip() == "[]"
 
+
+
+# --------------------------------------------------------------------------- in-cluster
+
+@aio
+async def test_in_cluster_service_account(k8s: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fastobs.kube
+
+    sa = tmp_path / "serviceaccount"
+    sa.mkdir()
+    (sa / "token").write_text("not-yet-valid")
+    shutil.copy(k8s.ca_file, sa / "ca.crt")
+    (sa / "namespace").write_text("pod-namespace\n")
+    monkeypatch.setattr(fastobs.kube, "_SA_DIR", str(sa))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    host, port = k8s.server.removeprefix("https://").rsplit(":", 1)
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", host)
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", port)
+    client = await KubeClient.connect()
+    try:
+        assert client.namespace == "pod-namespace" and client.server == k8s.server
+        assert await get_status(client) == 401
+        # The kubelet rotated the projected token: the 401 makes the client read it again.
+        (sa / "token").write_text(k8s.token)
+        assert await get_status(client) == 200
+    finally:
+        await client.close()
