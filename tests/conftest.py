@@ -88,7 +88,7 @@ def k8s_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Cluster]:
     """The running cluster's full state (ports, pids, log paths); most tests want ``k8s``."""
     state_dir = tmp_path_factory.mktemp("k8s-cluster")
     try:
-        cluster = start(state_dir)
+        cluster = start(state_dir, die_with_parent=True)
     except ClusterError as exc:
         pytest.fail(f"the test cluster did not start (logs in {state_dir / 'logs'}):\n{exc}", pytrace=False)
     try:

@@ -17,6 +17,7 @@ and the ``openssl`` command are used, so this also runs outside the virtualenv.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import http.client
 import json
 import os
@@ -48,6 +49,8 @@ ETCD_TIMEOUT = 30.0
 STOP_GRACE = 10.0
 START_ATTEMPTS = 3
 ADDRESS_IN_USE = "address already in use"
+DATA_PREFIX = "fastobs-etcd-"
+PR_SET_PDEATHSIG = 1
 
 Announce = Callable[[str], None]
 
@@ -86,6 +89,8 @@ class Cluster:
     etcd_pid: int = 0
     # Popen handles when this process started the cluster, so stop() can reap them.
     _children: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False, compare=False)
+    # Whether the servers get SIGTERM when the starting thread dies (test runs, not dev-cluster).
+    _die_with_parent: bool = field(default=False, repr=False, compare=False)
 
     @property
     def server(self) -> str:
@@ -201,7 +206,17 @@ def _terminate(pids: list[int], needles: list[str]) -> list[int]:
     return alive()
 
 
-def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def _die_with_parent() -> None:
+    """In the child before exec: ask the kernel for SIGTERM when the parent thread dies.
+
+    A test run killed with SIGKILL (or a timeout) cannot run its teardown; this way its
+    servers still go away instead of piling up on the machine.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _spawn(args: list[str], log: Path, die_with_parent: bool) -> subprocess.Popen[bytes]:
     # A new session per process: a Ctrl-C in the developer's terminal or the end of the
     # `up` command must not reach the servers, and stop() kills the whole group.
     with log.open("ab") as out:
@@ -212,6 +227,7 @@ def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             close_fds=True,
+            preexec_fn=_die_with_parent if die_with_parent else None,
         )
 
 
@@ -292,6 +308,21 @@ def _data_root() -> Path | None:
     # etcd on tmpfs: no disk I/O at all, together with --unsafe-no-fsync.
     shm = Path("/dev/shm")
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
+def _sweep_stale_data_dirs(root: Path) -> None:
+    """Delete etcd data dirs on tmpfs that no live process uses (left by killed runs).
+
+    Tmpfs is memory; a killed test run cannot clean up after itself, so the next start does.
+    Young dirs are spared: a concurrent start creates its dir moments before its etcd runs.
+    """
+    for path in root.glob(f"{DATA_PREFIX}*"):
+        try:
+            young = time.time() - path.stat().st_mtime < 120
+        except OSError:
+            continue
+        if not young and not _processes_mentioning([f"{path}/"]):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- HTTP
@@ -418,7 +449,7 @@ def _log_says_port_taken(log: Path) -> bool:
 
 def _start_etcd(cluster: Cluster, announce: Announce) -> None:
     for attempt in range(START_ATTEMPTS):
-        proc = _spawn(_etcd_args(cluster), cluster.etcd_log)
+        proc = _spawn(_etcd_args(cluster), cluster.etcd_log, cluster._die_with_parent)
         cluster._children.append(proc)
         cluster.etcd_pid = proc.pid
         cluster.save()
@@ -439,7 +470,7 @@ def _start_etcd(cluster: Cluster, announce: Announce) -> None:
 
 def _start_apiserver(cluster: Cluster, announce: Announce) -> None:
     for attempt in range(START_ATTEMPTS):
-        proc = _spawn(_apiserver_args(cluster), cluster.apiserver_log)
+        proc = _spawn(_apiserver_args(cluster), cluster.apiserver_log, cluster._die_with_parent)
         cluster._children.append(proc)
         cluster.apiserver_pid = proc.pid
         cluster.save()
@@ -471,13 +502,17 @@ def _choose_ports(cluster: Cluster, preferred_port: int | None, announce: Announ
 
 
 def start(
-    state_dir: Path, preferred_port: int | None = None, announce: Announce = lambda _msg: None
+    state_dir: Path,
+    preferred_port: int | None = None,
+    announce: Announce = lambda _msg: None,
+    die_with_parent: bool = False,
 ) -> Cluster:
     """Start etcd and kube-apiserver, wait for /readyz, bootstrap RBAC, write kubeconfigs.
 
     ``state_dir`` must not hold a running cluster (call :func:`stop` first). On failure the
     processes are stopped, the logs are kept in ``state_dir/logs``, and ClusterError carries
-    their tails.
+    their tails. With ``die_with_parent`` the servers are stopped by the kernel if the
+    calling thread dies first (for test runs; the dev cluster must outlive its command).
     """
     if not binaries_present():
         raise ClusterError(
@@ -487,12 +522,15 @@ def start(
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "logs").mkdir(exist_ok=True)
     root = _data_root()
-    data_dir = Path(tempfile.mkdtemp(prefix="fastobs-etcd-", dir=root)) if root else state_dir / "data"
+    if root:
+        _sweep_stale_data_dirs(root)
+    data_dir = Path(tempfile.mkdtemp(prefix=DATA_PREFIX, dir=root)) if root else state_dir / "data"
     cluster = Cluster(
         state_dir=state_dir,
         data_dir=data_dir,
         token=secrets.token_hex(24),
         restricted_token=secrets.token_hex(24),
+        _die_with_parent=die_with_parent,
     )
     _choose_ports(cluster, preferred_port, announce)
     cluster.save()  # before any process exists, so stop() knows the data dir to clean

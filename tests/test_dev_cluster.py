@@ -153,7 +153,8 @@ def test_watch_sends_periodic_bookmark(k8s_state: Cluster, k8s: KubeCluster, ns:
         events = list(_watch(k8s_state, f"/api/v1/namespaces/{ns}/configmaps", query, until=5))
     finally:
         poke.join()
-    assert [e["type"] for e in events] == ["BOOKMARK"]
+    # One bookmark, or two when the cache's bookmark timer also fired after the poke.
+    assert events and {e["type"] for e in events} == {"BOOKMARK"}
     assert int(events[0]["object"]["metadata"]["resourceVersion"]) > int(rv)
 
 
