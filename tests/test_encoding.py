@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -106,6 +107,38 @@ def test_float_fmt_v_matches_go(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert [go_format_float(f) for f in FLOATS] == json.loads(done.stdout)["fmtv"]
+
+
+STRING_PIECES = ["a", "<", ">", "&", "\u2028", "\u2029", "\x00", "\x1f", "\x7f", "\b", "\f", "\n", "\t",
+                 '"', "\\", "/", "é", "日", "🎉", "\ufeff", "\u00a0", " ", "1.5,", ":2e+3]"]
+NUMBERS: list[Any] = [0, 1, -7, 2**62, 0.5, 1.0, -0.0, 1e21, 1e20, 1e-7, 3.14159, 2.5e-5, 123456789.125]
+
+
+def random_value(rnd: random.Random, depth: int = 0) -> Any:
+    """A random JSON value with tricky strings, keys and numbers."""
+    r = rnd.random()
+    if depth > 3 or r < 0.4:
+        pick = rnd.random()
+        if pick < 0.45:
+            return "".join(rnd.choice(STRING_PIECES) for _ in range(rnd.randint(0, 5)))
+        if pick < 0.85:
+            return rnd.choice(NUMBERS)
+        return rnd.choice([True, False, None])
+    if r < 0.7:
+        return [random_value(rnd, depth + 1) for _ in range(rnd.randint(0, 4))]
+    return {
+        "".join(rnd.choice(STRING_PIECES) for _ in range(rnd.randint(0, 3))): random_value(rnd, depth + 1)
+        for _ in range(rnd.randint(0, 5))
+    }
+
+
+def test_random_objects_match_go(tmp_path: Path) -> None:
+    """500 random objects (escapes, unicode keys, floats) encode byte for byte as Go encodes them."""
+    rnd = random.Random(3)
+    values = [random_value(rnd) for _ in range(500)]
+    expected = run_goref_json(values, tmp_path)
+    mismatches = [(v, want) for v, want in zip(values, expected, strict=True) if go_json(v).decode() != want]
+    assert mismatches[:3] == []
 
 
 @pytest.mark.parametrize(

@@ -538,3 +538,16 @@ def test_random_templates_match_client_go(oracle: Path, seed: int, kind: str) ->
             mismatches.append((case["tmpl"], case["obj"], want, got))
     assert compared > 1500
     assert mismatches[:5] == []
+
+
+def test_worker_side_modules_import_no_heavy_packages() -> None:
+    """template, encoding and quoting run in workers: they must not pull in the cluster client stack."""
+    code = (
+        "import sys, fastobs.template, fastobs.encoding, fastobs.quoting\n"
+        "heavy = ('kubernetes', 'aiohttp', 'prometheus_client', 'urllib3', 'yaml')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"
