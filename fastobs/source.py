@@ -218,6 +218,8 @@ class Source:
     async def _list_until_success(self) -> None:
         """One full list; failures are logged, counted, and retried about once a second."""
         paginate = True
+        if self._listed:
+            self.stats.relists += 1
         while True:
             try:
                 self._rv = await self._list(paginate)
@@ -245,16 +247,21 @@ class Source:
             raise ListErrorLimit(f"Maximum list errors of {limit} reached, exiting")
 
     async def _list(self, paginate: bool) -> str:
-        """Read every page and feed the sink; returns the list's resourceVersion."""
-        if self._listed:
-            self.stats.relists += 1
-        self._sink.list_begin(relist=self._listed)
+        """Read every page and feed the sink; returns the list's resourceVersion.
+
+        ``list_begin`` waits for the first page, so a list that keeps failing (403)
+        does not open a list on the sink each second.
+        """
         params = dict(self._selectors)
         if paginate and self._page_size > 0:
             params["limit"] = str(self._page_size)
+        first = True
         while True:
             await self._sink.wait_capacity()
             body = await self._get_page(params)
+            if first:
+                self._sink.list_begin(relist=self._listed)
+                first = False
             rv, cont = self._emit_page(body)
             if not cont:
                 break
