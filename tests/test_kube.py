@@ -182,6 +182,18 @@ def test_unreachable_server_is_one_clear_line(tmp_path: Path) -> None:
     assert "\n" not in err.value.message
 
 
+def test_legacy_discovery_resolves_the_same(k8s: Any, crds: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Servers without aggregated discovery answer /api and /apis with plain lists;
+    # asking for plain JSON makes this server do the same.
+    args = ["po", "Pod", "svc", "ns", "deploy", "deployments.apps", "events", "crd", "wg", "gadgets"]
+    aggregated = [uvloop.run(resolve_once(k8s.kubeconfig, a)) for a in args]
+    import fastobs.kube
+
+    monkeypatch.setattr(fastobs.kube, "_AGGREGATED_ACCEPT", "application/json")
+    legacy = [uvloop.run(resolve_once(k8s.kubeconfig, a)) for a in args]
+    assert legacy == aggregated
+
+
 # --------------------------------------------------------------------------- configuration
 
 def write_kubeconfig(path: Path, *, server: str, user: dict[str, Any], ca: str | Path | None = None,
@@ -442,9 +454,23 @@ async def mtls_server(pki: dict[str, Path]) -> tuple[web.AppRunner, int]:
     return runner, port
 
 
-@pytest.mark.parametrize("inline", [False, True], ids=["files", "inline-data"])
+def cert_exec_user(tmp_path: Path, pki: dict[str, Path]) -> dict[str, Any]:
+    """An exec plugin that returns a client certificate instead of a token."""
+    script = tmp_path / "cert-plugin.py"
+    status = {"clientCertificateData": pki["cli.crt"].read_text(),
+              "clientKeyData": pki["cli.key"].read_text()}
+    script.write_text(f"""#!{os.path.realpath(sys.executable)}
+import json
+print(json.dumps({{"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
+                  "status": {json.dumps(status)}}}))
+""")
+    script.chmod(0o755)
+    return exec_user(script)
+
+
+@pytest.mark.parametrize("source", ["files", "inline-data", "exec-plugin"])
 @aio
-async def test_client_certificate_and_tls_server_name(tmp_path: Path, inline: bool) -> None:
+async def test_client_certificate_and_tls_server_name(tmp_path: Path, source: str) -> None:
     # The test apiserver trusts no client CA, so a real TLS server that demands a
     # client certificate stands in for it: the handshake is what is under test.
     import base64
@@ -455,8 +481,12 @@ async def test_client_certificate_and_tls_server_name(tmp_path: Path, inline: bo
         def b64(p: Path) -> str:
             return base64.b64encode(p.read_bytes()).decode()
 
-        user = ({"client-certificate-data": b64(pki["cli.crt"]), "client-key-data": b64(pki["cli.key"])}
-                if inline else {"client-certificate": str(pki["cli.crt"]), "client-key": str(pki["cli.key"])})
+        user = {
+            "files": {"client-certificate": str(pki["cli.crt"]), "client-key": str(pki["cli.key"])},
+            "inline-data": {"client-certificate-data": b64(pki["cli.crt"]),
+                            "client-key-data": b64(pki["cli.key"])},
+            "exec-plugin": cert_exec_user(tmp_path, pki),
+        }[source]
         # 127.0.0.1 is not in the server certificate: only tls-server-name makes it verify.
         cfg = write_kubeconfig(tmp_path / "kc", server=f"https://127.0.0.1:{port}", ca=pki["ca.crt"],
                                user=user, cluster_extra={"tls-server-name": "fastobs.test"})
