@@ -21,6 +21,7 @@ import asyncio
 import logging
 import os
 import ssl
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from fastobs import __version__
 from fastobs.errors import ConfigError, ResourceError
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,8 @@ class _Credentials:
         self.context_namespace = ""
         self.ssl: ssl.SSLContext | bool = True
         self._ssl_files: tuple[Any, ...] = ()
+        # Concurrent requests must not run an expired exec plugin several times at once.
+        self._auth_lock = threading.Lock()
 
     def load(self) -> None:
         """(Re)load everything; raises ConfigError with a one-line message."""
@@ -175,10 +179,21 @@ class _Credentials:
             ctx.verify_mode = ssl.CERT_NONE
         self.ssl, self._ssl_files = ctx, files
 
+    @property
+    def may_block(self) -> bool:
+        """Whether fetching the header can run a plugin or read a file (then: in a thread)."""
+        return self.cfg.refresh_api_key_hook is not None
+
     def authorization(self) -> str | None:
         """The Authorization header value, refreshed (exec plugin, token file) if expired."""
-        value: str | None = self.cfg.auth_settings().get("BearerToken", {}).get("value")
+        with self._auth_lock:
+            value: str | None = self.cfg.auth_settings().get("BearerToken", {}).get("value")
         return value
+
+    async def authorization_async(self) -> str | None:
+        if self.may_block:
+            return await asyncio.to_thread(self.authorization)
+        return self.authorization()
 
 
 @dataclass(frozen=True)
@@ -252,7 +267,7 @@ class KubeClient:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
         session = aiohttp.ClientSession(
             connector=connector, trust_env=True, auto_decompress=True, read_bufsize=1 << 20,
-            headers={"User-Agent": "fastobs"},
+            headers={"User-Agent": f"fastobs/{__version__}"},
         )
         return cls(creds, session, namespace or creds.context_namespace or "default", request_timeout)
 
@@ -287,7 +302,7 @@ class KubeClient:
                     timeout: aiohttp.ClientTimeout | None,  # noqa: ASYNC109
                     ) -> aiohttp.ClientResponse:
         creds = self._creds
-        auth = await asyncio.to_thread(creds.authorization)  # may run an exec plugin
+        auth = await creds.authorization_async()
         headers = {"Accept": "application/json"}
         if auth:
             headers["Authorization"] = auth
@@ -368,7 +383,7 @@ class KubeClient:
     async def _get_json(self, path: str, accept: str, tolerate: bool = False) -> dict[str, Any]:
         """GET a discovery document; ``tolerate`` skips an unavailable group (kubectl warns)."""
         creds = self._creds
-        auth = await asyncio.to_thread(creds.authorization)
+        auth = await creds.authorization_async()
         headers = {"Accept": accept}
         if auth:
             headers["Authorization"] = auth
