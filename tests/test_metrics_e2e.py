@@ -300,7 +300,8 @@ def test_lag_histograms_count_starts_and_ends_at_the_right_moments(k8s: Any, ns:
     gate = tmp_path / "gate"
     rec = recorder(tmp_path)
     dele = recorder(tmp_path, "delete")
-    gated = script(tmp_path / "gated.sh", f'"{rec.path}" "$@"\nwhile [ ! -e "{gate}" ]; do sleep 0.02; done\n')
+    gated = script(tmp_path / "gated.sh",
+                   f'"{rec.path}" "$@"\nwhile [ ! -e "{gate}" ]; do sleep 0.02; done\n')
     fo = launch(k8s.env, "configmaps", "-n", ns, "--type-env-var", "T_TYPE", "--delete", str(dele.path),
                 "--", str(gated))
     try:
@@ -353,7 +354,8 @@ def test_killed_workers_are_counted_per_worker_and_replaced(k8s: Any, ns: str, t
     fo = launch(k8s.env, "configmaps", "-n", ns, "--", str(gated), workers=2)
     try:
         s = fo.wait("2 workers and a running command",
-                    lambda s: s.value("fastobs_workers_alive") == 2 and s.total("fastobs_commands_running") == 1)
+                    lambda s: s.value("fastobs_workers_alive") == 2
+                    and s.total("fastobs_commands_running") == 1)
         assert s.value("fastobs_workers_total") == 2
         assert s.by_label("fastobs_worker_restarts_total", "worker") == {"0": 0, "1": 0}
         wait_until("the command's pid", lambda: log.exists() and log.read_text().strip())
@@ -607,7 +609,8 @@ def test_watch_expiry_relists_loses_nothing_and_skips_unchanged(
             proxy.refuse_next_watch = True
             proxy.cut()
 
-        rec.wait_for(lambda c: {("cm0", "2"), ("late", "1")} <= {(a[1], a[2]) for a in (x["argv"] for x in c)})
+        missed = {("cm0", "2"), ("late", "1")}
+        rec.wait_for(lambda c: missed <= {(x["argv"][1], x["argv"][2]) for x in c})
         s = fo.wait("the relist done and the watch back", lambda s: s.value("fastobs_relists_total") == 1
                     and s.value("fastobs_watch_up") == 1 and settled(s))
         k8s.apply(configmap("after", ns, data={"v": "1"}))
