@@ -250,6 +250,39 @@ def test_immediate_retries_count_attempts_not_commands(k8s: Any, ns: str, tmp_pa
         stop(fo)
 
 
+@pytest.mark.parametrize(("how", "reason", "code"), [
+    ("signal", "signal", "SIGKILL"),
+    ("timeout", "timeout", ""),
+    ("spawn_error", "spawn_error", None),
+])
+def test_failure_reasons_and_the_oc_exit_code_minus_one(
+    k8s: Any, ns: str, tmp_path: Path, how: str, reason: str, code: str | None
+) -> None:
+    """Killed, timed out and unstartable commands: their reason label, and oc's exit_code -1."""
+    n = 2
+    make_cms(k8s, ns, [f"cm{i}" for i in range(n)])
+    flags: list[str] = []
+    if how == "signal":
+        command = str(script(tmp_path / "suicide.sh", "kill -KILL $$\n"))
+    elif how == "timeout":
+        command = str(script(tmp_path / "hang.sh", "exec sleep 30\n"))
+        flags = ["--timeout", "300ms", "--kill-grace", "100ms"]
+    else:
+        command = str(tmp_path / "no-such-command")
+    fo = launch(k8s.env, "configmaps", "-n", ns, "--maximum-errors", "-1", *flags, "--", command)
+    try:
+        s = fo.wait(f"{n} failed commands", lambda s: s.total("fastobs_commands_total") == n and settled(s))
+    finally:
+        stop(fo)
+    failures = s.by_label("fastobs_command_failures_total", "reason")
+    assert failures == {reason: n}, s.samples["fastobs_command_failures_total"]
+    if code is not None:
+        assert s.value("fastobs_command_failures_total", reason=reason, code=code) == n
+    assert s.value("fastobs_commands_total", result="failure", type="Sync") == n
+    assert s.value("observe_exec_durations_milliseconds_count", exit_code="-1", type="Sync") == n
+    assert s.total("observe_exec_durations_milliseconds_count") == n
+
+
 # ----------------------------------------------------------------------------- 2. coalescing
 
 
@@ -416,7 +449,7 @@ class WatchProxy:
         self.generation = 0
         self.ending = b""
         self.withholding = False
-        self.withheld = 0
+        self.withheld: list[bytes] = []
         self.refuse_next_watch = False
         self.watch_requests = 0
         self.refused = 0
@@ -552,7 +585,7 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
                     if line is None:
                         break
                     if line and p.withholding:
-                        p.withheld += 1
+                        p.withheld.append(line)
                         continue
                 if line:
                     self._chunk(line)
@@ -601,7 +634,8 @@ def test_watch_expiry_relists_loses_nothing_and_skips_unchanged(
         proxy.withhold()
         k8s.apply(configmap("cm0", ns, data={"v": "2"}))
         k8s.apply(configmap("late", ns, data={"v": "1"}))
-        wait_until("both events withheld", lambda: proxy.withheld >= 2)
+        wait_until("both events withheld", lambda: sum(
+            b'"name":"late"' in line or b'"v":"2"' in line for line in proxy.withheld) == 2)
         assert len(rec.calls()) == 3, "a withheld event reached fastobs"
         if how == "in-stream-error":
             proxy.expire()
