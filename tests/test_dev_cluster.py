@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -377,3 +378,54 @@ def test_k8s_env_generate_rejects_a_bad_version() -> None:
         check=False,
     )
     assert res.returncode == 2 and res.stderr.startswith("usage: scripts/k8s-env-generate")
+
+
+# ----------------------------------------------------------------------------- fixture policy
+
+
+def _run_cluster_test_with(
+    env_changes: dict[str, str | None], path_dirs: list[str]
+) -> subprocess.CompletedProcess[str]:
+    """Run one cluster test in a child pytest with a doctored PATH and environment."""
+    env = {**os.environ, "PATH": os.pathsep.join(path_dirs)}
+    for key, value in env_changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    test = "tests/test_dev_cluster.py::test_kubectl_lists_the_system_namespaces"
+    args = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rsfE", test]
+    return subprocess.run(
+        args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def _path_without_go() -> list[str]:
+    return [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and not (Path(d) / "go").exists()]
+
+
+def test_cluster_tests_skip_without_go_or_binaries(tmp_path: Path) -> None:
+    env = {"FASTOBS_K8S_BIN": str(tmp_path), "FASTOBS_REQUIRE_CLUSTER": None}
+    res = _run_cluster_test_with(env, _path_without_go())
+    assert res.returncode == 0, res.stdout
+    assert "1 skipped" in res.stdout and "Go 1.26+ is not installed" in res.stdout
+
+
+def test_cluster_tests_fail_without_go_when_required(tmp_path: Path) -> None:
+    env = {"FASTOBS_K8S_BIN": str(tmp_path), "FASTOBS_REQUIRE_CLUSTER": "1"}
+    res = _run_cluster_test_with(env, _path_without_go())
+    assert res.returncode == 1, res.stdout
+    # A failure in setup is reported as an error: either way the run fails, loudly.
+    assert "1 error" in res.stdout and "Go 1.26+ is not installed" in res.stdout
+
+
+def test_cluster_tests_fail_when_the_build_fails(tmp_path: Path) -> None:
+    fake = tmp_path / "fake-go"
+    fake.mkdir()
+    (fake / "go").write_text("#!/bin/sh\necho 'go: k8s.io/kubernetes@v1.36.3: 403 Forbidden' >&2\nexit 1\n")
+    (fake / "go").chmod(0o755)
+    env = {"FASTOBS_K8S_BIN": str(tmp_path / "bin"), "FASTOBS_REQUIRE_CLUSTER": None}
+    res = _run_cluster_test_with(env, [str(fake), *_path_without_go()])
+    assert res.returncode == 1, res.stdout
+    assert "1 error" in res.stdout
+    assert "scripts/build-k8s failed" in res.stdout and "403 Forbidden" in res.stdout
