@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -384,7 +384,7 @@ def test_k8s_env_generate_rejects_a_bad_version() -> None:
 
 
 def _run_cluster_test_with(
-    env_changes: dict[str, str | None], path_dirs: list[str]
+    env_changes: Mapping[str, str | None], path_dirs: list[str]
 ) -> subprocess.CompletedProcess[str]:
     """Run one cluster test in a child pytest with a doctored PATH and environment."""
     env = {**os.environ, "PATH": os.pathsep.join(path_dirs)}
