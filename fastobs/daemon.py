@@ -54,6 +54,9 @@ async def _main(settings: Settings) -> int:
         context=settings.context,
         namespace=settings.namespace,
         request_timeout=settings.request_timeout,
+        server=settings.server,
+        token=settings.token,
+        insecure_skip_tls_verify=settings.insecure_skip_tls_verify,
     )
     try:
         resource = await client.resolve(settings.resource)
@@ -110,10 +113,14 @@ async def _run(settings: Settings, client: KubeClient, resource: Resource) -> in
     )
     bridge.source = source
     engine.watch_activity = lambda: source.stats.last_activity
+    # Workers boot while the source already lists: events wait in the queues until their
+    # worker says HELLO, so start-up costs max(boot, first list), not their sum.
+    boot = asyncio.create_task(engine.pool.start())
+    boot.add_done_callback(lambda t: _task_ended(t, engine))
     try:
-        await engine.pool.start()
         return await _supervise(settings, engine, source, output, metrics)
     finally:
+        boot.cancel()
         engine.pool.kill()
         if server is not None:
             await server.close()
@@ -140,7 +147,7 @@ async def _supervise(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
     source_task = asyncio.create_task(source.run())
-    source_task.add_done_callback(lambda t: _source_ended(t, engine))
+    source_task.add_done_callback(lambda t: _task_ended(t, engine))
     timers = _start_timers(settings, engine, source)
     exit_after = False
     try:
@@ -172,7 +179,7 @@ async def _supervise(
             loop.remove_signal_handler(sig)
 
 
-def _source_ended(task: asyncio.Task[None], engine: Engine) -> None:
+def _task_ended(task: asyncio.Task[None], engine: Engine) -> None:
     if task.cancelled():
         return
     exc = task.exception()

@@ -95,6 +95,7 @@ class Pool:
         self.workers = [WorkerProc(i) for i in range(len(queues))]
         self._ids = itertools.count(1)
         self.stopping = False
+        self._stop_frame = protocol.frame(protocol.STOP, orjson.dumps({"grace": 0}))
         self._config = protocol.json_frame(protocol.CONFIG, run.to_json_dict())
 
     # ------------------------------------------------------------------ life cycle
@@ -104,10 +105,11 @@ class Pool:
 
     async def _spawn(self, w: WorkerProc) -> None:
         """Start worker ``w`` and wait for its HELLO; retries with backoff on boot failures."""
-        while True:
+        while not self.stopping:
             try:
                 await self._spawn_once(w)
                 w.boot_failures = 0
+                self.pump(w.index)  # events may have queued while it booted
                 return
             except (OSError, TimeoutError, asyncio.IncompleteReadError, protocol.ProtocolError) as exc:
                 w.boot_failures += 1
@@ -147,6 +149,8 @@ class Pool:
             self._reap(w)
             raise protocol.ProtocolError(f"expected HELLO, got {kind!r}")
         w.writer = writer
+        if self.stopping:
+            writer.write(self._stop_frame)  # stop() ran while this worker was booting
         w.ready = True
         w.last_tick = time.monotonic()
         w.reader_task = asyncio.create_task(self._read_loop(w, reader))
@@ -160,10 +164,11 @@ class Pool:
     async def stop(self, grace: float) -> None:
         """Drain: workers finish (or, after ``grace``, kill) their commands and exit."""
         self.stopping = True
-        payload = orjson.dumps({"grace": grace})
+        self._stop_frame = protocol.frame(protocol.STOP, orjson.dumps({"grace": grace}))
         for w in self.workers:
             if w.writer is not None and not w.writer.is_closing():
-                w.writer.write(protocol.frame(protocol.STOP, payload))
+                w.writer.write(self._stop_frame)
+            # A worker still booting gets its STOP right after HELLO (see _spawn_once).
         deadline = grace + self.run_settings.kill_grace + 5.0
         await asyncio.gather(*(self._wait_exit(w, deadline) for w in self.workers))
 
@@ -277,8 +282,6 @@ class Pool:
             await self._spawn(w)
         except BaseException as exc:
             self.handler.on_fatal(exc)
-            return
-        self.pump(w.index)
 
     # ------------------------------------------------------------------ health
 
