@@ -360,8 +360,9 @@ class Source:
 
     async def _watch_once(self) -> _Next:
         """One watch request, read to its end; raises _Failure."""
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT,
-                                        sock_read=self._read_timeout)
+        # The read timeout is a _Stall watchdog rather than aiohttp's sock_read, whose
+        # timer also runs while back-pressure holds reading.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT, sock_read=None)
         self.stats.watch_requests += 1
         started = time.monotonic()
         try:
@@ -375,9 +376,11 @@ class Source:
                 body = await resp.read()
                 raise _Failure(_status_kind(resp.status), status_message(resp.status, body))
             self._set_up(True)
+            stall = _Stall(resp, self._read_timeout)
             try:
-                lines = await self._read_stream(resp)
+                lines = await self._read_stream(resp, stall)
             finally:
+                stall.stop()
                 self._set_up(False)
         if lines:
             self._backoff.reset()
@@ -390,7 +393,7 @@ class Source:
         self._sink.watch_status(up)
         self._changed()
 
-    async def _read_stream(self, resp: aiohttp.ClientResponse) -> int:
+    async def _read_stream(self, resp: aiohttp.ClientResponse, stall: _Stall) -> int:
         """Split the body on newlines (no length limit) and handle each line."""
         content = resp.content
         sink = self._sink
@@ -398,16 +401,17 @@ class Source:
         handled = 0
         while True:
             await sink.wait_capacity()
+            stall.waiting_since = time.monotonic()
             try:
                 chunk = await content.readany()
-            except TimeoutError:
-                # The server answered and then went silent (half-open connection):
-                # the read timeout already paced this, so reconnect at once.
-                raise _Failure("timeout", f"no data for {self._read_timeout:g} s on the watch",
-                               retry_now=True) from None
             except (aiohttp.ClientError, OSError) as exc:
+                if stall.fired:
+                    raise self._stalled() from None
                 raise _Failure("connection", _describe(exc), retry_now=handled > 0) from None
+            stall.waiting_since = 0.0
             if not chunk:
+                if stall.fired:
+                    raise self._stalled()
                 return handled
             now = time.monotonic()
             self.stats.last_activity = now
@@ -429,6 +433,11 @@ class Source:
             if start < len(chunk):
                 pending.append(chunk[start:])
             self._changed()
+
+    def _stalled(self) -> _Failure:
+        # The server answered and then went silent (a half-open connection): the
+        # read timeout already paced this, so reconnect at once.
+        return _Failure("timeout", f"no data for {self._read_timeout:g} s on the watch", retry_now=True)
 
     def _on_line(self, line: bytes, received: float) -> None:
         try:
@@ -460,6 +469,37 @@ class Source:
         if rv:
             self._rv = rv
             self.stats.resource_version = rv
+
+
+class _Stall:
+    """The watch's read timeout: closes the response when a read has waited
+    ``timeout`` seconds for data. Time spent waiting for sink capacity does not
+    count, and one timer per connection is cheaper than one per read."""
+
+    def __init__(self, resp: aiohttp.ClientResponse, timeout: float) -> None:
+        self.waiting_since = 0.0
+        """time.monotonic() when the pending read started; 0 = not reading."""
+        self.fired = False
+        self._resp = resp
+        self._timeout = timeout
+        self._handle: asyncio.TimerHandle | None = None
+        if timeout > 0:
+            self._period = max(timeout / 8, 0.02)
+            self._handle = asyncio.get_running_loop().call_later(self._period, self._check)
+
+    def _check(self) -> None:
+        since = self.waiting_since
+        if since and time.monotonic() - since >= self._timeout:
+            self.fired = True
+            self._handle = None
+            self._resp.close()  # wakes the pending read with EOF or a connection error
+            return
+        self._handle = asyncio.get_running_loop().call_later(self._period, self._check)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 def _object_bytes(line: bytes, obj: Any) -> bytes:
