@@ -61,6 +61,9 @@ class Engine:
         self.emitted = 0
         self.first_list_done = False
         self.initial_keys: set[ObjectKey] | None = set()
+        """Keys of the first list not yet settled (--once waits for them to finish)."""
+        self.undispatched: set[ObjectKey] | None = set()
+        """Keys of the first list not yet handed to a worker (oc's 'initial sync done')."""
         self._resync_next = False
         self._names_task: asyncio.Task[None] | None = None
         self._coalesced_seen = 0
@@ -127,11 +130,14 @@ class Engine:
         self.metrics.event_received(ev.type.value)
         if not self.first_list_done and self.initial_keys is not None:
             self.initial_keys.add(ev.key)
+            if self.undispatched is not None:
+                self.undispatched.add(ev.key)
         run = self.settings.run
         has_cmd = bool(run.delete_command if ev.type is EventType.DELETED else run.command)
         if not has_cmd and run.quiet:
             # Nothing would be printed or run: complete it here, no round trip to a worker.
             self.tracker.handled(ev, ok=True, arg=None)
+            self.on_dispatch(ev)
             self._key_settled(ev.key)
             return
         i = self.sharder.add(ev)
@@ -142,6 +148,10 @@ class Engine:
         self.pool.pump(i)
 
     # ------------------------------------------------------------------ pool handler
+
+    def on_dispatch(self, ev: Event) -> None:
+        if self.undispatched:
+            self.undispatched.discard(ev.key)
 
     def on_begun(self, ev: Event, t: float, header: str | None) -> None:
         self.metrics.command_started(lag_seconds=max(0.0, t - ev.received))
@@ -218,7 +228,9 @@ class Engine:
                 self._check_once()
 
     def initial_sync_done(self) -> bool:
-        return self.first_list_done and not self.initial_keys
+        """oc's readiness: every key of the first list (and the deletes found then) has been
+        handed to a command; a command may still be running."""
+        return self.first_list_done and not self.undispatched
 
     def _check_once(self) -> None:
         if not self.first_list_done or self.initial_keys:

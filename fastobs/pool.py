@@ -45,6 +45,7 @@ HEARTBEAT_STALE = 10.0
 
 
 class PoolHandler(Protocol):
+    def on_dispatch(self, ev: Event) -> None: ...
     def on_begun(self, ev: Event, t: float, header: str | None) -> None: ...
     def on_done(self, ev: Event, result: dict[str, Any], out: bytes, err: bytes) -> None: ...
     def on_output(self, ev: Event, fd: int, data: bytes) -> None: ...
@@ -66,6 +67,7 @@ class WorkerProc:
         """Jobs whose command has started: id -> monotonic start time."""
         self.ready = False
         self.last_tick = 0.0
+        self.spawned_at = time.monotonic()
         self.maxrss_kib = 0
         self.running = 0
         self.boot_failures = 0
@@ -122,6 +124,7 @@ class Pool:
                 await asyncio.sleep(min(5.0, 0.2 * 2**w.boot_failures))
 
     async def _spawn_once(self, w: WorkerProc) -> None:
+        w.spawned_at = time.monotonic()
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             w.popen = subprocess.Popen(
@@ -207,6 +210,7 @@ class Pool:
                 break
             job_id = next(self._ids)
             w.inflight[job_id] = ev
+            self.handler.on_dispatch(ev)
             header = {
                 "id": job_id,
                 "type": ev.type.value,
@@ -289,5 +293,15 @@ class Pool:
         return sum(1 for w in self.workers if w.ready)
 
     def healthy(self) -> bool:
+        """False when a worker stopped answering: its heartbeat is stale, or it has been
+        booting (or restarting) for longer than a boot may take."""
+        if self.stopping:
+            return True
         now = time.monotonic()
-        return all(w.ready and now - w.last_tick < HEARTBEAT_STALE for w in self.workers) or self.stopping
+        for w in self.workers:
+            if w.ready:
+                if now - w.last_tick >= HEARTBEAT_STALE:
+                    return False
+            elif now - w.spawned_at >= BOOT_TIMEOUT + HEARTBEAT_STALE:
+                return False
+        return True

@@ -42,6 +42,9 @@ class Recorder:
         self.all_done = asyncio.Event()
         self.pool: Pool | None = None
 
+    def on_dispatch(self, ev: Event) -> None:
+        pass
+
     def on_begun(self, ev: Event, t: float, header: str | None) -> None:
         self.begun += 1
 
