@@ -50,6 +50,7 @@ STOP_GRACE = 10.0
 START_ATTEMPTS = 3
 ADDRESS_IN_USE = "address already in use"
 DATA_PREFIX = "fastobs-etcd-"
+SERVER_NAMES = ("kube-apiserver", "etcd")
 PR_SET_PDEATHSIG = 1
 
 Announce = Callable[[str], None]
@@ -168,20 +169,32 @@ def _proc_alive(pid: int, needle: str) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z" and needle in cmdline
 
 
-def _processes_mentioning(needles: list[str]) -> list[int]:
-    """Pids of live processes whose command line mentions one of ``needles`` (our dirs)."""
+def _servers_mentioning(needles: list[str]) -> list[int]:
+    """Pids of live kube-apiserver/etcd processes whose command line mentions ``needles``.
+
+    Only the servers: a developer's ``kubectl get -w`` holding the kubeconfig path in its
+    arguments is not ours to kill.
+    """
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if not entry.name.isdigit():
             continue
-        if any(_proc_alive(int(entry.name), n) for n in needles):
+        try:
+            comm = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        if comm in SERVER_NAMES and any(_proc_alive(int(entry.name), n) for n in needles):
             found.append(int(entry.name))
     return found
 
 
 def _kill_group(pid: int, sig: int) -> None:
+    """Signal the process group ``pid`` leads, or just ``pid`` if it leads none."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
 
 
 def _terminate(pids: list[int], needles: list[str]) -> list[int]:
@@ -321,7 +334,7 @@ def _sweep_stale_data_dirs(root: Path) -> None:
             young = time.time() - path.stat().st_mtime < 120
         except OSError:
             continue
-        if not young and not _processes_mentioning([f"{path}/"]):
+        if not young and not _servers_mentioning([f"{path}/"]):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -615,7 +628,7 @@ def stop(state_dir: Path, remove: bool = True) -> list[int]:
         needles.append(f"{cluster.data_dir}/")
         pids = [cluster.apiserver_pid, cluster.etcd_pid]
     survivors = _terminate([p for p in pids if p > 0], needles)
-    stray = _processes_mentioning(needles)
+    stray = _servers_mentioning(needles)
     survivors += _terminate(stray, needles) if stray else []
     if cluster is not None and cluster.data_dir != state_dir:
         shutil.rmtree(cluster.data_dir, ignore_errors=True)
