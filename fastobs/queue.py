@@ -196,7 +196,8 @@ class KeyQueue:
             ev = entry[1]
             self._pending.setdefault(key, deque()).append(ev)
             self.pending_events += 1
-            self._make_ready(key, live=True)
+            # A retry keeps its event's class: a failing Sync must not overtake the backlog.
+            self._make_ready(key, live=not ev.backlog)
 
     # ------------------------------------------------------------------ crashes
 

@@ -1,0 +1,155 @@
+"""The execution engine end to end: real fastobs, real API server, real processes and signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from fastobs_run import configmap, recorder, run_fastobs, start_fastobs
+
+pytestmark = pytest.mark.cluster
+NO_METRICS = "--listen-addr="
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
+    return [int(p) for p in out.split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until(what: str, predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_churn_final_state_of_every_key_is_processed(k8s, ns, tmp_path: Path) -> None:
+    """Many updates to many keys while commands are slow: each key's last run sees its final value."""
+    keys = [f"k{i}" for i in range(20)]
+    k8s.apply({"apiVersion": "v1", "kind": "List",
+               "items": [configmap(k, ns, data={"v": "0"}) for k in keys]})
+    rec = recorder(tmp_path)
+    proc = start_fastobs(k8s.env, "cm", "-n", ns, NO_METRICS, "--template", "{.data.v}", "--workers", "2",
+                         "--concurrency", "4", "--", "sh", "-c", f'sleep 0.5; exec {rec.path} "$@"', "sh")
+    try:
+        rec.wait_for(lambda c: len(c) >= len(keys))
+        for round_ in range(1, 6):
+            k8s.apply({"apiVersion": "v1", "kind": "List",
+                       "items": [configmap(k, ns, data={"v": str(round_)}) for k in keys]})
+
+        def final_seen(calls: list[dict]) -> bool:  # type: ignore[type-arg]
+            last = {c["argv"][1]: c["argv"][2] for c in calls}
+            return all(last.get(k) == "5" for k in keys)
+
+        calls = rec.wait_for(final_seen, timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    per_key: dict[str, list[int]] = {}
+    for c in calls:
+        per_key.setdefault(c["argv"][1], []).append(int(c["argv"][2]))
+    for key, values in per_key.items():
+        assert values == sorted(values), f"{key} saw states out of order: {values}"
+    assert len(calls) < len(keys) * 6, "coalescing should have merged some updates"
+
+
+def test_failing_key_does_not_hold_up_others(k8s, ns, tmp_path: Path) -> None:
+    """One key fails on every attempt and is requeued with backoff; the others all run once."""
+    keys = [f"ok{i}" for i in range(10)] + ["bad"]
+    k8s.apply({"apiVersion": "v1", "kind": "List", "items": [configmap(k, ns) for k in keys]})
+    rec = recorder(tmp_path)
+    script = tmp_path / "act.sh"
+    script.write_text(f'#!/bin/sh\n{rec.path} "$@"\n[ "$2" = bad ] && exit 9\nexit 0\n')
+    script.chmod(0o755)
+    res = run_fastobs(k8s.env, "cm", "-n", ns, NO_METRICS, "--workers", "1", "--concurrency", "2",
+                      "--backoff-base", "200ms", "--backoff-attempts", "3", "--maximum-errors", "-1",
+                      "--exit-after", "4s", "--", str(script))
+    assert res.returncode == 0, res.stderr
+    names = [argv[1] for argv in rec.argvs()]
+    assert names.count("bad") == 4, names  # the first run and 3 backoff retries
+    for k in keys[:-1]:
+        assert names.count(k) == 1, names
+    # Every healthy key ran before the failing key's second attempt: no head-of-line blocking.
+    second_bad = [i for i, n in enumerate(names) if n == "bad"][1]
+    assert all(names.index(k) < second_bad for k in keys[:-1])
+    assert res.stderr.count("exited with status code 9") == 4
+
+
+def test_parent_killed_workers_and_commands_stop(k8s, ns, tmp_path: Path) -> None:
+    """SIGKILL the fastobs parent: its workers exit and the running command's group is killed."""
+    k8s.apply(configmap("p", ns))
+    pidfile = tmp_path / "pid"
+    script = tmp_path / "hang.sh"
+    script.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {pidfile}\nwait\n")
+    script.chmod(0o755)
+    proc = start_fastobs(k8s.env, "cm", "-n", ns, NO_METRICS, "--workers", "2", "--kill-grace", "1s",
+                         "--", str(script))
+    wait_until("the command to start", pidfile.exists)
+    grandchild = int(pidfile.read_text())
+    workers = children(proc.pid)
+    assert len(workers) == 2
+    proc.kill()
+    proc.communicate(timeout=10)
+    wait_until("workers and command to stop",
+               lambda: not any(alive(p) for p in [*workers, grandchild]), timeout=20)
+
+
+SITE_CRASH_WORKER = """import os, sys
+try:
+    _cmd = open("/proc/self/cmdline", "rb").read()
+except OSError:
+    _cmd = b""
+if b"fastobs.worker" in _cmd:
+    sys.stderr.write("worker boot failure injected by the test\\n")
+    os._exit(7)
+"""
+
+
+def test_workers_failing_at_boot_stop_fastobs_with_named_exit_code(k8s, ns, tmp_path: Path) -> None:
+    """Workers that die during start-up again and again: exit 3 and a clear message, no loop."""
+    k8s.apply(configmap("w", ns))
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITE_CRASH_WORKER)
+    res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "--workers", "1", "--", "true",
+                      extra_env={"PYTHONPATH": str(site)}, timeout=120)
+    assert res.returncode == 3, res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: worker 0 failed to start 5 times in a row"), last
+    assert "Traceback" not in res.stderr
+
+
+def test_worker_sigkill_redispatches_in_flight_keys(k8s, ns, tmp_path: Path) -> None:
+    """A worker killed while its commands run: they are re-dispatched, nothing is lost."""
+    keys = [f"c{i}" for i in range(8)]
+    k8s.apply({"apiVersion": "v1", "kind": "List", "items": [configmap(k, ns) for k in keys]})
+    rec = recorder(tmp_path)
+    began = tmp_path / "began"
+    script = tmp_path / "act.sh"
+    script.write_text(f'#!/bin/sh\necho "$2" >> {began}\nsleep 0.5\nexec {rec.path} "$@"\n')
+    script.chmod(0o755)
+    proc = start_fastobs(k8s.env, "cm", "-n", ns, NO_METRICS, "--workers", "2", "--concurrency", "4",
+                         "--", str(script))
+    try:
+        wait_until("commands to start", lambda: began.exists() and len(began.read_text().split()) >= 2)
+        workers = children(proc.pid)
+        os.kill(workers[0], signal.SIGKILL)
+        calls = rec.wait_for(lambda c: {x["argv"][1] for x in c} == set(keys), timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert {c["argv"][1] for c in calls} == set(keys)
+    assert "restarting it and re-dispatching" in err
