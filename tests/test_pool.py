@@ -187,3 +187,17 @@ def test_timeout_kills_whole_process_group(tmp_path: Path) -> None:
         time.sleep(0.05)
     stat = Path(f"/proc/{grandchild}/stat")
     assert not stat.exists() or stat.read_text().split()[2] == "Z", "grandchild survived the timeout"
+
+
+def test_worker_side_never_imports_the_kubernetes_client() -> None:
+    """Workers start fast and stay small: no kubernetes, aiohttp or prometheus_client."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fastobs.worker, fastobs.runner, fastobs.template, fastobs.spawn; "
+        "bad = [m for m in ('kubernetes', 'aiohttp', 'prometheus_client') if m in sys.modules]; "
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ""
