@@ -1,7 +1,7 @@
 """Fidelity of the test cluster, and the ``scripts/dev-cluster`` life cycle.
 
 Where it sits: these tests guard the ground every other cluster test stands on. In: the
-session cluster (``k8s``, ``ns``, ``restricted``) and ``scripts/dev-cluster`` run as a
+test-run cluster (``k8s``, ``ns``, ``restricted``) and ``scripts/dev-cluster`` run as a
 subprocess. Out: pass/fail. Invariant: they talk to the server only with kubectl or plain
 HTTP (http.client), never with fastobs code, so they prove the server, not the client.
 """
