@@ -328,11 +328,20 @@ def test_dev_cluster_recovers_after_kill_and_avoids_a_taken_port(dev_state: Path
 
 
 @pytest.mark.cluster
-def test_dev_cluster_keeps_a_free_preferred_port_across_restarts(dev_state: Path, k8s: KubeCluster) -> None:
+def test_dev_cluster_keeps_a_free_port_across_restarts_and_cleans_up_a_crash(
+    dev_state: Path, k8s: KubeCluster
+) -> None:
     first, _ = _up(dev_state, k8s)
     os.kill(first.apiserver_pid, signal.SIGKILL)
     second, messages = _up(dev_state, k8s)
     assert second.port == first.port and "taken" not in messages
+
+    # down after a crash: the surviving etcd must go, and the state with it.
+    os.kill(second.apiserver_pid, signal.SIGKILL)
+    assert _dev(dev_state, "down").returncode == 0
+    assert not _alive(second.etcd_pid)
+    assert _processes_under(dev_state) == [] and _processes_under(second.data_dir) == []
+    assert not dev_state.exists() and not second.data_dir.exists()
 
 
 def test_dev_cluster_rejects_an_unknown_subcommand(tmp_path: Path) -> None:
