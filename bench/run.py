@@ -15,6 +15,7 @@ fails gets a row saying so instead of aborting the run.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import os
@@ -29,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402
     BENCH,
     PY,
+    ROOT,
     Replay,
     Row,
     RssSampler,
@@ -41,6 +43,7 @@ from harness import (  # noqa: E402
     wait,
     wait_for,
 )
+from loader import Loader  # noqa: E402
 from systems import Workload, argv_for, available, write_scripts  # noqa: E402
 
 PEERS = ("oc-observe", "kopf", "kubectl-xargs")
@@ -52,6 +55,8 @@ class Ctx:
     scripts: dict[str, Path]
     work: Path
     systems: set[str] | None
+    kubeconfig: Path | None = None
+    """An existing cluster for the apiserver scenario; None = start a private dev-cluster."""
 
     def n(self, full: int, quick: int) -> int:
         return quick if self.quick else full
@@ -68,7 +73,7 @@ def run_once_system(
     ctx: Ctx,
     scenario: str,
     system: str,
-    rp: Replay,
+    rp: Replay | None,
     w: Workload,
     events: int,
     timeout: float,
@@ -79,7 +84,7 @@ def run_once_system(
     why = available(system)
     if why:
         return _skip(scenario, name, why)
-    start_count = len(rp.requests())
+    start_count = len(rp.requests()) if rp else 0
     argv, env = argv_for(system, w)
     proc = launch(argv, env)
     with RssSampler(proc.popen.pid) as rss:
@@ -95,7 +100,8 @@ def run_once_system(
             f": {err.strip().splitlines()[-1][:100]}" if err.strip() else ""
         )
         return row
-    first = next((float(r["t"]) for r in rp.requests()[start_count:] if r["path"].endswith("/pods")), None)
+    reqs = rp.requests()[start_count:] if rp else []
+    first = next((float(r["t"]) for r in reqs if r["path"].endswith("/pods")), None)
     row.finish(events, end - (first or proc.started))
     row.extra["wall_s"] = round(end - proc.started, 3)
     return row
@@ -106,7 +112,7 @@ def run_once_system(
 
 def scenario_spawn(ctx: Ctx) -> list[Row]:
     n = ctx.n(20_000, 2_000)
-    peer_n = ctx.n(4_000, 600)
+    peer_n = ctx.n(4_000, 300)
     conc = 16
     act = ctx.scripts["act.sh"]
     rows: list[Row] = []
@@ -179,7 +185,7 @@ def _has_rv(logf: Path, rv: int) -> Callable[[], bool]:
 
 def scenario_churn(ctx: Ctx) -> list[Row]:
     keys = ctx.n(2_000, 500)
-    updates = ctx.n(20_000, 4_000)
+    updates = ctx.n(20_000, 2_000)
     rows: list[Row] = []
     for label, flags in (("fastobs (coalesce)", ()), ("fastobs --no-coalesce", ("--no-coalesce",))):
         if not ctx.wants("fastobs"):
@@ -191,7 +197,15 @@ def scenario_churn(ctx: Ctx) -> list[Row]:
         with Replay(objects=keys, watch_events=updates) as rp:
             logf = ctx.work / f"churn-{len(flags)}.log"
             logf.unlink(missing_ok=True)
-            w = Workload(rp.kubeconfig, ctx.scripts["lag.sh"], 32, once=False, log=logf, fastobs_flags=flags)
+            w = Workload(
+                rp.kubeconfig,
+                ctx.scripts["lag.sh"],
+                32,
+                once=False,
+                log=logf,
+                fastobs_flags=flags,
+                rv_arg=True,
+            )
             argv, env = argv_for("fastobs", w)
             last_rv = keys + updates
             proc = launch(argv, env)
@@ -292,7 +306,7 @@ def scenario_startup(ctx: Ctx) -> list[Row]:
             with Replay(objects=100) as rp:
                 logf = ctx.work / f"startup-{system}-{rep}.log"
                 logf.unlink(missing_ok=True)
-                w = Workload(rp.kubeconfig, ctx.scripts["lag.sh"], 16, expect=100, log=logf)
+                w = Workload(rp.kubeconfig, ctx.scripts["lag.sh"], 16, expect=100, log=logf, rv_arg=True)
                 argv, env = argv_for(system, w)
                 proc = launch(argv, env)
                 status, _, err = wait(proc, 60)
@@ -323,10 +337,16 @@ def scenario_startup(ctx: Ctx) -> list[Row]:
 def _lag_run(ctx: Ctx, keys: int, events: int, rate: float, tag: str) -> tuple[Row, float]:
     """fastobs --no-coalesce on a watch of ``events`` updates; returns the row and events/s."""
     with Replay(objects=keys, watch_events=events, watch_rate=rate) as rp:
-        logf = ctx.work / f"lag-{tag}.log"
+        logf = ctx.work / f"lag-{abs(hash(tag))}.log"
         logf.unlink(missing_ok=True)
         w = Workload(
-            rp.kubeconfig, ctx.scripts["lag.sh"], 32, once=False, log=logf, fastobs_flags=("--no-coalesce",)
+            rp.kubeconfig,
+            ctx.scripts["lag.sh"],
+            32,
+            once=False,
+            log=logf,
+            fastobs_flags=("--no-coalesce",),
+            rv_arg=True,
         )
         argv, env = argv_for("fastobs", w)
         first_rv, last_rv = keys + 1, keys + events
@@ -365,7 +385,7 @@ def scenario_lag(ctx: Ctx) -> list[Row]:
     keys = ctx.n(4_000, 1_000)
     seconds = ctx.n(10, 3)
     rows: list[Row] = []
-    row, max_rate = _lag_run(ctx, keys, ctx.n(10_000, 3_000), 0.0, "max rate")
+    row, max_rate = _lag_run(ctx, keys, ctx.n(10_000, 1_500), 0.0, "max rate")
     rows.append(row)
     if max_rate <= 0:
         return rows
@@ -393,6 +413,122 @@ def scenario_scaling(ctx: Ctx) -> list[Row]:
     return rows
 
 
+# ------------------------------------------------------------------ real apiserver
+
+
+class DevCluster:
+    """A private ``scripts/dev-cluster`` (own state dir), or a given kubeconfig."""
+
+    def __init__(self, ctx: Ctx) -> None:
+        self.env = dict(os.environ, FASTOBS_DEV_CLUSTER_DIR=str(ctx.work / "cluster"))
+        self.script = ROOT / "scripts" / "dev-cluster"
+        self.owned = ctx.kubeconfig is None
+        self.kubeconfig = ctx.kubeconfig
+
+    def __enter__(self) -> DevCluster:
+        if self.owned:
+            if not self.script.exists():
+                raise RuntimeError("scripts/dev-cluster is missing")
+            out = subprocess.run(
+                [str(self.script), "up"], env=self.env, capture_output=True, text=True, timeout=900
+            )
+            last = (out.stdout.strip().splitlines() or [""])[-1]
+            if out.returncode != 0 or not last.startswith("export KUBECONFIG="):
+                raise RuntimeError(f"dev-cluster up failed: {(out.stderr.strip().splitlines() or [''])[-1]}")
+            self.kubeconfig = Path(last.split("=", 1)[1])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.owned:
+            subprocess.run([str(self.script), "down"], env=self.env, capture_output=True, timeout=120)
+
+
+def _live_lag(ctx: Ctx, system: str, kubeconfig: Path, ns: str, count: int, rate: float, rnd: int) -> Row:
+    """Starts ``system`` on the existing Pods, then patches each once at ``rate``/s and
+    measures patch response -> command start per resourceVersion."""
+    why = available(system)
+    if why:
+        return _skip("apiserver-lag", system, why)
+    logf = ctx.work / f"api-lag-{system}.log"
+    logf.unlink(missing_ok=True)
+    w = Workload(
+        kubeconfig,
+        ctx.scripts["lag.sh"],
+        32,
+        expect=2 * count,
+        once=False,
+        log=logf,
+        rv_arg=True,
+        fastobs_flags=("-n", ns),
+    )
+    argv, env = argv_for(system, w)
+    proc = launch(argv, env)
+    row = Row("apiserver-lag", f"{system} @ {rate:.0f}/s")
+    with RssSampler(proc.popen.pid) as rss:
+        synced = wait_for(lambda: len(read_log(logf)) >= count, 120, 0.1)
+        if not synced:
+            stop(proc)
+            row.note = "failed: initial list not handled"
+            return row
+        writes = asyncio.run(_patch(kubeconfig, ns, count, rate, rnd))
+        want = {rv for rv, _ in writes}
+        done = wait_for(lambda: want <= {rv for rv, _, _ in read_log(logf)}, 60 + count / 50, 0.1)
+    stop(proc)
+    row.parent_rss_mib = round(rss.parent_max, 1)
+    row.worker_rss_mib = round(rss.child_max, 1) or None
+    ran = {rv: t for rv, _, t in read_log(logf)}
+    lags = [(ran[rv] - t) * 1000 for rv, t in writes if rv in ran]
+    if not lags:
+        row.note = "failed: no patched object reached the command"
+        return row
+    row.finish(len(lags), max(ran[rv] for rv, _ in writes if rv in ran) - min(t for _, t in writes))
+    row.lag_p50_ms, row.lag_p99_ms = round(percentile(lags, 50), 2), round(percentile(lags, 99), 2)
+    if not done:
+        row.note = f"only {len(lags)} of {count} patches reached the command"
+    return row
+
+
+async def _patch(kubeconfig: Path, ns: str, count: int, rate: float, rnd: int) -> list[tuple[int, float]]:
+    async with Loader(kubeconfig, 16) as ld:
+        return await ld.patch_pods(ns, count, rate, rnd)
+
+
+def scenario_apiserver(ctx: Ctx) -> list[Row]:
+    count = ctx.n(2_000, 300)
+    rate = ctx.n(200, 100)
+    rows: list[Row] = []
+    ns = f"bench-{os.getpid()}"
+    try:
+        cluster = DevCluster(ctx).__enter__()
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        return [_skip("apiserver", "kube-apiserver", str(exc))]
+    try:
+        assert cluster.kubeconfig is not None
+        t0 = time.time()
+        created = asyncio.run(_create(cluster.kubeconfig, ns, count))
+        rows.append(
+            Row("apiserver-create", "loader (16 in flight)", note="Pods created via POST").finish(
+                len(created), time.time() - t0
+            )
+        )
+        w = Workload(cluster.kubeconfig, ctx.scripts["act.sh"], 16, expect=count, fastobs_flags=("-n", ns))
+        for system in ("fastobs", *PEERS):
+            if ctx.wants(system):
+                rows.append(run_once_system(ctx, "apiserver-list", system, None, w, count, 300))
+        for k, system in enumerate(("fastobs", *PEERS)):
+            if ctx.wants(system):
+                rows.append(_live_lag(ctx, system, cluster.kubeconfig, ns, count, rate, k + 1))
+    finally:
+        cluster.__exit__()
+    return rows
+
+
+async def _create(kubeconfig: Path, ns: str, count: int) -> list[tuple[int, float]]:
+    async with Loader(kubeconfig, 16) as ld:
+        await ld.namespace(ns)
+        return await ld.create_pods(ns, count)
+
+
 SCENARIOS: dict[str, Callable[[Ctx], list[Row]]] = {
     "spawn": scenario_spawn,
     "io": scenario_io,
@@ -401,6 +537,7 @@ SCENARIOS: dict[str, Callable[[Ctx], list[Row]]] = {
     "startup": scenario_startup,
     "lag": scenario_lag,
     "scaling": scenario_scaling,
+    "apiserver": scenario_apiserver,
 }
 
 
@@ -475,6 +612,9 @@ def main(argv: list[str] | None = None) -> int:
         "--systems",
         help="comma-separated subset: fastobs,oc-observe,kopf,kubectl-xargs,xargs-limit,spawner-limit",
     )
+    p.add_argument(
+        "--kubeconfig", type=Path, help="apiserver scenario: use this cluster instead of a private one"
+    )
     p.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"default: all of {', '.join(SCENARIOS)}")
     args = p.parse_args(argv)
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
@@ -482,10 +622,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown scenario(s): {', '.join(unknown)}")
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"fastobs-bench-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
-    ctx = Ctx(args.quick, write_scripts(work), work, set(args.systems.split(",")) if args.systems else None)
+    systems = set(args.systems.split(",")) if args.systems else None
+    ctx = Ctx(args.quick, write_scripts(work), work, systems, args.kubeconfig)
     started = time.time()
     rows: list[Row] = []
-    for name in args.scenarios or list(SCENARIOS):
+    # --quick leaves out the real-apiserver scenario (starting etcd + kube-apiserver alone
+    # takes a good part of the budget) unless it is named.
+    default = [s for s in SCENARIOS if not (args.quick and s == "apiserver")]
+    for name in args.scenarios or default:
         log(f"== {name}")
         t0 = time.time()
         new = SCENARIOS[name](ctx)

@@ -27,11 +27,10 @@ KUBECTL = ROOT / ".venv" / "bin" / "kubectl"
 
 ACT_SH = '#!/bin/sh\nns="$1"; name="$2"\nexit 0\n'
 IO_SH = "#!/bin/sh\nexec sleep 0.02\n"
-# Records "rv key time" when it runs; bash because $EPOCHREALTIME is a builtin (no extra exec).
-LAG_SH = (
-    '#!/bin/bash\nr=${3:-}\nif [[ -z $r ]]; then r=${OBJ#*\\"resourceVersion\\":\\"}; r=${r%%\\"*}; fi\n'
-    'echo "$r $1/$2 $EPOCHREALTIME" >> "$BENCH_LOG"\n'
-)
+# Records "rv key time" when it runs (rv is the third argument: a --template for fastobs
+# and oc); bash because $EPOCHREALTIME is a builtin, so no extra exec is timed.
+LAG_SH = '#!/bin/bash\necho "$3 $1/$2 $EPOCHREALTIME" >> "$BENCH_LOG"\n'
+RV_TEMPLATE = "{.metadata.resourceVersion}"
 
 
 @dataclass
@@ -46,6 +45,8 @@ class Workload:
     log: Path | None = None
     workers: int = 2
     fastobs_flags: tuple[str, ...] = ()
+    rv_arg: bool = False
+    """Pass the object's resourceVersion as the command's third argument."""
 
 
 def write_scripts(d: Path) -> dict[str, Path]:
@@ -116,6 +117,8 @@ def argv_for(system: str, w: Workload) -> tuple[list[str], dict[str, str]]:
         ]
         if w.once:
             argv.append("--once")
+        if w.rv_arg:
+            argv += ["--template", RV_TEMPLATE]
         return [*argv, "--", *cmd] if cmd else argv, env
     if system == "oc-observe":
         argv = [
@@ -135,6 +138,8 @@ def argv_for(system: str, w: Workload) -> tuple[list[str], dict[str, str]]:
         ]
         if w.once:
             argv.append("--once")
+        if w.rv_arg:
+            argv += ["--template", RV_TEMPLATE]
         return [*argv, "--", *cmd] if cmd else argv, env
     if system == "kopf":
         env.update(

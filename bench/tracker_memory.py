@@ -21,15 +21,25 @@ from fastobs.tracker import Tracker
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
-    tracker = Tracker(emit=lambda ev: None, tracking=True, namespaced=True, keep_object=False,
-                      clock=time.monotonic)
+    tracker = Tracker(
+        emit=lambda ev: None, tracking=True, namespaced=True, keep_object=False, clock=time.monotonic
+    )
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     tracker.list_begin()
     for i in range(n):
         ns, name = f"namespace-{i % 500}", f"pod-{i:06d}-abcde"
-        ev = Event(EventType.SYNC, object_key(ns, name), ns, name, str(uuid.uuid4()), str(10_000_000 + i),
-                   None, 0.0, True)
+        ev = Event(
+            EventType.SYNC,
+            object_key(ns, name),
+            ns,
+            name,
+            str(uuid.uuid4()),
+            str(10_000_000 + i),
+            None,
+            0.0,
+            True,
+        )
         tracker.list_item(ev)
         tracker.handled(ev, ok=True, arg=None)
     tracker.list_end()

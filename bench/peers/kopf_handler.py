@@ -2,7 +2,7 @@
 
 Where it sits: ``run`` starts ``kopf run --standalone -A bench/peers/kopf_handler.py``
 from a separate virtualenv (kopf is not a fastobs dependency) against the replay server
-or a real apiserver. Per event it runs ``$BENCH_CMD ns name`` with asyncio's subprocess
+or a real apiserver. Per event it runs ``$BENCH_CMD ns name rv`` with asyncio's subprocess
 support, at most ``$BENCH_CONCURRENCY`` (default 16) at once, passing the object as
 JSON in ``$OBJ`` like fastobs's and oc's ``--object-env-var OBJ``.
 
@@ -45,6 +45,7 @@ async def run_command(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
                 _COMMAND,
                 body.metadata.namespace or "",
                 body.metadata.name or "",
+                body.get("metadata", {}).get("resourceVersion", ""),
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
