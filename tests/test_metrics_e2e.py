@@ -405,8 +405,8 @@ def test_killed_workers_are_counted_per_worker_and_replaced(k8s: Any, ns: str, t
         restarts = s.by_label("fastobs_worker_restarts_total", "worker")
         assert sorted(restarts.values()) == [0, 1], restarts
         killed_index = next(i for i, v in restarts.items() if v == 1)
-        assert s.total("fastobs_commands_running") == 1, "the re-dispatched command is the only one running"
-        assert s.value("fastobs_command_start_lag_seconds_count") == 2
+        # The killed worker's command is no longer counted; the re-dispatched one is.
+        fo.wait("one running command", lambda s: s.total("fastobs_commands_running") == 1)
         wait_until("/livez ok", lambda: http_get(fo.port, "/livez") == (200, "ok"))
 
         other = next(p for p in worker_pids(fo.proc.pid) if p != second)
@@ -718,29 +718,87 @@ def test_health_endpoints_follow_the_initial_sync(k8s: Any, ns: str, tmp_path: P
     first_ok = next(i for i, p in enumerate(answered) if p.healthz[0] == 200)
     assert all(p.healthz == (200, "ok") for p in answered[first_ok:]), "/healthz went back to failing"
     assert answered[-1].readyz == (200, "ok") and answered[-1].sync_gauge == 1
-    # Liveness does not wait for the sync: once the workers are up it stays ok.
-    first_live = next(i for i, p in enumerate(answered) if p.livez[0] == 200)
-    assert first_live < first_ok
-    assert all(p.livez == (200, "ok") for p in answered[first_live:]), [p.livez for p in answered]
+    # Liveness never waits for the API server, the sync or the workers' boot.
+    assert all(p.livez == (200, "ok") for p in answered), Counter(p.livez for p in answered)
     assert s.value("observe_name_exec_durations_milliseconds_count", exit_code="0") == 1
     assert (s.value("observe_name_exec_durations_milliseconds_sum", exit_code="0") or 0) >= 2000
     assert sorted(a[1] for a in rec.argvs()) == ["a", "b"]
 
 
-def test_healthz_is_ok_while_the_last_initial_command_still_runs(k8s: Any, ns: str, tmp_path: Path) -> None:
-    """The initial sync is done once every listed object was handed to a command (as oc)."""
-    k8s.apply(configmap("only", ns))
-    gate, began = tmp_path / "gate", tmp_path / "began"
-    gated = script(tmp_path / "gated.sh", f'touch "{began}"\nwhile [ ! -e "{gate}" ]; do sleep 0.02; done\n')
-    fo = launch(k8s.env, "configmaps", "-n", ns, "--", str(gated))
+def _held_one_at_a_time(
+    k8s: Any, ns: str, tmp_path: Path, names: list[str]
+) -> tuple[Fastobs, Callable[[], list[str]]]:
+    """fastobs with one worker running one command at a time; each command waits for its
+    ``release-<name>`` file. Returns the process and a reader of the names started so far."""
+    make_cms(k8s, ns, names)
+    log = tmp_path / "started"
+    held = script(tmp_path / "held.sh", f'echo "$2" >> "{log}"\n'
+                  f'while [ ! -e "{tmp_path}/release-$2" ]; do sleep 0.02; done\n')
+    fo = launch(k8s.env, "configmaps", "-n", ns, "--concurrency", "1", "--", str(held), workers=1)
+    return fo, lambda: log.read_text().split() if log.exists() else []
+
+
+def _release_all(tmp_path: Path, names: list[str]) -> None:
+    for name in names:
+        (tmp_path / f"release-{name}").touch()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Engine.on_dispatch (called by Pool.pump when a job is written to a worker) marks a key "
+    "as handed to a command, but Pool.pump prefetches up to concurrency + max(2, concurrency//2) "
+    "jobs per worker; with --concurrency 1 all 3 listed keys are 'dispatched' while only the "
+    "first command runs, so /healthz is 200 before the other commands started. The mark "
+    "belongs where the command starts (Engine.on_begun, the B frame)"))
+def test_initial_sync_is_done_when_the_last_listed_object_is_handed_to_a_command(
+    k8s: Any, ns: str, tmp_path: Path
+) -> None:
+    """One command at a time, each held until released: /healthz turns ok exactly when the
+    last listed object's command starts, while it still runs (as oc)."""
+    names = ["cm0", "cm1", "cm2"]
+    fo, started = _held_one_at_a_time(k8s, ns, tmp_path, names)
     try:
-        wait_until("the command to start", began.exists)
-        fo.wait("the command running", lambda s: s.total("fastobs_commands_running") == 1)
-        time.sleep(0.5)  # give a late bookkeeping step every chance
-        assert http_get(fo.port, "/healthz") == (200, "ok")
-        assert fo.scrape().value("fastobs_initial_sync_done") == 1
+        for step in range(len(names)):
+            wait_until(f"command {step + 1} to start", lambda n=step + 1: len(started()) == n)
+            s = fo.wait("its start on /metrics", lambda s, n=step + 1:
+                        s.value("fastobs_command_start_lag_seconds_count") == n)
+            assert s.total("fastobs_commands_running") == 1
+            assert s.value("fastobs_command_end_lag_seconds_count") == step
+            last = step == len(names) - 1
+            assert s.value("fastobs_initial_sync_done") == (1 if last else 0), f"after {step + 1} started"
+            assert http_get(fo.port, "/healthz") == ((200, "ok") if last else (
+                500, "[-]ready failed: reason withheld\nhealthz check failed\n")), step
+            assert http_get(fo.port, "/readyz")[0] == (200 if last else 500), step
+            (tmp_path / f"release-{started()[-1]}").touch()
+        s = fo.wait("all done", lambda s: settled(s) and s.total("fastobs_commands_total") == len(names))
+        assert s.value("fastobs_initial_sync_done") == 1
     finally:
-        gate.touch()
+        _release_all(tmp_path, names)
+        stop(fo)
+    assert sorted(started()) == names
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Pool.pump writes up to concurrency + max(2, concurrency//2) jobs to a worker; jobs waiting "
+    "inside the worker for a free slot are counted neither by fastobs_workqueue_depth (parent "
+    "KeyQueue only) nor by fastobs_commands_running (begun only), and "
+    "fastobs_workqueue_oldest_pending_seconds stays 0 while they wait, so a stuck command hides "
+    "its backlog from the dashboard and FastobsQueueStuck. Engine.engine_state should count "
+    "a worker's dispatched-but-not-begun jobs as waiting"))
+def test_queue_gauges_count_every_waiting_key(k8s: Any, ns: str, tmp_path: Path) -> None:
+    """With one command slot, 3 listed objects: 1 running, 2 waiting, the oldest wait grows."""
+    names = ["cm0", "cm1", "cm2"]
+    fo, started = _held_one_at_a_time(k8s, ns, tmp_path, names)
+    try:
+        wait_until("the first command", lambda: len(started()) == 1)
+        s = fo.wait("the first start on /metrics",
+                    lambda s: s.value("fastobs_command_start_lag_seconds_count") == 1)
+        time.sleep(0.3)
+        s = fo.scrape()
+        assert s.total("fastobs_commands_running") == 1
+        assert s.total("fastobs_workqueue_depth") == 2, "two keys wait for the only slot"
+        assert s.total("fastobs_workqueue_oldest_pending_seconds") >= 0.3
+    finally:
+        _release_all(tmp_path, names)
         stop(fo)
 
 
