@@ -10,6 +10,9 @@ A watch expiry cannot be forced on demand from a shared API server, so one test 
 :class:`WatchProxy` between fastobs and the server: plain HTTP in front, the server's HTTPS
 behind, and on request it withholds watch events, injects an in-stream ``ERROR`` 410 or
 answers the next watch with HTTP 410.
+
+Invariant: every fastobs started here is stopped (SIGTERM, then SIGKILL) and every held
+command released before its test ends, so no process outlives a test.
 """
 
 from __future__ import annotations
