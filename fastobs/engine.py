@@ -154,7 +154,7 @@ class Engine:
             self.undispatched.discard(ev.key)
 
     def on_begun(self, ev: Event, t: float, header: str | None) -> None:
-        self.metrics.command_started(lag_seconds=max(0.0, t - ev.received))
+        """Stream mode only: the header goes out before the command's first line."""
         if header is not None:
             self.output.header(ev.type.value, header)
 
@@ -170,6 +170,7 @@ class Engine:
         ok = bool(result["ok"])
         self.tracker.handled(ev, ok=ok, arg=result.get("arg"))
         if not result.get("nocmd"):
+            self.metrics.command_started(lag_seconds=max(0.0, float(result["started"]) - ev.received))
             self._record(ev, result)
         if ok:
             queue.forget(ev.key)
@@ -293,8 +294,8 @@ class Engine:
             depth[i] = st.depth
             oldest[i] = st.oldest_pending_seconds
             w = self.pool.workers[i]
-            running[i] = len(w.begun)
-            longest[i] = now - min(w.begun.values()) if w.begun else 0.0
+            running[i] = w.running
+            longest[i] = now - w.oldest_start if w.running else 0.0
         return EngineState(
             queue_depth=depth,
             oldest_pending_seconds=oldest,

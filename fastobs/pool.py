@@ -63,13 +63,14 @@ class WorkerProc:
         self.writer: asyncio.StreamWriter | None = None
         self.reader_task: asyncio.Task[None] | None = None
         self.inflight: dict[int, Event] = {}
-        self.begun: dict[int, float] = {}
-        """Jobs whose command has started: id -> monotonic start time."""
         self.ready = False
         self.last_tick = 0.0
         self.spawned_at = time.monotonic()
         self.maxrss_kib = 0
         self.running = 0
+        """Commands running, from the worker's last heartbeat."""
+        self.oldest_start = 0.0
+        """Monotonic start of the oldest running command, from the last heartbeat."""
         self.boot_failures = 0
         self.restarts = 0
 
@@ -204,6 +205,7 @@ class Pool:
         if not w.ready or self.stopping or w.writer is None:
             return
         q = self.queues[i]
+        frames: list[bytes] = []
         while len(w.inflight) < self.capacity:
             ev = q.pop()
             if ev is None:
@@ -219,7 +221,9 @@ class Pool:
                 "rv": ev.rv,
                 "cached_arg": ev.cached_arg,
             }
-            w.writer.write(protocol.split_frame(protocol.RUN, header, ev.obj or b""))
+            frames.append(protocol.split_frame(protocol.RUN, header, ev.obj or b""))
+        if frames:
+            w.writer.write(b"".join(frames))
 
     # ------------------------------------------------------------------ frames from a worker
 
@@ -241,7 +245,6 @@ class Pool:
         if kind == protocol.DONE:
             header, rest = protocol.parse_split(payload)
             ev = w.inflight.pop(header["id"])
-            w.begun.pop(header["id"], None)
             ol = header.pop("ol", 0)
             self.handler.on_done(ev, header, bytes(rest[:ol]), bytes(rest[ol:]))
             self.handler.on_idle(w.index)
@@ -249,7 +252,6 @@ class Pool:
             data = orjson.loads(payload)
             begun = w.inflight.get(data["id"])
             if begun is not None:
-                w.begun[data["id"]] = data["t"]
                 self.handler.on_begun(begun, data["t"], data.get("header"))
         elif kind == protocol.OUTPUT:
             header, rest = protocol.parse_split(payload)
@@ -260,6 +262,7 @@ class Pool:
             tick = orjson.loads(payload)
             w.last_tick = time.monotonic()
             w.running = tick["running"]
+            w.oldest_start = tick.get("oldest", 0.0)
             w.maxrss_kib = tick["maxrss_kib"]
         elif kind == protocol.FATAL:
             self.handler.on_fatal(TemplateError(orjson.loads(payload)["message"]))
@@ -274,7 +277,7 @@ class Pool:
             return
         lost = len(w.inflight)
         w.inflight.clear()
-        w.begun.clear()
+        w.running = 0
         keys = self.queues[w.index].requeue_processing()
         logger.warning(
             "worker %d (pid %d) exited with status %s; restarting it and re-dispatching %d keys (%d jobs)",

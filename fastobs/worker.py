@@ -45,9 +45,23 @@ class Worker:
         """Tasks holding a slot: their command has started (or is about to)."""
         self.spawned = 0
         self.stopping = False
+        self.started: dict[int, float] = {}
+        """Running jobs: id -> monotonic start time (reported in heartbeats)."""
+        self._outbox = bytearray()
+        self._flush_scheduled = False
 
     def send(self, data: bytes) -> None:
-        self.writer.write(data)
+        """Queue a frame; all frames of one loop turn leave in a single write."""
+        self._outbox += data
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._outbox:
+            self.writer.write(bytes(self._outbox))
+            self._outbox.clear()
 
     async def serve(self) -> int:
         from .runner import Runner  # imported after the handshake starts: keeps boot light
@@ -101,15 +115,17 @@ class Worker:
             job_id = header["id"]
 
             def begun(t: float, header: str) -> None:
-                msg: dict[str, Any] = {"id": job_id, "t": t}
-                if self.stream:
-                    msg["header"] = header
-                self.send(protocol.json_frame(protocol.BEGUN, msg))
+                self.started[job_id] = t
+                if self.stream:  # the header goes out before the command's first line
+                    self.send(protocol.json_frame(protocol.BEGUN, {"id": job_id, "t": t, "header": header}))
 
             def line(fd: int, data: bytes) -> None:
                 self.send(protocol.split_frame(protocol.OUTPUT, {"id": job_id, "fd": fd}, data))
 
-            result, out, err = await self.runner.run(header, obj, begun, line if self.stream else None)
+            try:
+                result, out, err = await self.runner.run(header, obj, begun, line if self.stream else None)
+            finally:
+                self.started.pop(job_id, None)
             if "fatal" in result:
                 self.send(protocol.json_frame(protocol.FATAL, {"message": result["fatal"], "id": job_id}))
                 return
@@ -120,7 +136,8 @@ class Worker:
         while True:
             rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             tick = {
-                "running": len(self.tasks),
+                "running": len(self.started),
+                "oldest": min(self.started.values(), default=0.0),
                 "spawned": self.spawned,
                 "maxrss_kib": rss_kib,
                 "t": time.monotonic(),
@@ -139,6 +156,7 @@ class Worker:
             _, pending = await asyncio.wait(set(self.tasks), timeout=grace if grace > 0 else None)
             if pending:
                 await self._cancel_all()
+        self._flush()
         with contextlib.suppress(ConnectionError):
             await self.writer.drain()
 
