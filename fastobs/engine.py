@@ -67,6 +67,7 @@ class Engine:
         self._resync_next = False
         self._names_task: asyncio.Task[None] | None = None
         self._coalesced_seen = 0
+        self._retry_timers: dict[int, tuple[float, asyncio.TimerHandle]] = {}
         self.watch_is_up = False
         self.exit_after_fired = False
         self.watch_activity: Callable[[], float] = lambda: 0.0
@@ -212,13 +213,33 @@ class Engine:
             delay *= random.uniform(0.8, 1.2)  # jitter: failing keys must not retry in lockstep
             if queue.retry_later(ev, delay):
                 self.metrics.retried("backoff")
-                asyncio.get_running_loop().call_later(delay, self.pool.pump, shard)
+                self._arm_retry_timer(shard)
             return
         queue.forget(ev.key)
         self.errors += 1
         limit = s.maximum_errors
         if limit != -1 and self.errors >= limit:
             self.fail(CommandLimitError(f"reached maximum error limit of {limit}, exiting"))
+
+    def _arm_retry_timer(self, shard: int) -> None:
+        """Wake the shard's dispatch when its earliest delayed retry is due."""
+        due = self.sharder.queues[shard].next_timer()
+        if due is None:
+            return
+        armed = self._retry_timers.get(shard)
+        if armed is not None:
+            if armed[0] <= due:
+                return
+            armed[1].cancel()
+        loop = asyncio.get_running_loop()
+        # The loop's clock and the queue's may differ by a hair: never fire before ``due``.
+        delay = max(0.0, due - self.clock()) + 0.002
+        self._retry_timers[shard] = (due, loop.call_later(delay, self._retry_due, shard))
+
+    def _retry_due(self, shard: int) -> None:
+        self._retry_timers.pop(shard, None)
+        self.pool.pump(shard)
+        self._arm_retry_timer(shard)
 
     # ------------------------------------------------------------------ --once and outcome
 

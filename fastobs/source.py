@@ -109,14 +109,25 @@ class _Next(Enum):
 class _Failure(Exception):
     """An HTTP/stream failure, classified for stats and the retry policy."""
 
-    def __init__(self, kind: str, message: str, *, retry_now: bool = False, relist: bool = False) -> None:
+    def __init__(self, kind: str, message: str, *, retry_now: bool = False, relist: bool = False,
+                 retry_after: float = 0.0) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
+        # The server's Retry-After (429, 503): never retry sooner than that.
+        self.retry_after = retry_after
         # True for an in-stream ERROR event: the server gave up on this watch.
         self.relist = relist
         # True when the connection had worked: reconnect at once, not after a backoff.
         self.retry_now = retry_now
+
+
+def _http_failure(resp: aiohttp.ClientResponse, body: bytes) -> _Failure:
+    try:
+        retry_after = min(float(resp.headers.get("Retry-After", "0")), _BACKOFF_CAP)
+    except ValueError:
+        retry_after = 0.0
+    return _Failure(_status_kind(resp.status), status_message(resp.status, body), retry_after=retry_after)
 
 
 def _status_kind(status: int) -> str:
@@ -237,7 +248,7 @@ class Source:
                     paginate = False
                     continue
                 self._count_list_failure(f.message)
-                await self._sleep(_LIST_RETRY_DELAY)
+                await self._sleep(max(_LIST_RETRY_DELAY, f.retry_after))
 
     def _count_list_failure(self, message: str) -> None:
         self.stats.list_errors += 1
@@ -287,7 +298,7 @@ class Source:
         self.stats.bytes_received += len(body)
         self.stats.last_activity = time.monotonic()
         if resp.status != 200:
-            raise _Failure(_status_kind(resp.status), status_message(resp.status, body))
+            raise _http_failure(resp, body)
         return body
 
     def _emit_page(self, body: bytes) -> tuple[str, str]:
@@ -344,7 +355,7 @@ class Source:
             if f.retry_now:
                 self._backoff.reset()
             else:
-                await self._sleep(self._backoff.delay())
+                await self._sleep(max(self._backoff.delay(), f.retry_after))
             return _Next.RELIST if self._relist_requested else _Next.RESUME
         # Anything else (forbidden, not found, an ERROR event) ends the cycle like
         # client-go's reflector: relist after a pause, and the list counts its failures.
@@ -374,7 +385,7 @@ class Source:
         async with resp:
             if resp.status != 200:
                 body = await resp.read()
-                raise _Failure(_status_kind(resp.status), status_message(resp.status, body))
+                raise _http_failure(resp, body)
             self._set_up(True)
             stall = _Stall(resp, self._read_timeout)
             try:
