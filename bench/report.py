@@ -1,0 +1,101 @@
+"""Report: a results file -> Markdown (machine, table, targets) for bench/README.md.
+
+Usage: ``python bench/report.py bench/results/<file>.json``
+
+Where it sits: after ``run``; it only reads the JSON ``run`` wrote. Invariant: every
+target line names the rows it divides, so a reader can check the ratio in the table;
+a target whose rows are missing says "not measured" instead of guessing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Row  # noqa: E402
+from run import markdown  # noqa: E402
+
+
+def _find(rows: list[dict[str, Any]], scenario: str, system_prefix: str) -> dict[str, Any] | None:
+    for r in rows:
+        if r["scenario"] == scenario and r["system"].startswith(system_prefix) and r["events_per_s"]:
+            return r
+    return None
+
+
+def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> float | None:
+    if not a or not b or not b["events_per_s"]:
+        return None
+    return float(a["events_per_s"]) / float(b["events_per_s"])
+
+
+def _verdict(ok: bool | None) -> str:
+    return "not measured" if ok is None else ("met" if ok else "**not met**")
+
+
+def targets(rows: list[dict[str, Any]]) -> list[str]:
+    out = ["| target | measured | verdict |", "|---|---|---|"]
+    fo_spawn = _find(rows, "spawn", "fastobs")
+    for label, other, need in (
+        ("spawn, 2 workers ≥ xargs -P16", _find(rows, "spawn", "xargs"), 1.0),
+        (
+            "spawn, 2 workers ≥ 90% of the minimal Python spawner (2 processes)",
+            _find(rows, "spawn", "python spawner x2"),
+            0.9,
+        ),
+        ("io ≥ 50× oc observe", _find(rows, "io", "oc-observe"), 50.0),
+        ("io ≥ kopf at the same concurrency", _find(rows, "io", "kopf"), 1.0),
+    ):
+        fo = fo_spawn if label.startswith("spawn") else _find(rows, "io", "fastobs")
+        r = _ratio(fo, other)
+        shown = "-" if r is None else f"{r:.2f}×"
+        out.append(f"| {label} | {shown} | {_verdict(None if r is None else r >= need)} |")
+    for scen in ("ingest-list", "ingest-watch"):
+        fo = _find(rows, scen, "fastobs")
+        eps = fo["events_per_s"] if fo else None
+        out.append(
+            f"| {scen} ≥ 30k events/s over TLS | {'-' if eps is None else f'{eps:,.0f}/s'} | "
+            f"{_verdict(None if eps is None else eps >= 30_000)} |"
+        )
+    fo = _find(rows, "ingest-list", "fastobs")
+    if fo and fo["parent_rss_mib"] is not None:
+        out.append(
+            f"| parent RSS ≤ 170 MiB with {fo['events']:,} objects | {fo['parent_rss_mib']} MiB | "
+            f"{_verdict(fo['parent_rss_mib'] <= 170)} |"
+        )
+        w = fo.get("worker_rss_mib")
+        out.append(f"| worker RSS ≤ 35 MiB | {w} MiB | {_verdict(None if w is None else w <= 35)} |")
+    st = next((r for r in rows if r["scenario"] == "startup" and r["system"] == "fastobs"), None)
+    first = st["extra"].get("first_list_ms") if st else None
+    out.append(
+        f"| first list request ≤ 0.5 s after launch | {'-' if first is None else f'{first} ms'} | "
+        f"{_verdict(None if first is None else first <= 500)} |"
+    )
+    lag = next((r for r in rows if r["scenario"] == "lag" and "50%" in r["system"] and r["lag_p99_ms"]), None)
+    p99 = lag["lag_p99_ms"] if lag else None
+    out.append(
+        f"| lag p99 < 50 ms at 50% of max rate | {'-' if p99 is None else f'{p99} ms'} | "
+        f"{_verdict(None if p99 is None else p99 < 50)} |"
+    )
+    return out
+
+
+def main() -> None:
+    doc = json.loads(Path(sys.argv[1]).read_text())
+    m = doc["machine"]
+    print(
+        f"{m['cpus']} × {m['cpu_model']}, {m['memory']} memory, Linux {m['kernel']}, Python {m['python']}; "
+        f"{doc['mode']} run of {doc['duration_s']} s.\n"
+    )
+    fields = set(Row.__dataclass_fields__)
+    rows = [Row(**{k: v for k, v in r.items() if k in fields}) for r in doc["rows"]]
+    print(markdown(rows))
+    print()
+    print("\n".join(targets(doc["rows"])))
+
+
+if __name__ == "__main__":
+    main()
