@@ -499,3 +499,58 @@ def test_bookmarks_only_move_the_resource_version() -> None:
     src._on_line(b'{"type":"BOOKMARK","object":{"kind":"Pod","apiVersion":"v1","metadata":'
                  b'{"resourceVersion":"777","annotations":{"k8s.io/initial-events-end":"true"}}}}', 1.0)
     assert sink.calls == [] and src.stats.resource_version == "777" and src.stats.bookmarks == 1
+
+
+# --------------------------------------------------------------------------- throttling
+
+@aio
+async def test_throttled_watch_waits_for_retry_after_and_resumes(tmp_path: Any) -> None:
+    # The real apiserver throttles (429) only under load, so a small HTTP server plays
+    # it: one list, a 429 with Retry-After, then a watch that delivers an event.
+    from aiohttp import web
+
+    watches: list[tuple[float, str]] = []
+    stop = asyncio.Event()
+
+    async def pods(request: web.Request) -> web.StreamResponse:
+        if request.query.get("watch") != "1":
+            return web.json_response({"kind": "PodList", "apiVersion": "v1",
+                                      "metadata": {"resourceVersion": "10"}, "items": []})
+        watches.append((time.monotonic(), request.query["resourceVersion"]))
+        if len(watches) == 1:
+            return web.json_response({"kind": "Status", "code": 429, "message": "slow down"}, status=429,
+                                     headers={"Retry-After": "2"})
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        pod = {"kind": "Pod", "apiVersion": "v1",
+               "metadata": {"name": "p", "namespace": "n", "uid": "u1", "resourceVersion": "11"}}
+        await resp.write(orjson.dumps({"type": "ADDED", "object": pod}) + b"\n")
+        await stop.wait()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/api/v1/pods", pods)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        from fastobs.kube import Resource
+
+        client = await KubeClient.connect(server=f"http://127.0.0.1:{port}", token="t")
+        try:
+            sink = Recorder()
+            src = Source(client, Resource("", "v1", "pods", "Pod", True), namespace=None, label_selector="",
+                         field_selector="", sink=sink, maximum_errors=0)
+            async with running(src.run()):
+                await sink.wait_for(lambda: len(sink.events()) == 1, "Added p")
+        finally:
+            await client.close()
+    finally:
+        stop.set()
+        await runner.cleanup()
+    assert [rv for _, rv in watches] == ["10", "10"]  # resumed, not relisted
+    assert watches[1][0] - watches[0][0] >= 2.0
+    assert src.stats.errors == {("watch", "server"): 1} and src.stats.relists == 0
+    assert sink.events()[0].key == "n/p"
