@@ -11,6 +11,17 @@ seen (events and bookmarks move it); when the server says that version is gone (
 410, an in-stream ``ERROR`` event, an expired continue token) the source relists, and
 the sink's ``list_end`` lets the tracker detect keys that vanished meanwhile. The
 source keeps no parsed objects beyond the list page being read.
+
+Retry policy (client-go's reflector, as oc observe behaves):
+
+* watch ended normally (server timeout) -> resume from the last resourceVersion;
+* 410 / expired -> relist at once; any other in-stream ``ERROR`` event, 403, 404 ->
+  relist after the backoff;
+* connection error, 429, 5xx, 401 -> resume after the backoff (0.8 s doubling to 30 s,
+  at least ``Retry-After``); a connection that had delivered events, or a read timeout
+  (no byte for ``read_timeout`` s, e.g. a half-open connection) -> resume at once;
+* a failed list -> one error line, counted run-wide, retried about a second later;
+  more than ``maximum_errors`` failures raise ListErrorLimit.
 """
 
 from __future__ import annotations
@@ -50,7 +61,7 @@ _OBJECT_MARK = b'","object":'
 
 
 class Sink(Protocol):
-    """Receives what the source produces (implemented by ``tracker``).
+    """Receives what the source produces (the parent's engine, in front of ``tracker``).
 
     A ``list_begin`` may follow another ``list_begin`` without a ``list_end`` when a
     list failed half-way; the later one starts over.
