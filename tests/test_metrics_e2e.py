@@ -39,7 +39,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from fastobs_run import configmap, free_port, recorder, run_fastobs, start_fastobs
+from fastobs_run import configmap, free_port, pids_alive, recorder, run_fastobs, start_fastobs
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(60)]
 
@@ -868,3 +868,28 @@ def test_livez_is_ok_while_workers_are_still_booting(k8s: Any, ns: str, tmp_path
         stop(fo)
     assert len(seen) >= 10, "the slow boot was not observed"
     assert set(seen) == {(200, "ok")}, Counter(seen)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "when a worker dies, Pool re-dispatches its in-flight keys at once, but the dead worker's "
+    "commands (own process groups, reparented to init) keep running: nothing kills them, so the "
+    "same object's command runs twice at the same time, against 'commands for the same object "
+    "never overlap' (docs/usage.md --concurrency). The parent should kill the dead worker's "
+    "command process groups (or the command should die with its worker) before re-dispatching"))
+def test_a_killed_workers_command_does_not_overlap_its_rerun(k8s: Any, ns: str, tmp_path: Path) -> None:
+    """After a worker is SIGKILLed, its object's command runs again, but never alongside the first one."""
+    k8s.apply(configmap("victim", ns))
+    gate = tmp_path / "gate"
+    log = tmp_path / "runs"
+    gated = script(tmp_path / "gated.sh",
+                   f'echo "$$ $PPID" >> "{log}"\nwhile [ ! -e "{gate}" ]; do sleep 0.02; done\n')
+    fo = launch(k8s.env, "configmaps", "-n", ns, "--", str(gated), workers=2)
+    try:
+        wait_until("the first run", lambda: log.exists() and len(log.read_text().splitlines()) == 1)
+        first_cmd, first_worker = map(int, log.read_text().split())
+        os.kill(first_worker, signal.SIGKILL)
+        wait_until("the second run", lambda: len(log.read_text().splitlines()) == 2)
+        assert pids_alive([first_cmd]) == [], "the first run is still running beside its re-run"
+    finally:
+        gate.touch()
+        stop(fo)
