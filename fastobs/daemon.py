@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
 import sys
 
-from . import logs
+from . import logs, spawn
 from .durations import format_go_duration
 from .engine import Engine
 from .errors import FastobsError
@@ -49,6 +50,11 @@ def run(settings: Settings) -> int:
 
 
 async def _main(settings: Settings) -> int:
+    # Everything imported so far lives for the whole run: keep it out of every collection.
+    # A list page is a large tree of short-lived dicts; with the default gen-0 threshold it
+    # triggers thousands of collections per page, each walking the young objects again.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 50)
     client = await KubeClient.connect(
         kubeconfig=settings.kubeconfig,
         context=settings.context,
@@ -115,6 +121,7 @@ async def _run(settings: Settings, client: KubeClient, resource: Resource) -> in
     engine.watch_activity = lambda: source.stats.last_activity
     # Workers boot while the source already lists: events wait in the queues until their
     # worker says HELLO, so start-up costs max(boot, first list), not their sum.
+    spawn.become_subreaper()  # a dead worker's commands come to us, to be stopped
     boot = asyncio.create_task(engine.pool.start())
     boot.add_done_callback(lambda t: _task_ended(t, engine))
     try:

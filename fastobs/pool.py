@@ -10,8 +10,11 @@ back to the front of its key (``KeyQueue.requeue_processing``), so nothing is lo
 Workers that die during start-up again and again stop fastobs with ``WorkerBootError``
 instead of a restart loop. ``stop`` asks workers to drain within a grace period.
 
-Invariants: worker *i* has at most ``concurrency + prefetch`` jobs in flight; an event
-is in exactly one place: a queue, a worker's in-flight table, or done.
+Invariants: worker *i* has at most ``concurrency`` jobs in flight, so a job handed to a
+worker starts at once (what is waiting is always visible in the parent's queues); an event
+is in exactly one place: a queue, a worker's in-flight table, or done; a dead worker's
+commands are killed (they are re-parented to us, a child subreaper) before its keys run
+again, so one object's commands never overlap, not even across a crash.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from . import protocol
+from . import protocol, spawn
 from .errors import TemplateError, WorkerBootError
 from .events import Event
 from .queue import KeyQueue
@@ -93,8 +96,9 @@ class Pool:
         self.run_settings = run
         self.queues = queues
         self.handler = handler
-        extra = prefetch if prefetch is not None else max(2, run.concurrency // 2)
-        self.capacity = run.concurrency + extra
+        # No prefetch by default: a queued job stays in the parent, where metrics and
+        # readiness can see it; the idle slot costs one round trip on the socket.
+        self.capacity = run.concurrency + (prefetch or 0)
         self.workers = [WorkerProc(i) for i in range(len(queues))]
         self._ids = itertools.count(1)
         self.stopping = False
@@ -263,6 +267,8 @@ class Pool:
             w.last_tick = time.monotonic()
             w.running = tick["running"]
             w.oldest_start = tick.get("oldest", 0.0)
+            if w.index == 0:
+                self.reap_orphans()  # once a second is plenty for stray zombies
             w.maxrss_kib = tick["maxrss_kib"]
         elif kind == protocol.FATAL:
             self.handler.on_fatal(TemplateError(orjson.loads(payload)["message"]))
@@ -275,6 +281,9 @@ class Pool:
         status = w.popen.wait() if w.popen is not None else 0
         if self.stopping:
             return
+        # Its commands outlived it (they run in their own process groups) and were
+        # re-parented to us: they must be gone before their keys run again.
+        await asyncio.to_thread(kill_orphans, {x.pid for x in self.workers if x is not w})
         lost = len(w.inflight)
         w.inflight.clear()
         w.running = 0
@@ -289,6 +298,13 @@ class Pool:
             await self._spawn(w)
         except BaseException as exc:
             self.handler.on_fatal(exc)
+
+    def reap_orphans(self) -> None:
+        """Reap exited processes re-parented to us (we are a child subreaper)."""
+        workers = {w.pid for w in self.workers}
+        for pid in _children() - workers - spawn.TRACKED:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
 
     # ------------------------------------------------------------------ health
 
@@ -308,3 +324,29 @@ class Pool:
             elif now - w.spawned_at >= BOOT_TIMEOUT + HEARTBEAT_STALE:
                 return False
         return True
+
+
+def _children() -> set[int]:
+    """Our direct children (any thread), from /proc."""
+    pids: set[int] = set()
+    with contextlib.suppress(OSError):
+        for task in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/children") as f:
+                pids.update(int(p) for p in f.read().split())
+    return pids
+
+
+def kill_orphans(keep: set[int]) -> list[int]:
+    """SIGKILL the process group of every child not in ``keep`` (and not tracked by
+    ``spawn``), then reap them; returns their pids."""
+    victims = sorted(_children() - keep - spawn.TRACKED)
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for pid in victims:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    return victims
+

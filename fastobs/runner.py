@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import tempfile
 import time
@@ -216,7 +217,10 @@ class Runner:
             child = spawn.start(argv, env=env, stdin=stdin, stdout=streams.out_w, stderr=streams.err_w)
         except OSError as exc:
             streams.close()
-            return _Status(False, "spawn_error", spawn.exec_error(argv[0], exc), -1, time.monotonic() - t0)
+            status = _Status(False, "spawn_error", errno.errorcode.get(exc.errno or 0, ""), -1,
+                             time.monotonic() - t0)
+            status.message = spawn.exec_error(argv[0], exc)
+            return status
         streams.started()
         timed_out = False
         try:
@@ -246,9 +250,11 @@ class Runner:
 
 
 class _Status:
-    __slots__ = ("ok", "reason", "code", "oc_code", "seconds")
+    __slots__ = ("ok", "reason", "code", "oc_code", "seconds", "message")
 
     def __init__(self, ok: bool, reason: str, code: str, oc_code: int, seconds: float) -> None:
+        self.message = ""
+        """For spawn errors: Go's exec error text (``code`` is then the errno name)."""
         self.ok = ok
         self.reason = reason
         self.code = code
@@ -257,7 +263,7 @@ class _Status:
 
     def error(self, exe: str, timeout: float) -> str:
         if self.reason == "spawn_error":
-            return self.code
+            return self.message
         if self.reason == "timeout":
             return f"command {go_quote(exe)} timed out after {timeout:g}s and was killed"
         return f"command {go_quote(exe)} exited with status code {self.oc_code}"

@@ -21,6 +21,10 @@ import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 
+TRACKED: set[int] = set()
+"""Pids of children started here and not yet reaped: a subreaper's sweep must leave
+them to their ``Child.wait`` (reaping them elsewhere would lose their exit status)."""
+
 
 class Child:
     """A running child process and the pidfd the loop waits on."""
@@ -32,6 +36,7 @@ class Child:
         self.pid = popen.pid
         self._pidfd: int = os.pidfd_open(popen.pid)
         self.returncode: int | None = None
+        TRACKED.add(popen.pid)
 
     async def wait(self) -> int:
         """Wait for the exit and reap; returns Popen's returncode (-N for signal N)."""
@@ -48,6 +53,7 @@ class Child:
 
     def _reap(self) -> int:
         code = self.popen.wait()
+        TRACKED.discard(self.pid)
         self.returncode = code
         os.close(self._pidfd)
         self._pidfd = -1
@@ -133,3 +139,15 @@ def describe_status(code: int) -> tuple[str, str]:
         except ValueError:
             return "signal", str(-code)
     return "exit", str(code)
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (PR_SET_CHILD_SUBREAPER), so a dead worker's commands
+    come to us instead of init and can be stopped. False where unsupported."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(36, 1, 0, 0, 0) == 0)  # 36 = PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False

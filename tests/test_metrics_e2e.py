@@ -764,12 +764,6 @@ def _release_all(tmp_path: Path, names: list[str]) -> None:
         (tmp_path / f"release-{name}").touch()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Engine.on_dispatch (called by Pool.pump when a job is written to a worker) marks a key "
-    "as handed to a command, but Pool.pump prefetches up to concurrency + max(2, concurrency//2) "
-    "jobs per worker; with --concurrency 1 all 3 listed keys are 'dispatched' while only the "
-    "first command runs, so /healthz is 200 before the other commands started. A key should "
-    "count as handed over only once its command has started in the worker"))
 def test_initial_sync_is_done_when_the_last_listed_object_is_handed_to_a_command(
     k8s: Any, ns: str, tmp_path: Path
 ) -> None:
@@ -797,13 +791,6 @@ def test_initial_sync_is_done_when_the_last_listed_object_is_handed_to_a_command
     assert sorted(started()) == names
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Pool.pump writes up to concurrency + max(2, concurrency//2) jobs to a worker; jobs waiting "
-    "inside the worker for a free slot are counted neither by fastobs_workqueue_depth (parent "
-    "KeyQueue only) nor by fastobs_commands_running (started commands, from heartbeats), and "
-    "fastobs_workqueue_oldest_pending_seconds stays 0 while they wait, so a stuck command hides "
-    "its backlog from the dashboard and FastobsQueueStuck. Engine.engine_state should count "
-    "a worker's dispatched-but-not-begun jobs as waiting"))
 def test_queue_gauges_count_every_waiting_key(k8s: Any, ns: str, tmp_path: Path) -> None:
     """With one command slot, 3 listed objects: 1 running, 2 waiting, the oldest wait grows."""
     names = ["cm0", "cm1", "cm2"]
@@ -868,12 +855,6 @@ def test_livez_is_ok_while_workers_are_still_booting(k8s: Any, ns: str, tmp_path
     assert set(seen) == {(200, "ok")}, Counter(seen)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "when a worker dies, Pool re-dispatches its in-flight keys at once, but the dead worker's "
-    "commands (own process groups, reparented to init) keep running: nothing kills them, so the "
-    "same object's command runs twice at the same time, against 'commands for the same object "
-    "never overlap' (docs/usage.md --concurrency). The parent should kill the dead worker's "
-    "command process groups (or the command should die with its worker) before re-dispatching"))
 def test_a_killed_workers_command_does_not_overlap_its_rerun(k8s: Any, ns: str, tmp_path: Path) -> None:
     """After a worker is SIGKILLed, its object's command runs again, but never alongside the first one."""
     k8s.apply(configmap("victim", ns))
