@@ -109,6 +109,10 @@ def read_log(path: Path) -> list[tuple[str, str, str, int]]:
     return rows
 
 
+def started(log: Path) -> int:
+    return log.read_text().count("start") if log.exists() else 0
+
+
 @pytest.fixture
 def log_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     log = tmp_path / "log"
@@ -159,7 +163,7 @@ def test_worker_killed_mid_run_loses_nothing(log_env: Path, monkeypatch: pytest.
     events = [event(k, i) for i, k in enumerate(keys)]
 
     async def kill_worker(pool: Pool, rec: Recorder) -> None:
-        while not log_env.exists() or log_env.read_text().count("start") < 4:
+        while started(log_env) < 4:
             await asyncio.sleep(0.01)
         os.kill(pool.workers[0].pid, signal.SIGKILL)
 
