@@ -124,10 +124,16 @@ def wait(proc: Proc, timeout: float) -> tuple[int | None, float, str]:
 
 
 class RssSampler:
-    """Polls VmRSS of a process (the parent) and its direct children (workers)."""
+    """Polls VmRSS of the system's main process and of its worker processes.
 
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
+    The main process is the launched one, or with ``main_exe`` the descendant whose
+    executable has that name (the kubectl of a shell pipeline); workers are direct
+    children running ``python ... fastobs`` (user commands are never counted).
+    """
+
+    def __init__(self, pid: int, interval: float = 0.05, main_exe: str = "") -> None:
         self.pid = pid
+        self.main_exe = main_exe.encode()
         self.parent_max = 0.0
         self.child_max = 0.0
         self._interval = interval
@@ -144,7 +150,12 @@ class RssSampler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self.parent_max = max(self.parent_max, _rss_mib(self.pid))
+            if self.main_exe:
+                for pid in _descendants(self.pid):
+                    if _exe_name(pid) == self.main_exe:
+                        self.parent_max = max(self.parent_max, _rss_mib(pid))
+            else:
+                self.parent_max = max(self.parent_max, _rss_mib(self.pid))
             for child in _children(self.pid):
                 if _is_worker(child):
                     self.child_max = max(self.child_max, _rss_mib(child))
@@ -170,13 +181,30 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def _is_worker(pid: int) -> bool:
-    """A long-lived Python helper process (fastobs worker), not a user command."""
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        kids = _children(todo.pop())
+        out.extend(kids)
+        todo.extend(kids)
+    return out
+
+
+def _cmdline(pid: int) -> list[bytes]:
     try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return False
-    return b"python" in cmd[0].rsplit(b"/", 1)[-1]
+        return [b""]
+
+
+def _exe_name(pid: int) -> bytes:
+    return _cmdline(pid)[0].rsplit(b"/", 1)[-1]
+
+
+def _is_worker(pid: int) -> bool:
+    """A fastobs worker process, not a user command (nor a fork on its way to exec)."""
+    cmd = _cmdline(pid)
+    return b"python" in cmd[0].rsplit(b"/", 1)[-1] and any(b"fastobs" in part for part in cmd[1:4])
 
 
 # ------------------------------------------------------------------ replay server

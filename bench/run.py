@@ -44,7 +44,7 @@ from harness import (  # noqa: E402
     wait_for,
 )
 from loader import Loader  # noqa: E402
-from systems import Workload, argv_for, available, write_scripts  # noqa: E402
+from systems import Workload, argv_for, available, main_exe, write_scripts  # noqa: E402
 
 PEERS = ("oc-observe", "kopf", "kubectl-xargs")
 
@@ -87,7 +87,7 @@ def run_once_system(
     start_count = len(rp.requests()) if rp else 0
     argv, env = argv_for(system, w)
     proc = launch(argv, env)
-    with RssSampler(proc.popen.pid) as rss:
+    with RssSampler(proc.popen.pid, main_exe=main_exe(system)) as rss:
         status, end, err = wait(proc, timeout)
     row = Row(
         scenario,
@@ -464,7 +464,7 @@ def _live_lag(ctx: Ctx, system: str, kubeconfig: Path, ns: str, count: int, rate
     argv, env = argv_for(system, w)
     proc = launch(argv, env)
     row = Row("apiserver-lag", f"{system} @ {rate:.0f}/s")
-    with RssSampler(proc.popen.pid) as rss:
+    with RssSampler(proc.popen.pid, main_exe=main_exe(system)) as rss:
         synced = wait_for(lambda: len(read_log(logf)) >= count, 120, 0.1)
         if not synced:
             stop(proc)

@@ -86,6 +86,11 @@ def available(system: str) -> str:
     return ""
 
 
+def main_exe(system: str) -> str:
+    """The executable whose RSS is the system's (the launched process when empty)."""
+    return "kubectl" if system == "kubectl-xargs" else ""
+
+
 def _env(w: Workload) -> dict[str, str]:
     env = dict(os.environ, KUBECONFIG=str(w.kubeconfig))
     if w.log:
