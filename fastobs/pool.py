@@ -283,7 +283,7 @@ class Pool:
             return
         # Its commands outlived it (they run in their own process groups) and were
         # re-parented to us: they must be gone before their keys run again.
-        await asyncio.to_thread(kill_orphans, {x.pid for x in self.workers if x is not w})
+        await asyncio.to_thread(spawn.kill_strays, {x.pid for x in self.workers if x is not w})
         lost = len(w.inflight)
         w.inflight.clear()
         w.running = 0
@@ -302,9 +302,7 @@ class Pool:
     def reap_orphans(self) -> None:
         """Reap exited processes re-parented to us (we are a child subreaper)."""
         workers = {w.pid for w in self.workers}
-        for pid in _children() - workers - spawn.TRACKED:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
+        spawn.reap_strays(keep=workers)
 
     # ------------------------------------------------------------------ health
 
@@ -324,29 +322,3 @@ class Pool:
             elif now - w.spawned_at >= BOOT_TIMEOUT + HEARTBEAT_STALE:
                 return False
         return True
-
-
-def _children() -> set[int]:
-    """Our direct children (any thread), from /proc."""
-    pids: set[int] = set()
-    with contextlib.suppress(OSError):
-        for task in os.listdir("/proc/self/task"):
-            with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/children") as f:
-                pids.update(int(p) for p in f.read().split())
-    return pids
-
-
-def kill_orphans(keep: set[int]) -> list[int]:
-    """SIGKILL the process group of every child not in ``keep`` (and not tracked by
-    ``spawn``), then reap them; returns their pids."""
-    victims = sorted(_children() - keep - spawn.TRACKED)
-    for pid in victims:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    for pid in victims:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-    return victims
-

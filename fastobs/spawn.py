@@ -151,3 +151,37 @@ def become_subreaper() -> bool:
         return bool(libc.prctl(36, 1, 0, 0, 0) == 0)  # 36 = PR_SET_CHILD_SUBREAPER
     except (OSError, AttributeError):
         return False
+
+
+def children() -> set[int]:
+    """Our direct children (of any thread), from /proc."""
+    pids: set[int] = set()
+    with contextlib.suppress(OSError):
+        for task in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/children") as f:
+                pids.update(int(p) for p in f.read().split())
+    return pids
+
+
+def reap_strays(keep: set[int]) -> None:
+    """Reap exited orphans re-parented to us (a subreaper): every child except ``keep`` and
+    the commands a ``Child`` still waits for (reaping those would lose their exit status)."""
+    for pid in children() - keep - TRACKED:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def kill_strays(keep: set[int]) -> list[int]:
+    """SIGKILL the process group of every other child (a dead worker's commands), then
+    reap them; returns their pids."""
+    victims = sorted(children() - keep - TRACKED)
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for pid in victims:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+    return victims
+

@@ -30,7 +30,6 @@ import orjson
 from . import protocol, spawn
 from .errors import TemplateError
 from .settings import RunSettings
-from .spawn import become_subreaper
 
 HEARTBEAT_SECONDS = 1.0
 
@@ -135,7 +134,7 @@ class Worker:
 
     async def _heartbeat(self) -> None:
         while True:
-            reap_strays()
+            spawn.reap_strays(keep=set())
             rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             tick = {
                 "running": len(self.started),
@@ -169,21 +168,6 @@ class Worker:
             await asyncio.wait(set(self.tasks), timeout=30)
 
 
-def reap_strays() -> None:
-    """Reap orphans our commands left behind (we are their subreaper), never a command
-    a ``spawn.Child`` still waits for."""
-    for pid in _children() - spawn.TRACKED:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-
-
-def _children() -> set[int]:
-    pids: set[int] = set()
-    with contextlib.suppress(OSError), open(f"/proc/self/task/{os.getpid()}/children") as f:
-        pids.update(int(p) for p in f.read().split())
-    return pids
-
-
 async def _amain(fd: int) -> int:
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock, limit=1 << 26)
@@ -203,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     # Orphans of our commands come to us (not init): when we die they go on to the parent,
     # which stops them before the keys they belonged to run again.
-    become_subreaper()
+    spawn.become_subreaper()
     try:
         import uvloop
 
