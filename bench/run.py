@@ -165,13 +165,13 @@ def scenario_io(ctx: Ctx) -> list[Row]:
     conc = 128
     rows: list[Row] = []
     with Replay(objects=n) as rp:
-        w = Workload(rp.kubeconfig, ctx.scripts["io.sh"], conc, expect=n)
+        w = Workload(rp.kubeconfig, ctx.scripts["io"], conc, expect=n)
         for system in ("fastobs", "kopf", "kubectl-xargs"):
             if ctx.wants(system):
                 rows.append(run_once_system(ctx, "io", system, rp, w, n, 300))
     if ctx.wants("oc-observe"):
         with Replay(objects=oc_n) as rp:
-            w = Workload(rp.kubeconfig, ctx.scripts["io.sh"], 1, expect=oc_n)
+            w = Workload(rp.kubeconfig, ctx.scripts["io"], 1, expect=oc_n)
             rows.append(run_once_system(ctx, "io", "oc-observe", rp, w, oc_n, 300))
     return rows
 
@@ -199,7 +199,7 @@ def scenario_churn(ctx: Ctx) -> list[Row]:
             logf.unlink(missing_ok=True)
             w = Workload(
                 rp.kubeconfig,
-                ctx.scripts["lag.sh"],
+                ctx.scripts["lag"],
                 32,
                 once=False,
                 log=logf,
@@ -306,7 +306,7 @@ def scenario_startup(ctx: Ctx) -> list[Row]:
             with Replay(objects=100) as rp:
                 logf = ctx.work / f"startup-{system}-{rep}.log"
                 logf.unlink(missing_ok=True)
-                w = Workload(rp.kubeconfig, ctx.scripts["lag.sh"], 16, expect=100, log=logf, rv_arg=True)
+                w = Workload(rp.kubeconfig, ctx.scripts["lag"], 16, expect=100, log=logf, rv_arg=True)
                 argv, env = argv_for(system, w)
                 proc = launch(argv, env)
                 status, _, err = wait(proc, 60)
@@ -341,7 +341,7 @@ def _lag_run(ctx: Ctx, keys: int, events: int, rate: float, tag: str) -> tuple[R
         logf.unlink(missing_ok=True)
         w = Workload(
             rp.kubeconfig,
-            ctx.scripts["lag.sh"],
+            ctx.scripts["lag"],
             32,
             once=False,
             log=logf,
@@ -453,7 +453,7 @@ def _live_lag(ctx: Ctx, system: str, kubeconfig: Path, ns: str, count: int, rate
     logf.unlink(missing_ok=True)
     w = Workload(
         kubeconfig,
-        ctx.scripts["lag.sh"],
+        ctx.scripts["lag"],
         32,
         expect=2 * count,
         once=False,
