@@ -68,6 +68,9 @@ class Engine:
         self._names_task: asyncio.Task[None] | None = None
         self._coalesced_seen = 0
         self._retry_timers: dict[int, tuple[float, asyncio.TimerHandle]] = {}
+        # Checked once: the event path must not pay for log calls nobody reads.
+        self._debug = logger.isEnabledFor(logging.DEBUG)
+        self._log_failures = settings.log_format == "json" or self._debug
         self.watch_is_up = False
         self.exit_after_fired = False
         self.watch_activity: Callable[[], float] = lambda: 0.0
@@ -173,9 +176,13 @@ class Engine:
         if not result.get("nocmd"):
             self.metrics.command_started(lag_seconds=max(0.0, float(result["started"]) - ev.received))
             self._record(ev, result)
+        if self._debug:
+            logger.debug("command %s", "succeeded" if ok else "failed", extra=_fields(ev, result))
         if ok:
             queue.forget(ev.key)
         else:
+            if self._log_failures and not self._debug:
+                logger.warning("command failed: %s", result.get("error", ""), extra=_fields(ev, result))
             self._failed(ev, result, i)
         self._key_settled(ev.key)
         self.pool.pump(i)
@@ -337,3 +344,16 @@ class Engine:
 
     def workers_healthy(self) -> bool:
         return self.pool.healthy()
+
+
+def _fields(ev: Event, result: dict[str, Any]) -> dict[str, Any]:
+    """Log fields of one command's result: never the object itself (it may be a Secret)."""
+    return {
+        "key": ev.key,
+        "type": ev.type.value,
+        "rv": ev.rv or None,
+        "result": "success" if result.get("ok") else "failure",
+        "reason": result.get("reason") or None,
+        "code": result.get("code") or None,
+    }
+

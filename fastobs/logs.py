@@ -16,7 +16,7 @@ import time
 
 import orjson
 
-_FIELDS = ("key", "type", "rv", "worker")
+_FIELDS = ("key", "type", "rv", "result", "reason", "code", "worker")
 
 
 class JsonFormatter(logging.Formatter):

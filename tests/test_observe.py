@@ -353,3 +353,19 @@ def test_help_and_usage_errors_need_no_cluster() -> None:
     res = subprocess.run(["python", "-m", "fastobs"], capture_output=True, text=True, check=False)
     assert res.returncode == 1
     assert "you must specify at least one argument containing the resource to observe" in res.stderr
+
+
+def test_json_logs_carry_key_type_rv_and_never_object_data(k8s, ns) -> None:
+    """--log-format json: one JSON record per failure with key/type/rv; no object contents."""
+    secret = "s3cr3t-value-that-must-not-be-logged"
+    k8s.apply(configmap("j", ns, data={"password": secret}))
+    res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "--log-format", "json",
+                      "--log-level", "debug", "--object-env-var", "T_OBJ", "--", "sh", "-c", "exit 4")
+    assert res.returncode == 0
+    assert secret not in res.stderr and secret not in res.stdout
+    records = [json.loads(line) for line in res.stderr.splitlines() if line.startswith("{")]
+    failed = [r for r in records if r.get("key") == f"{ns}/j"]
+    assert failed, res.stderr
+    rv = k8s.kubectl("get", "cm", "j", "-n", ns, "-o", "jsonpath={.metadata.resourceVersion}").stdout
+    assert failed[0]["type"] == "Sync" and failed[0]["rv"] == rv and failed[0]["code"] == "4"
+    assert 'error: command "sh" exited with status code 4' in res.stderr  # oc's line stays
