@@ -121,7 +121,8 @@ async def _run(settings: Settings, client: KubeClient, resource: Resource) -> in
     engine.watch_activity = lambda: source.stats.last_activity
     # Workers boot while the source already lists: events wait in the queues until their
     # worker says HELLO, so start-up costs max(boot, first list), not their sum.
-    spawn.become_subreaper()  # a dead worker's commands come to us, to be stopped
+    # A dead worker's commands come to us, to be stopped before their keys run again.
+    engine.pool.adopts_orphans = spawn.become_subreaper()
     boot = asyncio.create_task(engine.pool.start())
     boot.add_done_callback(lambda t: _task_ended(t, engine))
     try:

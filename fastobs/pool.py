@@ -101,6 +101,10 @@ class Pool:
         self.capacity = run.concurrency + (prefetch or 0)
         self.workers = [WorkerProc(i) for i in range(len(queues))]
         self._ids = itertools.count(1)
+        self.adopts_orphans = False
+        """Set once this process is a child subreaper whose only other children are
+        orphans of dead workers (the daemon): then strays are killed and reaped. Off when
+        the pool runs inside a process with children of its own (tests)."""
         self.stopping = False
         self._stop_frame = protocol.frame(protocol.STOP, orjson.dumps({"grace": 0}))
         self._config = protocol.json_frame(protocol.CONFIG, run.to_json_dict())
@@ -283,7 +287,8 @@ class Pool:
             return
         # Its commands outlived it (they run in their own process groups) and were
         # re-parented to us: they must be gone before their keys run again.
-        await asyncio.to_thread(spawn.kill_strays, {x.pid for x in self.workers if x is not w})
+        if self.adopts_orphans:
+            await asyncio.to_thread(spawn.kill_strays, {x.pid for x in self.workers if x is not w})
         lost = len(w.inflight)
         w.inflight.clear()
         w.running = 0
@@ -302,7 +307,8 @@ class Pool:
     def reap_orphans(self) -> None:
         """Reap exited processes re-parented to us (we are a child subreaper)."""
         workers = {w.pid for w in self.workers}
-        spawn.reap_strays(keep=workers)
+        if self.adopts_orphans:
+            spawn.reap_strays(keep=workers)
 
     # ------------------------------------------------------------------ health
 
