@@ -171,7 +171,8 @@ async def test_list_is_paginated_and_items_are_whole_objects(k8s: Any, ns: str) 
     for i in range(7):
         obj = await create_cm(k8s, ns, f"cm-{i}")
         made[f"{ns}/cm-{i}"] = obj
-    async with source_for(k8s, "configmaps", ns, page_size=2) as (src, sink), running(src.run()):
+    async with source_for(k8s, "configmaps", ns, page_size=2, stream_list=False) as (src, sink), \
+            running(src.run()):
         await sink.wait_for(lambda: sink.count("end") == 1 and src.stats.watch_up, "list and watch")
     items = sink.last_list()
     assert sorted(ev.key for ev in items) == sorted(made)
@@ -186,6 +187,30 @@ async def test_list_is_paginated_and_items_are_whole_objects(k8s: Any, ns: str) 
         assert ev.uid == want["metadata"]["uid"] == obj["metadata"]["uid"]
         assert ev.rv == want["metadata"]["resourceVersion"] == obj["metadata"]["resourceVersion"]
         assert obj["data"] == {"k": "v"}
+
+
+@aio
+async def test_streamed_list_is_one_request_and_items_are_whole_objects(k8s: Any, ns: str) -> None:
+    """The default initial list is a WatchList stream: same items, no re-encoding, one request."""
+    made = {}
+    for i in range(5):
+        obj = await create_cm(k8s, ns, f"s-{i}")
+        made[f"{ns}/s-{i}"] = obj
+    async with source_for(k8s, "configmaps", ns) as (src, sink), running(src.run()):
+        await sink.wait_for(lambda: sink.count("end") == 1 and src.stats.watch_up, "list and watch")
+        late = await create_cm(k8s, ns, "late")
+        await sink.wait_for(lambda: any(c[0] == "event" for c in sink.calls), "the live event")
+    items = sink.last_list()
+    assert sorted(ev.key for ev in items) == sorted(made)
+    assert src.stats.list_requests == 1 and src.stats.events.get("Sync") == 5
+    for ev in items:
+        obj = parsed(ev)
+        assert obj["kind"] == "ConfigMap" and obj["apiVersion"] == "v1"
+        assert ev.rv == made[ev.key]["metadata"]["resourceVersion"] == obj["metadata"]["resourceVersion"]
+    # The watch resumed from the stream's bookmark: the new object came as Added, only once.
+    watched = [c for c in sink.calls if c[0] == "event"]
+    assert [(c[1].type, c[1].name) for c in watched] == [(EventType.ADDED, "late")]
+    assert watched[0][1].rv == late["metadata"]["resourceVersion"]
 
 
 @aio
@@ -542,7 +567,7 @@ async def test_throttled_watch_waits_for_retry_after_and_resumes(tmp_path: Any) 
         try:
             sink = Recorder()
             src = Source(client, Resource("", "v1", "pods", "Pod", True), namespace=None, label_selector="",
-                         field_selector="", sink=sink, maximum_errors=0)
+                         field_selector="", sink=sink, maximum_errors=0, stream_list=False)
             async with running(src.run()):
                 await sink.wait_for(lambda: len(sink.events()) == 1, "Added p")
         finally:
