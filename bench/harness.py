@@ -204,7 +204,8 @@ def _exe_name(pid: int) -> bytes:
 def _is_worker(pid: int) -> bool:
     """A fastobs worker process, not a user command (nor a fork on its way to exec)."""
     cmd = _cmdline(pid)
-    return b"python" in cmd[0].rsplit(b"/", 1)[-1] and any(b"fastobs" in part for part in cmd[1:4])
+    # A child between vfork and exec still shows its parent's command line (and RSS).
+    return b"python" in cmd[0].rsplit(b"/", 1)[-1] and b"fastobs.worker" in cmd[1:4]
 
 
 # ------------------------------------------------------------------ replay server

@@ -1,6 +1,8 @@
 """Report: a results file -> Markdown (machine, table, targets) for bench/README.md.
 
-Usage: ``python bench/report.py bench/results/<file>.json``
+Usage: ``python bench/report.py bench/results/<file>.json [--readme bench/README.md]``
+(with ``--readme`` the machine and results sections between the ``<!-- ...:start -->``
+and ``<!-- ...:end -->`` markers of the README are replaced in place).
 
 Where it sits: after ``run``; it only reads the JSON ``run`` wrote. Invariant: every
 target line names the rows it divides, so a reader can check the ratio in the table;
@@ -9,8 +11,10 @@ a target whose rows are missing says "not measured" instead of guessing.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,18 +87,38 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def main() -> None:
-    doc = json.loads(Path(sys.argv[1]).read_text())
+def render(doc: dict[str, Any]) -> tuple[str, str]:
+    """(machine section, results section) as Markdown."""
     m = doc["machine"]
-    print(
+    machine = (
         f"{m['cpus']} × {m['cpu_model']}, {m['memory']} memory, Linux {m['kernel']}, Python {m['python']}; "
-        f"{doc['mode']} run of {doc['duration_s']} s.\n"
+        f"{doc['mode']} run of {doc['duration_s']} s, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(doc['started']))}."
     )
     fields = set(Row.__dataclass_fields__)
     rows = [Row(**{k: v for k, v in r.items() if k in fields}) for r in doc["rows"]]
-    print(markdown(rows))
-    print()
-    print("\n".join(targets(doc["rows"])))
+    results = markdown(rows) + "\n\n### Against the targets\n\n" + "\n".join(targets(doc["rows"]))
+    return machine, results
+
+
+def _replace(text: str, name: str, body: str) -> str:
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    a, b = text.index(start) + len(start), text.index(end)
+    return text[:a] + "\n" + body + "\n" + text[b:]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="results file -> Markdown")
+    p.add_argument("results", type=Path)
+    p.add_argument("--readme", type=Path, help="update this README in place")
+    args = p.parse_args()
+    machine, results = render(json.loads(args.results.read_text()))
+    if args.readme:
+        text = args.readme.read_text()
+        text = _replace(_replace(text, "machine", machine), "results", results)
+        args.readme.write_text(text)
+    else:
+        print(machine + "\n\n" + results)
 
 
 if __name__ == "__main__":
