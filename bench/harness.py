@@ -21,10 +21,10 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -84,27 +84,33 @@ class Proc:
     popen: subprocess.Popen[bytes]
     started: float
     """Wall-clock time just before the process was started."""
+    stderr: IO[bytes]
+    """An unlinked file, not a pipe: a chatty system must never block on a full pipe."""
+
+    def stderr_tail(self, size: int = 600) -> str:
+        self.stderr.seek(0, os.SEEK_END)
+        end = self.stderr.tell()
+        self.stderr.seek(max(0, end - size))
+        return self.stderr.read().decode(errors="replace")
 
 
-def launch(argv: list[str], env: dict[str, str] | None = None, stdout: Path | None = None) -> Proc:
-    out = stdout.open("wb") if stdout else subprocess.DEVNULL
+def launch(argv: list[str], env: dict[str, str] | None = None) -> Proc:
+    err = tempfile.TemporaryFile()
     t = time.time()
     p = subprocess.Popen(
-        argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE, start_new_session=True
+        argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True
     )
-    if stdout:
-        out.close()  # type: ignore[union-attr]
-    return Proc(p, t)
+    return Proc(p, t, err)
 
 
 def stop(proc: Proc, grace: float = 3.0) -> None:
     """Kills the process group: SIGTERM, then SIGKILL after ``grace`` seconds."""
     p = proc.popen
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+    for sig, limit in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(p.pid, sig)
         try:
-            p.wait(wait)
+            p.wait(limit)
             break
         except subprocess.TimeoutExpired:
             continue
@@ -113,14 +119,17 @@ def stop(proc: Proc, grace: float = 3.0) -> None:
 
 
 def wait(proc: Proc, timeout: float) -> tuple[int | None, float, str]:
-    """(exit status or None on timeout, wall-clock end time, stderr tail)."""
+    """(exit status or None on timeout, wall-clock end time, stderr tail); the process
+    group is killed afterwards either way (a system's leftover children must not skew
+    the next measurement)."""
     try:
-        _, err = proc.popen.communicate(timeout=timeout)
-        return proc.popen.returncode, time.time(), err.decode(errors="replace")[-600:]
+        proc.popen.wait(timeout)
+        status: int | None = proc.popen.returncode
     except subprocess.TimeoutExpired:
-        stop(proc)
-        _, err = proc.popen.communicate()
-        return None, time.time(), (err or b"").decode(errors="replace")[-600:]
+        status = None
+    end = time.time()
+    stop(proc, grace=0.5)
+    return status, end, proc.stderr_tail()
 
 
 class RssSampler:
@@ -298,6 +307,19 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.02) -> bool:
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def wait_running(proc: Proc, predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Like :func:`wait_for`, but gives up as soon as ``proc`` has exited (a crashed
+    system must not cost the whole timeout)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if proc.popen.poll() is not None:
+            return predicate()
+        time.sleep(interval)
+    return predicate()
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -42,6 +42,7 @@ from harness import (  # noqa: E402
     stop,
     wait,
     wait_for,
+    wait_running,
 )
 from loader import Loader  # noqa: E402
 from systems import Workload, argv_for, available, main_exe, write_scripts  # noqa: E402
@@ -60,6 +61,11 @@ class Ctx:
 
     def n(self, full: int, quick: int) -> int:
         return quick if self.quick else full
+
+    def t(self, seconds: float) -> float:
+        """A timeout: as given for full runs, at most 45 s with --quick (a hung or crashed
+        system must not blow the quick budget)."""
+        return min(seconds, 45.0) if self.quick else seconds
 
     def wants(self, system: str) -> bool:
         return self.systems is None or system in self.systems or system.split("[")[0] in self.systems
@@ -112,7 +118,7 @@ def run_once_system(
 
 def scenario_spawn(ctx: Ctx) -> list[Row]:
     n = ctx.n(20_000, 2_000)
-    peer_n = ctx.n(4_000, 300)
+    peer_n = ctx.n(4_000, ctx.t(300))
     conc = 16
     act = ctx.scripts["act.sh"]
     rows: list[Row] = []
@@ -147,12 +153,12 @@ def scenario_spawn(ctx: Ctx) -> list[Row]:
     with Replay(objects=n) as rp:
         w = Workload(rp.kubeconfig, act, conc, expect=n)
         if ctx.wants("fastobs"):
-            rows.append(run_once_system(ctx, "spawn", "fastobs", rp, w, n, 300, "fastobs (2 workers)"))
+            rows.append(run_once_system(ctx, "spawn", "fastobs", rp, w, n, ctx.t(300), "fastobs (2 workers)"))
     with Replay(objects=peer_n) as rp:
         w = Workload(rp.kubeconfig, act, conc, expect=peer_n)
         for peer in PEERS:
             if ctx.wants(peer):
-                rows.append(run_once_system(ctx, "spawn", peer, rp, w, peer_n, 300))
+                rows.append(run_once_system(ctx, "spawn", peer, rp, w, peer_n, ctx.t(300)))
     return rows
 
 
@@ -168,11 +174,11 @@ def scenario_io(ctx: Ctx) -> list[Row]:
         w = Workload(rp.kubeconfig, ctx.scripts["io"], conc, expect=n)
         for system in ("fastobs", "kopf", "kubectl-xargs"):
             if ctx.wants(system):
-                rows.append(run_once_system(ctx, "io", system, rp, w, n, 300))
+                rows.append(run_once_system(ctx, "io", system, rp, w, n, ctx.t(300)))
     if ctx.wants("oc-observe"):
         with Replay(objects=oc_n) as rp:
             w = Workload(rp.kubeconfig, ctx.scripts["io"], 1, expect=oc_n)
-            rows.append(run_once_system(ctx, "io", "oc-observe", rp, w, oc_n, 300))
+            rows.append(run_once_system(ctx, "io", "oc-observe", rp, w, oc_n, ctx.t(300)))
     return rows
 
 
@@ -210,7 +216,7 @@ def scenario_churn(ctx: Ctx) -> list[Row]:
             last_rv = keys + updates
             proc = launch(argv, env)
             with RssSampler(proc.popen.pid) as rss:
-                ok = wait_for(_has_rv(logf, last_rv), 240, 0.1)
+                ok = wait_running(proc, _has_rv(logf, last_rv), ctx.t(240), 0.1)
             stats = rp.stats()
             stop(proc)
             entries = read_log(logf)
@@ -250,14 +256,14 @@ def scenario_ingest(ctx: Ctx) -> list[Row]:
     with Replay(objects=n) as rp:
         w = Workload(rp.kubeconfig, None, 16, expect=n)
         if ctx.wants("fastobs"):
-            rows.append(run_once_system(ctx, "ingest-list", "fastobs", rp, w, n, 300))
+            rows.append(run_once_system(ctx, "ingest-list", "fastobs", rp, w, n, ctx.t(300)))
         if ctx.wants("oc-observe"):
-            rows.append(run_once_system(ctx, "ingest-list", "oc-observe", rp, w, n, 300))
+            rows.append(run_once_system(ctx, "ingest-list", "oc-observe", rp, w, n, ctx.t(300)))
     with Replay(objects=peer_n) as rp:
         w = Workload(rp.kubeconfig, None, 16, expect=peer_n)
         for peer in ("kopf", "kubectl-xargs"):
             if ctx.wants(peer):
-                rows.append(run_once_system(ctx, "ingest-list", peer, rp, w, peer_n, 300))
+                rows.append(run_once_system(ctx, "ingest-list", peer, rp, w, peer_n, ctx.t(300)))
     # The watch path: a small list, then n MODIFIED events as fast as the client reads.
     if ctx.wants("fastobs"):
         why = available("fastobs")
@@ -269,7 +275,7 @@ def scenario_ingest(ctx: Ctx) -> list[Row]:
             argv, env = argv_for("fastobs", w)
             proc = launch(argv, env)
             with RssSampler(proc.popen.pid) as rss:
-                done = wait_for(lambda: bool(rp.stats()["stream_done"]), 300, 0.2)
+                done = wait_running(proc, lambda: bool(rp.stats()["stream_done"]), ctx.t(300), 0.2)
             stats = rp.stats()
             stop(proc)
             row = Row(
@@ -309,7 +315,7 @@ def scenario_startup(ctx: Ctx) -> list[Row]:
                 w = Workload(rp.kubeconfig, ctx.scripts["lag"], 16, expect=100, log=logf, rv_arg=True)
                 argv, env = argv_for(system, w)
                 proc = launch(argv, env)
-                status, _, err = wait(proc, 60)
+                status, _, err = wait(proc, ctx.t(60))
                 first = rp.first_list_time()
                 entries = read_log(logf)
                 if status != 0 or first is None or not entries:
@@ -352,7 +358,7 @@ def _lag_run(ctx: Ctx, keys: int, events: int, rate: float, tag: str) -> tuple[R
         first_rv, last_rv = keys + 1, keys + events
         proc = launch(argv, env)
         with RssSampler(proc.popen.pid) as rss:
-            ok = wait_for(lambda: any(rv == last_rv for rv, _, _ in read_log(logf)), 60 + events / 200, 0.1)
+            ok = wait_running(proc, _has_rv(logf, last_rv), ctx.t(60 + events / 200), 0.1)
             wait_for(lambda: sum(1 for rv, _, _ in read_log(logf) if rv >= first_rv) >= events, 2, 0.1)
         stats = rp.stats()
         stop(proc)
@@ -408,7 +414,9 @@ def scenario_scaling(ctx: Ctx) -> list[Row]:
         for workers in (1, 2, 4):
             w = Workload(rp.kubeconfig, ctx.scripts["act.sh"], 8 * workers, workers=workers)
             rows.append(
-                run_once_system(ctx, "scaling", "fastobs", rp, w, n, 300, f"fastobs {workers} worker(s)")
+                run_once_system(
+                    ctx, "scaling", "fastobs", rp, w, n, ctx.t(300), f"fastobs {workers} worker(s)"
+                )
             )
     return rows
 
@@ -465,14 +473,14 @@ def _live_lag(ctx: Ctx, system: str, kubeconfig: Path, ns: str, count: int, rate
     proc = launch(argv, env)
     row = Row("apiserver-lag", f"{system} @ {rate:.0f}/s")
     with RssSampler(proc.popen.pid, main_exe=main_exe(system)) as rss:
-        synced = wait_for(lambda: len(read_log(logf)) >= count, 120, 0.1)
+        synced = wait_running(proc, lambda: len(read_log(logf)) >= count, 120, 0.1)
         if not synced:
             stop(proc)
             row.note = "failed: initial list not handled"
             return row
         writes = asyncio.run(_patch(kubeconfig, ns, count, rate, rnd))
         want = {rv for rv, _ in writes}
-        done = wait_for(lambda: want <= {rv for rv, _, _ in read_log(logf)}, 60 + count / 50, 0.1)
+        done = wait_running(proc, lambda: want <= {rv for rv, _, _ in read_log(logf)}, 60 + count / 50, 0.1)
     stop(proc)
     row.parent_rss_mib = round(rss.parent_max, 1)
     row.worker_rss_mib = round(rss.child_max, 1) or None
@@ -494,7 +502,7 @@ async def _patch(kubeconfig: Path, ns: str, count: int, rate: float, rnd: int) -
 
 
 def scenario_apiserver(ctx: Ctx) -> list[Row]:
-    count = ctx.n(2_000, 300)
+    count = ctx.n(2_000, ctx.t(300))
     rate = ctx.n(200, 100)
     rows: list[Row] = []
     ns = f"bench-{os.getpid()}"
@@ -514,7 +522,7 @@ def scenario_apiserver(ctx: Ctx) -> list[Row]:
         w = Workload(cluster.kubeconfig, ctx.scripts["act.sh"], 16, expect=count, fastobs_flags=("-n", ns))
         for system in ("fastobs", *PEERS):
             if ctx.wants(system):
-                rows.append(run_once_system(ctx, "apiserver-list", system, None, w, count, 300))
+                rows.append(run_once_system(ctx, "apiserver-list", system, None, w, count, ctx.t(300)))
         for k, system in enumerate(("fastobs", *PEERS)):
             if ctx.wants(system):
                 rows.append(_live_lag(ctx, system, cluster.kubeconfig, ns, count, rate, k + 1))
