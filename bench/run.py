@@ -118,7 +118,7 @@ def run_once_system(
 
 def scenario_spawn(ctx: Ctx) -> list[Row]:
     n = ctx.n(20_000, 2_000)
-    peer_n = ctx.n(4_000, ctx.t(300))
+    peer_n = ctx.n(4_000, 300)
     conc = 16
     act = ctx.scripts["act.sh"]
     rows: list[Row] = []
@@ -502,7 +502,7 @@ async def _patch(kubeconfig: Path, ns: str, count: int, rate: float, rnd: int) -
 
 
 def scenario_apiserver(ctx: Ctx) -> list[Row]:
-    count = ctx.n(2_000, ctx.t(300))
+    count = ctx.n(2_000, 300)
     rate = ctx.n(200, 100)
     rows: list[Row] = []
     ns = f"bench-{os.getpid()}"
