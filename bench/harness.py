@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -328,12 +328,6 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     k = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
     return s[k]
-
-
-@contextlib.contextmanager
-def workdir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="fastobs-bench-"))
-    yield d
 
 
 def log(msg: str) -> None:

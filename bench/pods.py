@@ -57,7 +57,7 @@ def pod_dict(*, with_status: bool = True) -> dict[str, Any]:
             "f:volumes": {".": {}, 'k:{"name":"config"}': {".": {}, "f:configMap": {}, "f:name": {}}},
         },
     }
-    fields_v1_status = {
+    fields_v1_status: dict[str, Any] = {
         "f:status": {
             "f:conditions": {
                 t: {".": {}, "f:lastProbeTime": {}, "f:lastTransitionTime": {}, "f:status": {}, "f:type": {}}

@@ -192,9 +192,9 @@ class Server:
                 writer, 404, _status(404, "NotFound", "the server could not find the requested resource")
             )
         if query.get("watch") in ("1", "true"):
-            await self.watch(writer, namespace, query)
+            await self.watch_pods(writer, namespace, query)
             return False
-        await self.list(writer, namespace, query)
+        await self.list_pods(writer, namespace, query)
         return True
 
     def discovery(self, path: str, accept: str) -> dict[str, Any] | None:
@@ -285,7 +285,9 @@ class Server:
         )
         return True
 
-    async def list(self, writer: asyncio.StreamWriter, namespace: str | None, query: dict[str, str]) -> None:
+    async def list_pods(
+        self, writer: asyncio.StreamWriter, namespace: str | None, query: dict[str, str]
+    ) -> None:
         idx = self.rec.indices(namespace)
         limit = int(query.get("limit", "0") or 0)
         start = 0
@@ -314,7 +316,9 @@ class Server:
         writer.write(_chunk(bytes(buf)) + b"0\r\n\r\n")
         await writer.drain()
 
-    async def watch(self, writer: asyncio.StreamWriter, namespace: str | None, query: dict[str, str]) -> None:
+    async def watch_pods(
+        self, writer: asyncio.StreamWriter, namespace: str | None, query: dict[str, str]
+    ) -> None:
         rv_text = query.get("resourceVersion", "")
         from_rv = int(rv_text) if rv_text.isdigit() else 0
         bookmarks = query.get("allowWatchBookmarks") in ("1", "true")

@@ -1,6 +1,7 @@
 """fastobs benchmark runner: scenarios x systems, one table, one JSON file.
 
-Usage: ``python bench/run.py [--quick] [--json FILE] [--systems a,b] [SCENARIO...]``
+Usage: ``python bench/run.py [--quick] [--json FILE] [--markdown] [--systems a,b] [--kubeconfig F]
+[SCENARIO...]``
 
 Where it sits: the top of ``bench/``. Each scenario starts a fresh replay server
 (``replay.py``) with its workload, runs every system on it (``systems.py``) and
