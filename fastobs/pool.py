@@ -63,8 +63,9 @@ class WorkerProc:
     def __init__(self, index: int) -> None:
         self.index = index
         self.popen: subprocess.Popen[bytes] | None = None
-        self.writer: asyncio.StreamWriter | None = None
-        self.reader_task: asyncio.Task[None] | None = None
+        self.writer: asyncio.Transport | None = None
+        self.generation = 0
+        """Bumped at every spawn: a late EOF of a previous incarnation is ignored."""
         self.inflight: dict[int, Event] = {}
         self.ready = False
         self.last_tick = 0.0
@@ -144,10 +145,30 @@ class Pool:
             )
         finally:
             child_sock.close()
-        reader, writer = await asyncio.open_unix_connection(sock=parent_sock, limit=1 << 26)
+        w.generation += 1
+        generation = w.generation
+        loop = asyncio.get_running_loop()
+        first: asyncio.Future[tuple[bytes, bytes]] = loop.create_future()
+
+        def on_frame(kind: bytes, payload: bytes) -> None:
+            if not first.done():
+                first.set_result((kind, payload))
+                return
+            try:
+                self._on_frame(w, kind, payload)
+            except Exception as exc:  # a bug in a handler must not silently drop results
+                self.handler.on_fatal(exc)
+
+        def on_eof() -> None:
+            if not first.done():
+                first.set_exception(asyncio.IncompleteReadError(b"", None))
+            elif generation == w.generation:
+                asyncio.ensure_future(self._worker_exited(w))
+
+        writer = await protocol.connect(parent_sock, on_frame, on_eof)
         writer.write(self._config)
         try:
-            kind, payload = await asyncio.wait_for(protocol.read_frame(reader), BOOT_TIMEOUT)
+            kind, payload = await asyncio.wait_for(first, BOOT_TIMEOUT)
         except BaseException:
             writer.close()
             self._reap(w)
@@ -165,7 +186,6 @@ class Pool:
             writer.write(self._stop_frame)  # stop() ran while this worker was booting
         w.ready = True
         w.last_tick = time.monotonic()
-        w.reader_task = asyncio.create_task(self._read_loop(w, reader))
 
     def _reap(self, w: WorkerProc) -> None:
         if w.popen is not None:
@@ -193,8 +213,6 @@ class Pool:
         except TimeoutError:
             popen.kill()
             await asyncio.to_thread(popen.wait)
-        if w.reader_task is not None:
-            w.reader_task.cancel()
 
     def kill(self) -> None:
         """Immediate stop (second signal): SIGKILL the workers; their commands get SIGTERM
@@ -234,20 +252,6 @@ class Pool:
             w.writer.write(b"".join(frames))
 
     # ------------------------------------------------------------------ frames from a worker
-
-    async def _read_loop(self, w: WorkerProc, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                kind, payload = await protocol.read_frame(reader)
-                self._on_frame(w, kind, payload)
-        except (asyncio.IncompleteReadError, ConnectionError, protocol.ProtocolError):
-            pass
-        except asyncio.CancelledError:
-            return
-        except Exception as exc:  # a bug in a handler must not silently stop this worker's results
-            self.handler.on_fatal(exc)
-            return
-        await self._worker_exited(w)
 
     def _on_frame(self, w: WorkerProc, kind: bytes, payload: bytes) -> None:
         if kind == protocol.DONE:

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import orjson
 
@@ -82,3 +83,67 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
         raise ProtocolError(f"bad frame length {length}")
     payload = await reader.readexactly(length - 1) if length > 1 else b""
     return bytes((kind,)), payload
+
+
+FrameHandler = Callable[[bytes, bytes], None]
+
+
+class FrameProtocol(asyncio.Protocol):
+    """Splits the byte stream into frames as it arrives and hands each to ``on_frame``.
+
+    Synchronous on purpose: a burst of small frames (DONE results, RUN jobs) is handled in
+    one ``data_received`` call, with no coroutine or future per frame. ``on_eof`` runs once
+    when the peer is gone (or the stream is corrupt).
+    """
+
+    def __init__(self, on_frame: FrameHandler, on_eof: Callable[[], None]) -> None:
+        self.on_frame = on_frame
+        self.on_eof = on_eof
+        self._buf = bytearray()
+        self._ended = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        pos, size = 0, len(buf)
+        while size - pos >= 5:
+            length, kind = _HEAD.unpack_from(buf, pos)
+            if length < 1 or length > MAX_FRAME:
+                self._end()
+                if self.transport is not None:
+                    self.transport.abort()
+                return
+            end = pos + 4 + length
+            if end > size:
+                break
+            payload = bytes(buf[pos + 5 : end])
+            pos = end
+            self.on_frame(bytes((kind,)), payload)
+        if pos:
+            del buf[:pos]
+
+    def eof_received(self) -> bool:
+        self._end()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end()
+
+    def _end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self.on_eof()
+
+
+async def connect(sock: object, on_frame: FrameHandler, on_eof: Callable[[], None]) -> asyncio.Transport:
+    """Wrap a connected socket (one end of the socketpair) in a :class:`FrameProtocol`."""
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_unix_connection(
+        lambda: FrameProtocol(on_frame, on_eof), sock=sock  # type: ignore[arg-type]
+    )
+    return transport

@@ -16,7 +16,6 @@ the Kubernetes client, so it starts fast and stays small.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import resource
 import signal
@@ -37,9 +36,8 @@ HEARTBEAT_SECONDS = 1.0
 class Worker:
     """The worker's state: the runner, the running jobs and the channel to the parent."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.running: set[asyncio.Task[None]] = set()
         """Tasks holding a slot: their command has started (or is about to)."""
@@ -49,6 +47,10 @@ class Worker:
         """Running jobs: id -> monotonic start time (reported in heartbeats)."""
         self._outbox = bytearray()
         self._flush_scheduled = False
+        loop = asyncio.get_running_loop()
+        self._config: asyncio.Future[bytes] = loop.create_future()
+        self.done: asyncio.Future[None] = loop.create_future()
+        """Resolved when the worker may exit (drained after STOP, or the parent is gone)."""
 
     def send(self, data: bytes) -> None:
         """Queue a frame; all frames of one loop turn leave in a single write."""
@@ -59,22 +61,21 @@ class Worker:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self._outbox:
-            self.writer.write(bytes(self._outbox))
-            self._outbox.clear()
+        if self._outbox and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(bytes(self._outbox))
+        self._outbox.clear()
 
-    async def serve(self) -> int:
+    async def serve(self, sock: socket.socket) -> int:
         from .runner import Runner  # imported after the handshake starts: keeps boot light
 
-        kind, payload = await protocol.read_frame(self.reader)
-        if kind != protocol.CONFIG:
-            return 2
+        self.transport = await protocol.connect(sock, self._on_frame, self._on_eof)
+        payload = await self._config
         settings = RunSettings.from_json_dict(orjson.loads(payload))
         try:
             runner = Runner(settings)
         except TemplateError as exc:
             self.send(protocol.json_frame(protocol.FATAL, {"message": exc.message}))
-            await self.writer.drain()
+            await self._flushed()
             return 2
         self.runner = runner
         self.slots = asyncio.Semaphore(settings.concurrency)
@@ -82,28 +83,31 @@ class Worker:
         self.send(protocol.json_frame(protocol.HELLO, {"v": protocol.VERSION, "pid": os.getpid()}))
         ticker = asyncio.create_task(self._heartbeat())
         try:
-            await self._read_loop()
+            await self.done
         finally:
             ticker.cancel()
         return 0
 
-    async def _read_loop(self) -> None:
-        while True:
-            try:
-                kind, payload = await protocol.read_frame(self.reader)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                # The parent is gone: stop everything we started.
-                await self._cancel_all()
-                return
-            if kind == protocol.RUN:
-                header, obj = protocol.parse_split(payload)
-                task = asyncio.create_task(self._job(header, bytes(obj) if len(obj) else None))
-                self.tasks.add(task)
-                task.add_done_callback(self.tasks.discard)
-            elif kind == protocol.STOP:
-                grace = float(orjson.loads(payload).get("grace", 0)) if payload else 0.0
-                await self._drain(grace)
-                return
+    def _on_frame(self, kind: bytes, payload: bytes) -> None:
+        if not self._config.done():
+            if kind == protocol.CONFIG:
+                self._config.set_result(payload)
+            else:
+                self._config.set_exception(protocol.ProtocolError(f"expected CONFIG, got {kind!r}"))
+        elif kind == protocol.RUN:
+            header, obj = protocol.parse_split(payload)
+            task = asyncio.create_task(self._job(header, bytes(obj) if len(obj) else None))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        elif kind == protocol.STOP and not self.stopping:
+            grace = float(orjson.loads(payload).get("grace", 0)) if payload else 0.0
+            asyncio.ensure_future(self._drain(grace))
+
+    def _on_eof(self) -> None:
+        """The parent is gone (even SIGKILLed): stop everything we started, then exit."""
+        if not self._config.done():
+            self._config.set_exception(ConnectionError("the parent went away"))
+        asyncio.ensure_future(self._cancel_all())
 
     async def _job(self, header: dict[str, Any], obj: bytes | None) -> None:
         async with self.slots:
@@ -149,7 +153,7 @@ class Worker:
     async def _drain(self, grace: float) -> None:
         """Graceful stop: running commands get ``grace`` seconds, then their groups are killed."""
         self.stopping = True
-        # Jobs that were only prefetched never start: the parent re-dispatches nothing
+        # Jobs still waiting for a slot never start: the parent re-dispatches nothing
         # after a stop, and oc would not have run them either.
         for task in self.tasks - self.running:
             task.cancel()
@@ -157,26 +161,35 @@ class Worker:
             _, pending = await asyncio.wait(set(self.tasks), timeout=grace if grace > 0 else None)
             if pending:
                 await self._cancel_all()
+        await self._flushed()
+        if not self.done.done():
+            self.done.set_result(None)
+
+    async def _flushed(self) -> None:
+        """Wait until every queued frame has been handed to the kernel."""
         self._flush()
-        with contextlib.suppress(ConnectionError):
-            await self.writer.drain()
+        while self.transport is not None and not self.transport.is_closing() \
+                and self.transport.get_write_buffer_size():
+            await asyncio.sleep(0.005)
 
     async def _cancel_all(self) -> None:
         for task in list(self.tasks):
             task.cancel()
         if self.tasks:
             await asyncio.wait(set(self.tasks), timeout=30)
+        if not self.done.done():
+            self.done.set_result(None)
 
 
 async def _amain(fd: int) -> int:
-    sock = socket.socket(fileno=fd)
-    reader, writer = await asyncio.open_unix_connection(sock=sock, limit=1 << 26)
-    worker = Worker(reader, writer)
+    worker = Worker()
     try:
-        return await worker.serve()
+        return await worker.serve(socket.socket(fileno=fd))
+    except (ConnectionError, protocol.ProtocolError):
+        return 2
     finally:
-        with contextlib.suppress(Exception):
-            writer.close()
+        if worker.transport is not None:
+            worker.transport.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -538,7 +538,9 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         p = self.proxy
-        watch = "watch=1" in self.path or "watch=true" in self.path
+        # A streamed initial list (sendInitialEvents) is a list, not a watch: passed through.
+        initial = "sendInitialEvents=true" in self.path
+        watch = ("watch=1" in self.path or "watch=true" in self.path) and not initial
         if watch:
             with p.lock:
                 p.watch_requests += 1
@@ -555,8 +557,8 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
             headers = {k: v for k, v in self.headers.items() if k.lower() not in self._HOP}
             conn.request("GET", self.path, headers=headers)
             resp = conn.getresponse()
-            if watch and resp.status == 200:
-                self._stream(conn, resp)
+            if (watch or initial) and resp.status == 200:
+                self._stream(conn, resp, tamper=watch)
             else:
                 self._send_whole(resp.status, resp.getheader("Content-Type") or "", resp.read())
         finally:
@@ -569,7 +571,8 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _stream(self, conn: http.client.HTTPSConnection, resp: http.client.HTTPResponse) -> None:
+    def _stream(self, conn: http.client.HTTPSConnection, resp: http.client.HTTPResponse,
+                tamper: bool = True) -> None:
         p = self.proxy
         self.close_connection = True
         self.send_response(200)
@@ -592,7 +595,8 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         me = threading.get_ident()
         with p.lock:
             gen = p.generation
-            p.open_watches[me] = time.monotonic()
+            if tamper:
+                p.open_watches[me] = time.monotonic()
         try:
             while True:
                 try:
@@ -600,12 +604,12 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
                 except queue.Empty:
                     line = b""
                 with p.lock:
-                    if p.generation != gen:
-                        self._chunk(p.ending)
-                        break
                     if line is None:
                         break
-                    if line and p.withholding:
+                    if tamper and p.generation != gen:
+                        self._chunk(p.ending)
+                        break
+                    if tamper and line and p.withholding:
                         p.withheld.append(line)
                         continue
                 if line:
