@@ -15,8 +15,8 @@ Kinds are single ASCII bytes (see docs/architecture.md for the table). ``R`` (ru
 ``D`` (done) frames carry a JSON header followed by raw bytes (the object, or the
 command's stdout and stderr) so large payloads are never JSON-escaped.
 
-Invariant: a reader consumes exactly one whole frame per call, or raises
-``asyncio.IncompleteReadError`` at EOF (the peer is gone).
+Invariant: :class:`FrameProtocol` hands over only whole frames, in order, and reports
+the end of the stream (the peer is gone, even after a SIGKILL) exactly once.
 """
 
 from __future__ import annotations
@@ -73,16 +73,6 @@ def parse_split(payload: bytes) -> tuple[dict[str, Any], memoryview]:
     if not isinstance(header, dict):
         raise ProtocolError("frame header is not an object")
     return header, memoryview(payload)[4 + hlen :]
-
-
-async def read_frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
-    """Read one frame; returns (kind, payload)."""
-    head = await reader.readexactly(5)
-    length, kind = _HEAD.unpack(head)
-    if length < 1 or length > MAX_FRAME:
-        raise ProtocolError(f"bad frame length {length}")
-    payload = await reader.readexactly(length - 1) if length > 1 else b""
-    return bytes((kind,)), payload
 
 
 FrameHandler = Callable[[bytes, bytes], None]
