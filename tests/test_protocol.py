@@ -1,0 +1,58 @@
+"""Frame encoding and the incremental frame parser (fastobs.protocol)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fastobs import protocol
+
+
+def collect() -> tuple[protocol.FrameProtocol, list[tuple[bytes, bytes]], list[bool]]:
+    frames: list[tuple[bytes, bytes]] = []
+    ended: list[bool] = []
+    proto = protocol.FrameProtocol(lambda k, p: frames.append((k, p)), lambda: ended.append(True))
+    return proto, frames, ended
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from([b"R", b"D", b"T"]), st.binary(max_size=300)), max_size=20),
+    st.lists(st.integers(1, 50), min_size=1, max_size=10),
+)
+def test_frames_survive_any_chunking(messages: list[tuple[bytes, bytes]], cuts: list[int]) -> None:
+    """Whole frames come out in order however the byte stream is split."""
+    stream = b"".join(protocol.frame(k, p) for k, p in messages)
+    proto, frames, ended = collect()
+    pos, i = 0, 0
+    while pos < len(stream):
+        size = cuts[i % len(cuts)]
+        proto.data_received(stream[pos : pos + size])
+        pos += size
+        i += 1
+    assert frames == messages
+    assert not ended
+
+
+def test_split_frames_round_trip() -> None:
+    header = {"id": 7, "type": "Sync", "cached_arg": None}
+    kind_payload = protocol.split_frame(protocol.DONE, header, b"out\n", b"err\n")
+    proto, frames, _ = collect()
+    proto.data_received(kind_payload)
+    ((kind, payload),) = frames
+    got, rest = protocol.parse_split(payload)
+    assert kind == protocol.DONE and got == header and bytes(rest) == b"out\nerr\n"
+
+
+@pytest.mark.parametrize("length", [0, protocol.MAX_FRAME + 1])
+def test_corrupt_length_ends_the_stream(length: int) -> None:
+    proto, frames, ended = collect()
+    proto.data_received(length.to_bytes(4, "big") + b"R" + b"x" * 10)
+    assert frames == [] and ended == [True]
+
+
+def test_eof_is_reported_once() -> None:
+    proto, _, ended = collect()
+    proto.eof_received()
+    proto.connection_lost(None)
+    assert ended == [True]
