@@ -215,13 +215,16 @@ class Pool:
             await asyncio.to_thread(popen.wait)
 
     def kill(self) -> None:
-        """Immediate stop (second signal): SIGKILL the workers; their commands get SIGTERM
-        from the workers' parent-death handling, or are killed with them below."""
+        """Immediate stop (a second signal, or the end of the run): SIGKILL the workers, then
+        every command or leftover they had, which we adopted as their subreaper."""
         self.stopping = True
         for w in self.workers:
             if w.popen is not None and w.popen.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(w.popen.pid, signal.SIGKILL)
+                w.popen.wait()
+        if self.adopts_orphans:
+            spawn.kill_strays(keep=set())
 
     # ------------------------------------------------------------------ dispatch
 

@@ -154,3 +154,22 @@ def test_worker_sigkill_redispatches_in_flight_keys(k8s, ns, tmp_path: Path) -> 
         _, err = proc.communicate(timeout=30)
     assert {c["argv"][1] for c in calls} == set(keys)
     assert "restarting it and re-dispatching" in err
+
+
+def test_second_signal_kills_commands_at_once(k8s, ns, tmp_path: Path) -> None:
+    """SIGTERM starts the graceful stop; a second SIGTERM kills the commands' groups at once."""
+    k8s.apply(configmap("s2", ns))
+    pidfile = tmp_path / "pid"
+    script = tmp_path / "hang.sh"
+    script.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {pidfile}\nwait\n")
+    script.chmod(0o755)
+    proc = start_fastobs(k8s.env, "cm", "-n", ns, NO_METRICS, "--shutdown-grace", "5m", "--", str(script))
+    wait_until("the command to start", pidfile.exists)
+    grandchild = int(pidfile.read_text())
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert proc.poll() is None, "the first signal must wait for running commands"
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=20)
+    assert proc.returncode == 128 + signal.SIGTERM
+    wait_until("the command's group to die", lambda: not alive(grandchild), timeout=10)
