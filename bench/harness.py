@@ -3,7 +3,7 @@
 Where it sits: ``run`` (the scenarios) builds on it; ``systems`` uses :func:`launch`.
 In: argv lists and scenario parameters. Out: :class:`Row` values and the machine block.
 
-Invariant: every process the harness starts runs in its own session and is killed
+Invariant: every process the harness starts runs in a new process group (setsid) and is killed
 (whole process group) when its scenario ends, whether it finished, failed or timed out.
 """
 
