@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import ssl
 import subprocess
@@ -255,6 +256,7 @@ class Replay:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Replay:
         return self

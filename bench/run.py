@@ -20,6 +20,7 @@ import asyncio
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -660,6 +661,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [r.as_json() for r in rows],
     }
     out.write_text(json.dumps(doc, indent=1) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
     print(f"\nresults: {out}  ({doc['duration_s']} s)")
     return 0
 
