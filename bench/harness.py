@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -322,6 +323,30 @@ def wait_running(proc: Proc, predicate: Callable[[], bool], timeout: float, inte
             return predicate()
         time.sleep(interval)
     return predicate()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def histogram_quantiles(metrics_text: str, name: str, qs: tuple[float, ...]) -> list[float | None]:
+    """Upper bucket bounds holding the given quantiles of a Prometheus histogram (all
+    label sets summed); None when the histogram is absent or empty."""
+    buckets: dict[float, float] = {}
+    for line in metrics_text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            labels, _, value = line.rpartition(" ")
+            le = labels.split('le="', 1)[1].split('"', 1)[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            buckets[bound] = buckets.get(bound, 0.0) + float(value)
+    if not buckets or not buckets.get(float("inf")):
+        return [None for _ in qs]
+    total = buckets[float("inf")]
+    bounds = sorted(buckets)
+    return [next(b for b in bounds if buckets[b] >= q * total) for q in qs]
 
 
 def percentile(values: list[float], q: float) -> float:
