@@ -187,9 +187,6 @@ class Engine:
         self._key_settled(ev.key)
         self.pool.pump(i)
 
-    def on_idle(self, index: int) -> None:
-        pass  # on_done already pumped this worker's queue
-
     def on_fatal(self, exc: BaseException) -> None:
         self.fail(exc)
 

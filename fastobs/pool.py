@@ -54,7 +54,6 @@ class PoolHandler(Protocol):
     def on_output(self, ev: Event, fd: int, data: bytes) -> None: ...
     def on_fatal(self, exc: BaseException) -> None: ...
     def on_restart(self, index: int) -> None: ...
-    def on_idle(self, index: int) -> None: ...
 
 
 class WorkerProc:
@@ -262,7 +261,6 @@ class Pool:
             ev = w.inflight.pop(header["id"])
             ol = header.pop("ol", 0)
             self.handler.on_done(ev, header, bytes(rest[:ol]), bytes(rest[ol:]))
-            self.handler.on_idle(w.index)
         elif kind == protocol.BEGUN:
             data = orjson.loads(payload)
             begun = w.inflight.get(data["id"])

@@ -66,9 +66,6 @@ class Recorder:
     def on_restart(self, index: int) -> None:
         self.restarts.append(index)
 
-    def on_idle(self, index: int) -> None:
-        pass
-
 
 def event(key: str, seq: int) -> Event:
     ns, _, name = key.rpartition("/")
