@@ -36,7 +36,6 @@ class Recorder:
         self.sharder = sharder
         self.expected = expected
         self.results: list[tuple[Event, dict[str, Any]]] = []
-        self.begun = 0
         self.restarts: list[int] = []
         self.fatal: list[BaseException] = []
         self.all_done = asyncio.Event()
@@ -46,7 +45,7 @@ class Recorder:
         pass
 
     def on_begun(self, ev: Event, t: float, header: str | None) -> None:
-        self.begun += 1
+        pass  # stream mode only
 
     def on_done(self, ev: Event, result: dict[str, Any], out: bytes, err: bytes) -> None:
         i = self.sharder.shard(ev.key)
