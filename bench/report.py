@@ -1,6 +1,8 @@
 """Report: a results file -> Markdown (machine, table, targets) for bench/README.md.
 
-Usage: ``python bench/report.py bench/results/<file>.json [--readme bench/README.md]``
+Usage: ``python bench/report.py RESULTS.json [MORE.json ...] [--readme bench/README.md]``
+(rows of a later file replace the earlier files' rows of the same scenarios, for a
+scenario re-run on its own)
 (with ``--readme`` the machine and results sections between the ``<!-- ...:start -->``
 and ``<!-- ...:end -->`` markers of the README are replaced in place).
 
@@ -87,6 +89,27 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def merge(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first run's document with later runs' rows replacing its rows of the same
+    scenarios, in the first run's scenario order."""
+    doc = dict(docs[0])
+    by_family: dict[str, list[dict[str, Any]]] = {}
+    for d in docs:
+        fresh: dict[str, list[dict[str, Any]]] = {}
+        for r in d["rows"]:
+            fresh.setdefault(_family(r["scenario"]), []).append(r)
+        by_family.update(fresh)
+    for later in docs[1:]:
+        doc["duration_s"] = f"{doc['duration_s']} + {later['duration_s']}"
+    doc["rows"] = [r for rows in by_family.values() for r in rows]
+    return doc
+
+
+def _family(scenario: str) -> str:
+    """``ingest-list`` and ``ingest-watch`` come from the one ``ingest`` scenario."""
+    return scenario.split("-", 1)[0]
+
+
 def render(doc: dict[str, Any]) -> tuple[str, str]:
     """(machine section, results section) as Markdown."""
     m = doc["machine"]
@@ -109,10 +132,10 @@ def _replace(text: str, name: str, body: str) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description="results file -> Markdown")
-    p.add_argument("results", type=Path)
+    p.add_argument("results", type=Path, nargs="+")
     p.add_argument("--readme", type=Path, help="update this README in place")
     args = p.parse_args()
-    machine, results = render(json.loads(args.results.read_text()))
+    machine, results = render(merge([json.loads(f.read_text()) for f in args.results]))
     if args.readme:
         text = args.readme.read_text()
         text = _replace(_replace(text, "machine", machine), "results", results)

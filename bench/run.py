@@ -34,6 +34,7 @@ from harness import (  # noqa: E402
     BENCH,
     PY,
     ROOT,
+    Proc,
     Replay,
     Row,
     RssSampler,
@@ -190,6 +191,21 @@ def scenario_io(ctx: Ctx) -> list[Row]:
 # ------------------------------------------------------------------ churn
 
 
+def _wait_quiet(proc: Proc, logf: Path, expect: int, timeout: float, quiet: float = 1.0) -> None:
+    """Until the command log has ``expect`` lines (when > 0) or has not grown for ``quiet`` s."""
+    deadline = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline and proc.popen.poll() is None:
+        n = len(read_log(logf))
+        if expect and n >= expect:
+            return
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.1)
+
+
 def _has_rv(logf: Path, rv: int) -> Callable[[], bool]:
     return lambda: any(r == rv for r, _, _ in read_log(logf))
 
@@ -222,6 +238,10 @@ def scenario_churn(ctx: Ctx) -> list[Row]:
             proc = launch(argv, env)
             with RssSampler(proc.popen.pid) as rss:
                 ok = wait_running(proc, _has_rv(logf, last_rv), ctx.t(240), 0.1)
+                # Keys finish out of order: other keys' commands may still be queued when
+                # the last update's command has run. Wait until the log stops growing.
+                if ok:
+                    _wait_quiet(proc, logf, expect=(keys + updates) if flags else 0, timeout=ctx.t(60))
             stats = rp.stats()
             stop(proc)
             entries = read_log(logf)
@@ -237,7 +257,8 @@ def scenario_churn(ctx: Ctx) -> list[Row]:
                 continue
             t_last = min(t for rv, _, t in entries if rv == last_rv)
             sent_last = stats["sent_at"][-1]
-            row.finish(len(entries), t_last - (rp.first_list_time() or proc.started))
+            t_end = max(t for _, _, t in entries)
+            row.finish(len(entries), t_end - (rp.first_list_time() or proc.started))
             row.extra.update(
                 commands=len(entries),
                 events=keys + updates,
@@ -465,13 +486,19 @@ class DevCluster:
         if self.owned:
             if not self.script.exists():
                 raise RuntimeError("scripts/dev-cluster is missing")
-            out = subprocess.run(
-                [str(self.script), "up"], env=self.env, capture_output=True, text=True, timeout=900
-            )
-            last = (out.stdout.strip().splitlines() or [""])[-1]
-            if out.returncode != 0 or not last.startswith("export KUBECONFIG="):
-                raise RuntimeError(f"dev-cluster up failed: {(out.stderr.strip().splitlines() or [''])[-1]}")
-            self.kubeconfig = Path(last.split("=", 1)[1])
+            error = ""
+            for _ in range(2):  # a loaded machine can miss the readiness deadline once
+                out = subprocess.run(
+                    [str(self.script), "up"], env=self.env, capture_output=True, text=True, timeout=900
+                )
+                last = (out.stdout.strip().splitlines() or [""])[-1]
+                if out.returncode == 0 and last.startswith("export KUBECONFIG="):
+                    self.kubeconfig = Path(last.split("=", 1)[1])
+                    return self
+                errors = [ln for ln in out.stderr.splitlines() if "error" in ln]
+                error = (errors or out.stderr.strip().splitlines() or ["no output"])[0]
+                subprocess.run([str(self.script), "down"], env=self.env, capture_output=True, timeout=120)
+            raise RuntimeError(f"dev-cluster up failed: {error}")
         return self
 
     def __exit__(self, *exc: object) -> None:
