@@ -64,6 +64,8 @@ class Runner:
             settings.type_env_var or settings.object_env_var or settings.object_channel == "file"
         )
         self._needs_object = bool(settings.object_env_var) or settings.object_channel != "env"
+        # os.environ decodes every variable on each copy (~16 us); a dict copies in ~0.1 us.
+        self._base_env = dict(os.environ)
         self._tmpdir: str | None = None
 
     def close(self) -> None:
@@ -87,7 +89,7 @@ class Runner:
     def _environment(self, job: dict[str, Any], parsed: Any, obj: bytes | None) -> dict[str, str] | None:
         if not self._needs_env:
             return None
-        env = dict(os.environ)
+        env = self._base_env.copy()
         s = self.settings
         if s.object_env_var:
             env[s.object_env_var] = kubectl_json(parsed).decode() if obj is not None else ""
