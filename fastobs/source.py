@@ -355,13 +355,7 @@ class Source:
 
     def _on_initial_line(self, line: bytes, received: float) -> bool:
         """One line of a streamed list; True once the initial-events-end bookmark came."""
-        try:
-            doc = orjson.loads(line)
-            etype = doc["type"]
-            obj = doc["object"]
-            md = obj.get("metadata") or {}
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-            raise _Failure("other", "the server sent an invalid watch event") from None
+        etype, obj, md = _parse_event(line)
         if not self._initial_begun:
             self._initial_begun = True
             self._sink.list_begin(relist=self._listed)
@@ -379,9 +373,7 @@ class Source:
                 return True
             return False
         if etype == "ERROR":
-            code = obj.get("code") or 0
-            kind = "expired" if code == 410 else _status_kind(int(code)) if code else "other"
-            raise _Failure(kind, str(obj.get("message") or f"watch error {code}"))
+            raise _error_event(obj, relist=False)
         raise _Failure("other", f"unexpected {etype} event before the end of a streamed list")
 
     async def _get_page(self, params: dict[str, str]) -> bytes:
@@ -556,22 +548,14 @@ class Source:
         return _Failure("timeout", f"no data for {self._read_timeout:g} s on the watch", retry_now=True)
 
     def _on_line(self, line: bytes, received: float) -> None:
-        try:
-            doc = orjson.loads(line)
-            etype = doc["type"]
-            obj = doc["object"]
-            md = obj.get("metadata") or {}
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-            raise _Failure("other", "the server sent an invalid watch event") from None
+        etype, obj, md = _parse_event(line)
         if etype == "BOOKMARK":
             self._rv = md.get("resourceVersion") or self._rv
             self.stats.resource_version = self._rv
             self.stats.bookmarks += 1
             return
         if etype == "ERROR":
-            code = obj.get("code") or 0
-            kind = "expired" if code == 410 else _status_kind(int(code)) if code else "other"
-            raise _Failure(kind, str(obj.get("message") or f"watch error {code}"), relist=True)
+            raise _error_event(obj, relist=True)
         event_type = _WATCH_TYPES.get(etype)
         if event_type is None:
             log.warning("ignoring a watch event of unknown type %r", etype)
@@ -616,6 +600,23 @@ class _Stall:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+
+
+def _parse_event(line: bytes) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(type, object, object metadata) of one watch line; _Failure when it is not one."""
+    try:
+        doc = orjson.loads(line)
+        obj = doc["object"]
+        return str(doc["type"]), obj, obj.get("metadata") or {}
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
+        raise _Failure("other", "the server sent an invalid watch event") from None
+
+
+def _error_event(obj: dict[str, Any], *, relist: bool) -> _Failure:
+    """The failure an in-stream ERROR event (a Status) stands for; 410 means expired."""
+    code = obj.get("code") or 0
+    kind = "expired" if code == 410 else _status_kind(int(code)) if code else "other"
+    return _Failure(kind, str(obj.get("message") or f"watch error {code}"), relist=relist)
 
 
 def _object_bytes(line: bytes, obj: Any) -> bytes:
