@@ -8,7 +8,6 @@ command received. ``run_fastobs`` runs ``python -m fastobs`` as a subprocess.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -108,14 +107,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def hanging_command(tmp_path: Path) -> tuple[Path, Path]:
+    """A command that starts a grandchild (``sleep 300``) and waits for it forever.
+
+    Returns (script, pidfile): the grandchild's pid appears in pidfile once it runs, so a
+    test can check that stopping the command stopped its whole process group.
+    """
+    pidfile = tmp_path / "grandchild.pid"
+    script = tmp_path / "hang.sh"
+    script.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {pidfile}\nwait\n")
+    script.chmod(0o755)
+    return script, pidfile
+
+
 def pids_alive(pids: list[int]) -> list[int]:
-    alive = []
-    for pid in pids:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            continue
-        stat = Path(f"/proc/{pid}/stat")
-        if stat.exists() and stat.read_text().split()[2] != "Z":
-            alive.append(pid)
-    return alive
+    """The pids in ``pids`` that still run."""
+    return [pid for pid in pids if alive(pid)]

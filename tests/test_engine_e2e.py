@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fastobs_run import configmap, recorder, run_fastobs, start_fastobs
+from fastobs_run import alive, configmap, hanging_command, recorder, run_fastobs, start_fastobs
 
 pytestmark = pytest.mark.cluster
 NO_METRICS = "--listen-addr="
@@ -18,13 +18,6 @@ NO_METRICS = "--listen-addr="
 def children(pid: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
     return [int(p) for p in out.split()]
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def wait_until(what: str, predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
@@ -92,10 +85,7 @@ def test_failing_key_does_not_hold_up_others(k8s, ns, tmp_path: Path) -> None:
 def test_parent_killed_workers_and_commands_stop(k8s, ns, tmp_path: Path) -> None:
     """SIGKILL the fastobs parent: its workers exit and the running command's group is killed."""
     k8s.apply(configmap("p", ns))
-    pidfile = tmp_path / "pid"
-    script = tmp_path / "hang.sh"
-    script.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {pidfile}\nwait\n")
-    script.chmod(0o755)
+    script, pidfile = hanging_command(tmp_path)
     proc = start_fastobs(k8s.env, "cm", "-n", ns, NO_METRICS, "--workers", "2", "--kill-grace", "1s",
                          "--", str(script))
     wait_until("the command to start", pidfile.exists)
@@ -159,10 +149,7 @@ def test_worker_sigkill_redispatches_in_flight_keys(k8s, ns, tmp_path: Path) -> 
 def test_second_signal_kills_commands_at_once(k8s, ns, tmp_path: Path) -> None:
     """SIGTERM starts the graceful stop; a second SIGTERM kills the commands' groups at once."""
     k8s.apply(configmap("s2", ns))
-    pidfile = tmp_path / "pid"
-    script = tmp_path / "hang.sh"
-    script.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {pidfile}\nwait\n")
-    script.chmod(0o755)
+    script, pidfile = hanging_command(tmp_path)
     proc = start_fastobs(k8s.env, "cm", "-n", ns, NO_METRICS, "--shutdown-grace", "5m", "--", str(script))
     wait_until("the command to start", pidfile.exists)
     grandchild = int(pidfile.read_text())

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 from fastobs_run import (
+    alive,
     configmap,
+    hanging_command,
     headers,
     recorder,
     run_fastobs,
@@ -262,10 +264,7 @@ def test_sigterm_lets_running_commands_finish(k8s, ns, tmp_path: Path) -> None:
 def test_sigterm_grace_then_kill_and_second_signal(k8s, ns, tmp_path: Path) -> None:
     """After --shutdown-grace the command's process group is killed; fastobs still exits 0."""
     k8s.apply(configmap("hang", ns))
-    pidfile = tmp_path / "pid"
-    script = tmp_path / "hang.sh"
-    script.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {pidfile}\nwait\n")
-    script.chmod(0o755)
+    script, pidfile = hanging_command(tmp_path)
     proc = start_fastobs(k8s.env, "cm", "-n", ns, NO_METRICS, "--shutdown-grace", "1s", "--kill-grace", "1s",
                          "--", str(script))
     deadline = time.monotonic() + 20
@@ -276,7 +275,7 @@ def test_sigterm_grace_then_kill_and_second_signal(k8s, ns, tmp_path: Path) -> N
     proc.communicate(timeout=30)
     assert proc.returncode == 0
     time.sleep(0.2)
-    assert not _alive(grandchild), "the command's process group survived shutdown"
+    assert not alive(grandchild), "the command's process group survived shutdown"
 
 
 def test_exit_after(k8s, ns, tmp_path: Path) -> None:
@@ -339,14 +338,6 @@ def test_no_command_prints_headers_only(k8s, ns) -> None:
     assert re.search(rf'# {TS} Sync \d+\t"" {ns} h$', res.stdout, flags=re.M)
     quiet = run_fastobs(k8s.env, "cm", "-n", ns, "--once", "-q", NO_METRICS)
     assert quiet.returncode == 0 and quiet.stdout == ""
-
-
-def _alive(pid: int) -> bool:
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        return stat.read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def test_help_and_usage_errors_need_no_cluster() -> None:
