@@ -21,19 +21,7 @@ DATA = Path(__file__).parent / "data" / "template"
 OBJECT = DATA / "object.json"
 KUBECTL = Path(sys.executable).parent / "kubectl"
 
-KUBECONFIG = """apiVersion: v1
-kind: Config
-clusters:
-- cluster: {server: "http://127.0.0.1:9"}
-  name: offline
-contexts:
-- context: {cluster: offline, user: nobody, namespace: default}
-  name: offline
-current-context: offline
-users:
-- name: nobody
-  user: {}
-"""
+KUBECONFIG = (DATA / "offline.kubeconfig").read_text()
 
 _WS_OR_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\s+')
 

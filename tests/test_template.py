@@ -20,19 +20,7 @@ DATA = Path(__file__).parent / "data" / "template"
 OBJECTS = {"pod": DATA / "object.json", "configmap": DATA / "second.json"}
 KUBECTL = Path(sys.executable).parent / "kubectl"
 SEPARATOR = "<<SEP>>"
-KUBECONFIG = """apiVersion: v1
-kind: Config
-clusters:
-- cluster: {server: "http://127.0.0.1:9"}
-  name: offline
-contexts:
-- context: {cluster: offline, user: nobody, namespace: default}
-  name: offline
-current-context: offline
-users:
-- name: nobody
-  user: {}
-"""
+KUBECONFIG = (DATA / "offline.kubeconfig").read_text()
 
 # Templates that render without error on both objects; checked in one kubectl call per object.
 ORDERED = [
