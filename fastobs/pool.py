@@ -130,6 +130,10 @@ class Pool:
                         f"worker {w.index} failed to start {w.boot_failures} times in a row; "
                         f"last error: {exc}"
                     ) from exc
+                # A worker that died while booting is restarted too: count it, so a crash
+                # loop at start-up shows in fastobs_worker_restarts_total.
+                w.restarts += 1
+                self.handler.on_restart(w.index)
                 await asyncio.sleep(min(5.0, 0.2 * 2**w.boot_failures))
 
     async def _spawn_once(self, w: WorkerProc) -> None:
