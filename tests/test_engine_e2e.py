@@ -9,7 +9,15 @@ import time
 from pathlib import Path
 
 import pytest
-from fastobs_run import alive, configmap, hanging_command, recorder, run_fastobs, start_fastobs
+from fastobs_run import (
+    alive,
+    configmap,
+    hanging_command,
+    recorder,
+    run_fastobs,
+    start_fastobs,
+    wait_until,
+)
 
 pytestmark = pytest.mark.cluster
 NO_METRICS = "--listen-addr="
@@ -19,14 +27,6 @@ def children(pid: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
     return [int(p) for p in out.split()]
 
-
-def wait_until(what: str, predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_churn_final_state_of_every_key_is_processed(k8s, ns, tmp_path: Path) -> None:

@@ -513,26 +513,6 @@ def test_parse_listen_addr(addr: str, parsed: tuple[str, int]) -> None:
 # -- a real fastobs against the real API server ---------------------------------------------
 
 
-def http_get(port: int, path: str) -> tuple[int, str]:
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except OSError:
-        return 0, ""  # not listening (yet)
-
-
-def wait_for(what: str, check: Callable[[], object], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def worker_pids(parent: int) -> list[int]:
@@ -548,7 +528,7 @@ def worker_pids(parent: int) -> list[int]:
 
 @pytest.mark.cluster
 def test_real_fastobs_health_endpoints_and_worker_restart_metrics(k8s: Any, ns: str, tmp_path: Path) -> None:
-    from fastobs_run import configmap, free_port, recorder, start_fastobs
+    from fastobs_run import configmap, free_port, http_get, recorder, start_fastobs, wait_until
 
     rec = recorder(tmp_path)
     k8s.apply(configmap("one", ns))
@@ -556,10 +536,10 @@ def test_real_fastobs_health_endpoints_and_worker_restart_metrics(k8s: Any, ns: 
     proc = start_fastobs(k8s.env, "configmaps", "-n", ns, "--workers=2", f"--listen-addr=127.0.0.1:{port}",
                          "--", str(rec.path))
     try:
-        wait_for("/healthz ok", lambda: http_get(port, "/healthz") == (200, "ok"))
+        wait_until("/healthz ok", lambda: http_get(port, "/healthz") == (200, "ok"))
         assert http_get(port, "/healthz?verbose") == (200, "[+]ready ok\nhealthz check passed\n")
         assert http_get(port, "/healthz/ready") == (200, "ok")
-        wait_for("/readyz ok", lambda: http_get(port, "/readyz") == (200, "ok"))
+        wait_until("/readyz ok", lambda: http_get(port, "/readyz") == (200, "ok"))
         assert http_get(port, "/livez") == (200, "ok")
 
         victim = worker_pids(proc.pid)[0]
@@ -571,8 +551,8 @@ def test_real_fastobs_health_endpoints_and_worker_restart_metrics(k8s: Any, ns: 
             return (sum(float(line.split()[-1]) for line in restarts) == 1
                     and "fastobs_workers_alive 2" in text)
 
-        wait_for("a replaced worker on /metrics", restarted)
-        wait_for("/livez ok after the restart", lambda: http_get(port, "/livez") == (200, "ok"))
+        wait_until("a replaced worker on /metrics", restarted)
+        wait_until("/livez ok after the restart", lambda: http_get(port, "/livez") == (200, "ok"))
         assert victim not in worker_pids(proc.pid)
         k8s.apply(configmap("two", ns))
         rec.wait_for(lambda calls: any("two" in c["argv"] for c in calls))

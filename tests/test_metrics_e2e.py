@@ -29,8 +29,6 @@ import ssl
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,7 +37,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from fastobs_run import configmap, free_port, pids_alive, recorder, run_fastobs, start_fastobs
+from fastobs_run import (
+    configmap,
+    free_port,
+    http_get,
+    pids_alive,
+    recorder,
+    run_fastobs,
+    start_fastobs,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(60)]
 
@@ -84,16 +91,6 @@ class Scrape:
         return {dict(ls)[label]: v for ls, v in self.samples.get(name, {}).items() if label in dict(ls)}
 
 
-def http_get(port: int, path: str) -> tuple[int, str]:
-    """(status, body); (0, "") while nothing listens."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except OSError:
-        return 0, ""
-
 
 def scrape(port: int) -> Scrape:
     status, body = http_get(port, "/metrics")
@@ -115,14 +112,6 @@ def wait_scrape(port: int, what: str, check: Callable[[Scrape], bool], timeout: 
         line for line in last.text.splitlines() if line.startswith(("fastobs_", "observe_")))
     raise AssertionError(f"timed out waiting for {what}; last scrape:\n{shown}")
 
-
-def wait_until(what: str, check: Callable[[], object], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def settled(s: Scrape) -> bool:
