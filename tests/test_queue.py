@@ -129,15 +129,21 @@ def test_delete_then_recreate_runs_both() -> None:
     assert q.coalesced == 2
 
 
-def test_backoff_retry_is_superseded_by_newer_event() -> None:
-    """A failed key waits for its retry, but a newer event replaces the retry."""
+def failed_once(delay: float) -> tuple[KeyQueue, Clock, Event]:
+    """A queue whose only key ran once, failed, and waits ``delay`` for its retry."""
     clock = Clock()
     q = KeyQueue(coalesce=True, clock=clock)
     q.add(make_event(1, "ns/a", 1, EventType.ADDED, False))
     ev = q.pop()
     assert ev is not None
     q.done(ev.key)
-    assert q.retry_later(ev, 10.0)
+    assert q.retry_later(ev, delay)
+    return q, clock, ev
+
+
+def test_backoff_retry_is_superseded_by_newer_event() -> None:
+    """A failed key waits for its retry, but a newer event replaces the retry."""
+    q, clock, ev = failed_once(10.0)
     assert q.pop() is None and not q.is_idle(ev.key)
     q.add(make_event(2, "ns/a", 1, EventType.UPDATED, False))
     newer = q.pop()
@@ -149,13 +155,7 @@ def test_backoff_retry_is_superseded_by_newer_event() -> None:
 
 
 def test_retry_fires_after_delay() -> None:
-    clock = Clock()
-    q = KeyQueue(coalesce=True, clock=clock)
-    q.add(make_event(1, "ns/a", 1, EventType.ADDED, False))
-    ev = q.pop()
-    assert ev is not None
-    q.done(ev.key)
-    q.retry_later(ev, 5.0)
+    q, clock, ev = failed_once(5.0)
     assert q.pop() is None
     clock.t += 5
     again = q.pop()
