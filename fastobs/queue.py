@@ -29,7 +29,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .events import Event, EventType, ObjectKey
@@ -231,9 +231,6 @@ class KeyQueue:
     def is_idle(self, key: ObjectKey) -> bool:
         """True when the key has nothing pending, in flight or delayed."""
         return key not in self._pending and key not in self._processing and key not in self._delayed
-
-    def processing_keys(self) -> Iterator[ObjectKey]:
-        return iter(self._processing)
 
     def __len__(self) -> int:
         return len(self._ready)

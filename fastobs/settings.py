@@ -115,7 +115,8 @@ class Settings:
     backoff_cap: float = 300.0
     backoff_attempts: int = 5
     max_pending: int = 10000
-    """With --no-coalesce: events held before the watch is paused (back-pressure)."""
+    """Events held in the queues (their object bytes in memory) before the source stops
+    reading from the API server (back-pressure, in both coalescing modes)."""
     watch_read_timeout: float = 90.0
     """Seconds without a byte on the watch (events or bookmarks) before the connection
     is considered half-open and re-established."""

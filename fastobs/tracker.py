@@ -18,7 +18,6 @@ already handled successfully (a resync does).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from .errors import NamesError
 from .events import Event, EventType, ObjectKey
@@ -36,12 +35,6 @@ class Record:
         self.gen = gen
         self.arg: str | None = None
         self.last: bytes | None = None
-
-
-@dataclass(slots=True)
-class TrackerStatistics:
-    tracked: int
-    lists: int
 
 
 Emit = Callable[[Event], None]
@@ -66,7 +59,6 @@ class Tracker:
         self.clock = clock
         self.records: dict[ObjectKey, Record] = {}
         self.gen = 0
-        self.lists = 0
         self.resync = False
         self.listed: set[ObjectKey] | None = None
 
@@ -74,7 +66,6 @@ class Tracker:
 
     def list_begin(self, *, resync: bool = False) -> None:
         self.gen += 1
-        self.lists += 1
         self.resync = resync
 
     def list_item(self, ev: Event) -> None:
@@ -152,9 +143,6 @@ class Tracker:
             rec.arg = arg
             if self.keep_object:
                 rec.last = ev.obj
-
-    def statistics(self) -> TrackerStatistics:
-        return TrackerStatistics(tracked=len(self.records), lists=self.lists)
 
     # ------------------------------------------------------------------ helpers
 
