@@ -10,6 +10,7 @@ import json
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -341,7 +342,7 @@ def test_no_command_prints_headers_only(k8s, ns) -> None:
 
 
 def test_help_and_usage_errors_need_no_cluster() -> None:
-    res = subprocess.run(["python", "-m", "fastobs"], capture_output=True, text=True, check=False)
+    res = subprocess.run([sys.executable, "-m", "fastobs"], capture_output=True, text=True, check=False)
     assert res.returncode == 1
     assert "you must specify at least one argument containing the resource to observe" in res.stderr
 
