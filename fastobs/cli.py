@@ -527,7 +527,7 @@ def check_after_discovery(settings: Settings) -> None:
             raise UsageError(f"unable to match a printer suitable for the output format "
                              f"{go_quote(run.output_format)}, allowed formats are: "
                              f"{','.join(TEMPLATE_FORMATS)}")
-        from fastobs.template import compile_template  # raises TemplateError (exit 1) as oc
+        from fastobs.templates import compile_template  # raises TemplateError (exit 1) as oc
 
         compile_template(run.template, run.output_format, allow_missing=run.allow_missing_template_keys)
     if settings.names_command and not run.delete_command:

@@ -77,7 +77,7 @@ def _finish_settings(settings: Settings, resource: Resource) -> Settings:
     from dataclasses import replace
 
     from .cli import check_after_discovery
-    from .template import compile_template
+    from .templates import compile_template
 
     check_after_discovery(settings)
     run = replace(settings.run, namespaced=resource.namespaced)

@@ -35,7 +35,7 @@ from .quoting import go_quote, header_line, rfc3339_local
 from .settings import RunSettings
 
 if TYPE_CHECKING:
-    from .template import Template
+    from .templates import Template
 
 LineSink = Callable[[int, bytes], None]
 """Stream mode: receives (fd, one line of output) as the command prints it."""
@@ -50,7 +50,7 @@ class Runner:
         self.settings = settings
         self.template: Template | None = None
         if settings.template:
-            from .template import compile_template  # only workers that render pay for it
+            from .templates import compile_template  # only workers that render pay for it
 
             self.template = compile_template(
                 settings.template,

@@ -1,14 +1,12 @@
-"""Templates: kubectl's JSONPath dialect, compiled once and rendered per event.
+"""JSONPath: kubectl's ``-o jsonpath`` dialect, compiled once and rendered per event.
 
-Where it sits: the ``--template``/``-a`` text is compiled once at start-up with
-:func:`compile_template` (a bad template is a start-up error, exit 1, as in oc), and the
-worker-side ``runner`` renders every object with ``Template.render``; the result is the single
-template argument oc appends to the command's argv. Imports only the standard library, orjson
-and fastobs's own small modules, so worker processes stay light.
+Where it sits: ``templates.compile_template`` hands it the template text for the
+``jsonpath``, ``jsonpath-as-json`` and ``jsonpath-file`` formats, in the parent at start-up
+and in every worker's ``runner``; ``render`` then runs once per event in the worker.
 
-In: template text and output format; then decoded JSON objects. Out: the text kubectl's
-``-o jsonpath=...`` printer would write for that object (no trailing newline). Bytes that are
-not UTF-8 (from ``{"\xff"}`` escapes) come out as surrogate escapes, which ``os.fsencode`` and
+In: template text; then decoded JSON objects. Out: the text kubectl's ``-o jsonpath=...``
+printer would write for that object (no trailing newline). Bytes that are not UTF-8 (from
+``{"\xff"}`` escapes) come out as surrogate escapes, which ``os.fsencode`` and
 ``subprocess`` turn back into the same bytes.
 
 Invariants:
@@ -25,89 +23,28 @@ Invariants:
   as kubectl renders a single object.)
 * Where Go iterates a map in random order (``.*`` and ``..`` over maps), fastobs uses sorted
   key order, so output is stable.
-* Go templates (``go-template``, ``template`` and their ``-file`` forms) are not supported:
-  no maintained Python library implements kubectl's Go templates faithfully. The PyPI
-  candidates are thin bindings with a single or stale release (``go-template`` 0.0.3 of 2019,
-  ``py-go-template`` 1.0.0 of 2023, which adds sprig functions kubectl lacks, and
-  ``cognihub-pygotemplate`` 0.0.2 without a wheel for this platform); none has kubectl's
-  ``exists`` and ``base64decode`` functions or its float-only numbers. A near-miss would
-  silently change what user commands receive, so these formats are rejected at start-up with
-  a message naming JSONPath instead.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from fastobs.encoding import go_format_float, go_json, go_json_indented
 from fastobs.errors import TemplateError
 from fastobs.quoting import go_quote
 
-__all__ = ["Template", "compile_template"]
-
-JSONPATH_FORMATS: Final = ("jsonpath", "jsonpath-file", "jsonpath-as-json")
-GO_TEMPLATE_FORMATS: Final = ("go-template", "go-template-file", "template", "templatefile", "gotemplate")
-_ALLOWED = "go-template,go-template-file,jsonpath,jsonpath-as-json,jsonpath-file,template,templatefile"
+__all__ = ["compile_jsonpath"]
 
 
-class Template(Protocol):
-    """A compiled template: ``render`` turns one object into the template argument."""
-
-    def render(self, obj: Any) -> str: ...
-
-
-def compile_template(text: str, output_format: str = "jsonpath", *, allow_missing: bool = True) -> Template:
-    """Compile ``text`` for ``output_format`` once; raise :class:`TemplateError` as oc would.
-
-    An empty ``text`` gives a template that always renders ``""`` whatever the format (oc
-    builds no printer then and ignores ``-o``).
-    """
-    if not text:
-        return _Constant("")
-    if output_format in GO_TEMPLATE_FORMATS:
-        raise TemplateError(
-            f"{output_format} output is not supported by fastobs; "
-            "use a JSONPath template (-o jsonpath, the default)"
-        )
-    if output_format not in JSONPATH_FORMATS:
-        raise TemplateError(
-            'unable to match a printer suitable for the output format "json", '
-            f"allowed formats are: {_ALLOWED}"
-        )
-    if output_format == "jsonpath-file":
-        text = _read_template_file(text)
+def compile_jsonpath(text: str, *, allow_missing: bool, as_json: bool) -> JSONPathTemplate:
+    """Parse ``text`` once; raise :class:`TemplateError` with kubectl's message when it does not parse."""
     try:
         root = _Parser(text).parse()
     except _ParseError as exc:
         raise TemplateError(f"error parsing jsonpath {text}, {exc.reason}") from None
-    as_json = output_format == "jsonpath-as-json"
-    return _JSONPathTemplate(text, root, allow_missing=allow_missing, as_json=as_json)
-
-
-def _read_template_file(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as handle:
-            return handle.read()
-    except ValueError:  # an embedded NUL byte: Go's open(2) fails with EINVAL
-        raise TemplateError(f"error reading --template {path}, open {path}: invalid argument") from None
-    except OSError as exc:
-        # Go's *PathError spelling: "open <path>: no such file or directory".
-        op = "read" if isinstance(exc, IsADirectoryError) else "open"
-        reason = exc.strerror or str(exc)
-        reason = reason[:1].lower() + reason[1:]
-        raise TemplateError(f"error reading --template {path}, {op} {path}: {reason}") from None
-
-
-class _Constant:
-    __slots__ = ("text",)
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def render(self, obj: Any) -> str:
-        return self.text
+    return JSONPathTemplate(text, root, allow_missing=allow_missing, as_json=as_json)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -510,7 +447,7 @@ def _go_sharp_v(value: Any) -> str:
 # Evaluation driver: FindResults and PrintResults.
 
 
-class _JSONPathTemplate:
+class JSONPathTemplate:
     __slots__ = ("_as_json", "_nodes", "_simple", "allow_missing", "text")
 
     def __init__(self, text: str, root: list[_Node], *, allow_missing: bool, as_json: bool) -> None:

@@ -1,0 +1,92 @@
+"""Templates: the ``--template`` text compiled once, then rendered for every event.
+
+Where it sits: the parent compiles the template at start-up with :func:`compile_template`
+(after discovery, where oc checks it: a bad template exits 1), and so does every worker's
+``runner``, which renders each object with ``Template.render``; the result is the single
+template argument oc appends to the command's argv. This package only dispatches on the
+output format (``-o``) and reads template files; each language is one module:
+
+* ``jsonpath`` -- kubectl's JSONPath (``jsonpath``, ``jsonpath-as-json``, ``jsonpath-file``).
+* Go templates (``go-template``, ``template`` and their ``-file`` forms) are not supported yet:
+  no maintained Python library implements kubectl's Go templates faithfully. The PyPI
+  candidates are thin bindings with a single or stale release (``go-template`` 0.0.3 of 2019,
+  ``py-go-template`` 1.0.0 of 2023, which adds sprig functions kubectl lacks, and
+  ``cognihub-pygotemplate`` 0.0.2 without a wheel for this platform); none has kubectl's
+  ``exists`` and ``base64decode`` functions or its float-only numbers. A near-miss would
+  silently change what user commands receive, so these formats are rejected at start-up with
+  a message naming JSONPath instead.
+
+In: template text and output format; then decoded JSON objects. Out: a :class:`Template`
+whose ``render`` gives the text kubectl's printer for that format would write for one object
+(no trailing newline), or a :class:`~fastobs.errors.TemplateError` with oc's message.
+
+Invariant: imports only the standard library, orjson and fastobs's own small modules (each
+language module is imported only when its format is used), so worker processes stay light.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Protocol
+
+from fastobs.errors import TemplateError
+
+__all__ = ["Template", "compile_template"]
+
+JSONPATH_FORMATS: Final = ("jsonpath", "jsonpath-file", "jsonpath-as-json")
+GO_TEMPLATE_FORMATS: Final = ("go-template", "go-template-file", "template", "templatefile", "gotemplate")
+_ALLOWED = "go-template,go-template-file,jsonpath,jsonpath-as-json,jsonpath-file,template,templatefile"
+
+
+class Template(Protocol):
+    """A compiled template: ``render`` turns one object into the template argument."""
+
+    def render(self, obj: Any) -> str: ...
+
+
+def compile_template(text: str, output_format: str = "jsonpath", *, allow_missing: bool = True) -> Template:
+    """Compile ``text`` for ``output_format`` once; raise :class:`TemplateError` as oc would.
+
+    An empty ``text`` gives a template that always renders ``""`` whatever the format (oc
+    builds no printer then and ignores ``-o``).
+    """
+    if not text:
+        return _Constant("")
+    if output_format in GO_TEMPLATE_FORMATS:
+        raise TemplateError(
+            f"{output_format} output is not supported by fastobs; "
+            "use a JSONPath template (-o jsonpath, the default)"
+        )
+    if output_format not in JSONPATH_FORMATS:
+        raise TemplateError(
+            'unable to match a printer suitable for the output format "json", '
+            f"allowed formats are: {_ALLOWED}"
+        )
+    if output_format == "jsonpath-file":
+        text = _read_template_file(text)
+    from fastobs.templates.jsonpath import compile_jsonpath
+
+    return compile_jsonpath(text, allow_missing=allow_missing, as_json=output_format == "jsonpath-as-json")
+
+
+def _read_template_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as handle:
+            return handle.read()
+    except ValueError:  # an embedded NUL byte: Go's open(2) fails with EINVAL
+        raise TemplateError(f"error reading --template {path}, open {path}: invalid argument") from None
+    except OSError as exc:
+        # Go's *PathError spelling: "open <path>: no such file or directory".
+        op = "read" if isinstance(exc, IsADirectoryError) else "open"
+        reason = exc.strerror or str(exc)
+        reason = reason[:1].lower() + reason[1:]
+        raise TemplateError(f"error reading --template {path}, {op} {path}: {reason}") from None
+
+
+class _Constant:
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def render(self, obj: Any) -> str:
+        return self.text
