@@ -1,9 +1,11 @@
 """Daemon: the parent's entry point; start-up order, signals and the staged shutdown.
 
-Where it sits: called by ``cli.main`` with the parsed ``Settings``. It connects
-(``kube``), resolves the resource, validates what oc validates after discovery, starts
-the metrics server, the worker ``pool`` and the ``source``, then waits for the run's
-outcome: ``--once`` done, ``--exit-after``, an error limit, a fatal error or a signal.
+Where it sits: called by ``cli.main`` with the parsed ``Settings`` (and never calls back
+into ``cli``). It connects (``kube``), resolves the resource, makes the checks oc makes
+after discovery (:func:`check_after_discovery`: ``-o`` and the template, ``--names``
+without ``--delete``, the label selector), starts the metrics server, the worker ``pool``
+and the ``source``, then waits for the run's outcome: ``--once`` done, ``--exit-after``,
+an error limit, a fatal error or a signal.
 
 Shutdown is staged: stop intake (cancel the source), let running commands finish
 (``--exit-after``/``--once``: as long as they take; SIGTERM/SIGINT: ``--shutdown-grace``,
@@ -22,16 +24,19 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import replace
 
 from . import logs, spawn
-from .durations import format_go_duration
+from .durations import format_go_duration, go_quote
 from .engine import Engine
-from .errors import FastobsError
+from .errors import FastobsError, UsageError
 from .kube import KubeClient, Resource
 from .metrics import Metrics
 from .output import Output
+from .selector import SelectorError, validate_label_selector
 from .settings import Settings
 from .source import Source
+from .templates import compile_template
 
 logger = logging.getLogger(__name__)
 
@@ -74,16 +79,38 @@ async def _main(settings: Settings) -> int:
 
 def _finish_settings(settings: Settings, resource: Resource) -> Settings:
     """oc's post-discovery checks, and what the resource tells us about argv."""
-    from dataclasses import replace
-
-    from .cli import check_after_discovery
-    from .templates import compile_template
-
     check_after_discovery(settings)
     run = replace(settings.run, namespaced=resource.namespaced)
     if run.template:
         compile_template(run.template, run.output_format, allow_missing=run.allow_missing_template_keys)
     return replace(settings, run=run)
+
+
+TEMPLATE_FORMATS = ("go-template", "go-template-file", "jsonpath", "jsonpath-as-json", "jsonpath-file",
+                    "template", "templatefile")
+
+
+def check_after_discovery(settings: Settings) -> None:
+    """oc's checks that come after the resource is resolved, in oc's order: ``-o`` and the
+    template, ``--names`` without ``--delete``, the label selector.
+
+    Raises :class:`UsageError`, or :class:`~fastobs.errors.TemplateError` for a template
+    that does not parse.
+    """
+    run = settings.run
+    if run.template:
+        if run.output_format not in TEMPLATE_FORMATS:
+            raise UsageError(f"unable to match a printer suitable for the output format "
+                             f"{go_quote(run.output_format)}, allowed formats are: "
+                             f"{','.join(TEMPLATE_FORMATS)}")
+        compile_template(run.template, run.output_format, allow_missing=run.allow_missing_template_keys)
+    if settings.names_command and not run.delete_command:
+        raise UsageError("--delete and --names must both be specified")
+    if settings.selector:
+        try:
+            validate_label_selector(settings.selector)
+        except SelectorError as error:
+            raise UsageError(str(error)) from None
 
 
 async def _run(settings: Settings, client: KubeClient, resource: Resource) -> int:

@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 
 from fastobs import __version__
-from fastobs.cli import FLAGS, ParseError, ShowHelp, _Scan, check_after_discovery, help_text, main, parse_args
+from fastobs.cli import ParseError, ShowHelp, _Scan, main, parse_args
+from fastobs.daemon import check_after_discovery
 from fastobs.errors import TemplateError, UsageError
+from fastobs.flags import FLAGS, help_text
 from fastobs.settings import RunSettings, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
