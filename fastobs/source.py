@@ -1,12 +1,14 @@
 """Source: list + watch one resource and turn the HTTP streams into events.
 
 Where it sits: after ``kube`` (which authenticates and resolves the resource) and
-before ``tracker``. In: the apiserver's streamed list (a watch with ``sendInitialEvents``,
-one object per line, ended by the ``k8s.io/initial-events-end`` bookmark), or its
-paginated list responses where streaming is not supported, then its watch stream
-(newline-delimited ``{"type": ..., "object": ...}`` lines). Out: calls on a
-:class:`Sink` -- list boundaries, ``Sync`` items, live ``Added``/``Updated``/``Deleted``
-events -- each carrying the object's raw JSON bytes, and :class:`SourceStats`.
+before ``tracker``. This module is the reflector loop (list, watch, relist, and the retry
+policy below); ``watchstream`` reads each response line by line. In: the apiserver's
+streamed list (a watch with ``sendInitialEvents``, one object per line, ended by the
+``k8s.io/initial-events-end`` bookmark), or its paginated list responses where streaming
+is not supported, then its watch stream (newline-delimited ``{"type": ..., "object": ...}``
+lines). Out: calls on a :class:`Sink` -- list boundaries, ``Sync`` items, live
+``Added``/``Updated``/``Deleted`` events -- each carrying the object's raw JSON bytes, and
+:class:`SourceStats`.
 
 Invariant: no change is missed. A watch always resumes from the last resourceVersion
 seen (events and bookmarks move it); when the server says that version is gone (HTTP
@@ -43,6 +45,17 @@ import orjson
 from fastobs.errors import ListErrorLimit
 from fastobs.events import Event, EventType, object_key
 from fastobs.kube import KubeClient, Resource, status_message
+from fastobs.watchstream import (
+    CONNECT_TIMEOUT,
+    Failure,
+    LineHandler,
+    describe,
+    error_event,
+    http_failure,
+    object_bytes,
+    parse_event,
+    read_lines,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +71,6 @@ _SHORT_WATCH = 1.0
 """A watch that ends normally within this many seconds without a single line is
 treated as a failure (client-go's "very short watch"), so a broken server cannot
 make the source spin."""
-_CONNECT_TIMEOUT = 30.0
-_OBJECT_MARK = b'","object":'
 _INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
 
@@ -118,44 +129,6 @@ class _Next(Enum):
 
     RESUME = "resume"
     RELIST = "relist"
-
-
-class _Failure(Exception):
-    """An HTTP/stream failure, classified for stats and the retry policy."""
-
-    def __init__(self, kind: str, message: str, *, retry_now: bool = False, relist: bool = False,
-                 retry_after: float = 0.0) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        # The server's Retry-After (429, 503): never retry sooner than that.
-        self.retry_after = retry_after
-        # True for an in-stream ERROR event: the server gave up on this watch.
-        self.relist = relist
-        # True when the connection had worked: reconnect at once, not after a backoff.
-        self.retry_now = retry_now
-
-
-def _http_failure(resp: aiohttp.ClientResponse, body: bytes) -> _Failure:
-    try:
-        retry_after = min(float(resp.headers.get("Retry-After", "0")), _BACKOFF_CAP)
-    except ValueError:
-        retry_after = 0.0
-    return _Failure(_status_kind(resp.status), status_message(resp.status, body), retry_after=retry_after)
-
-
-def _status_kind(status: int) -> str:
-    if status == 410:
-        return "expired"
-    if status == 403:
-        return "forbidden"
-    if status == 401:
-        return "unauthorized"
-    if status == 404:
-        return "not_found"
-    if status == 429 or status >= 500:
-        return "server"
-    return "other"
 
 
 class _Backoff:
@@ -257,7 +230,7 @@ class Source:
                 self.stats.resource_version = self._rv
                 self._relist_requested = False
                 return
-            except _Failure as f:
+            except Failure as f:
                 self.stats.count_error("list", f.kind)
                 self._changed()
                 if f.kind == "expired" and paginate:
@@ -315,16 +288,16 @@ class Source:
         params = dict(self._selectors)
         params.update(watch="1", sendInitialEvents="true", resourceVersionMatch="NotOlderThan",
                       allowWatchBookmarks="true")
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT, sock_read=None)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=None)
         self.stats.list_requests += 1
         self._initial_begun = False
         self._initial_rv = None
         try:
             resp = await self._client.request("GET", self._path, params, timeout=timeout)
         except TimeoutError:
-            raise _Failure("timeout", f"timed out talking to {self._client.server}") from None
+            raise Failure("timeout", f"timed out talking to {self._client.server}") from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise _Failure("connection", _describe(exc)) from None
+            raise Failure("connection", describe(exc)) from None
         async with resp:
             if resp.status == 403:
                 # Allowed to list but not to watch? Let the LIST say so, in oc's words
@@ -338,15 +311,13 @@ class Source:
                 self._stream_list = False
                 return None
             if resp.status != 200:
-                raise _http_failure(resp, await resp.read())
-            stall = _Stall(resp, self._read_timeout)
+                raise http_failure(resp, await resp.read())
             try:
-                await self._read_stream(resp, stall, self._on_initial_line)
+                await self._read_lines(resp, self._on_initial_line)
             finally:
-                stall.stop()
                 resp.close()  # the rest of this stream is the live watch: we watch anew
         if self._initial_rv is None:
-            raise _Failure("connection", "the streamed list ended before its last object")
+            raise Failure("connection", "the streamed list ended before its last object")
         self._sink.list_end()
         self._listed = True
         self.stats.lists_completed += 1
@@ -355,7 +326,7 @@ class Source:
 
     def _on_initial_line(self, line: bytes, received: float) -> bool:
         """One line of a streamed list; True once the initial-events-end bookmark came."""
-        etype, obj, md = _parse_event(line)
+        etype, obj, md = parse_event(line)
         if not self._initial_begun:
             self._initial_begun = True
             self._sink.list_begin(relist=self._listed)
@@ -363,7 +334,7 @@ class Source:
             ns = md.get("namespace") or ""
             name = md.get("name") or ""
             self._sink.list_item(Event(EventType.SYNC, object_key(ns, name), ns, name, md.get("uid") or "",
-                                       md.get("resourceVersion") or "", _object_bytes(line, obj), received,
+                                       md.get("resourceVersion") or "", object_bytes(line, obj), received,
                                        backlog=True))
             self.stats.count_events(EventType.SYNC)
             return False
@@ -373,25 +344,25 @@ class Source:
                 return True
             return False
         if etype == "ERROR":
-            raise _error_event(obj, relist=False)
-        raise _Failure("other", f"unexpected {etype} event before the end of a streamed list")
+            raise error_event(obj, relist=False)
+        raise Failure("other", f"unexpected {etype} event before the end of a streamed list")
 
     async def _get_page(self, params: dict[str, str]) -> bytes:
         self.stats.list_requests += 1
         timeout = aiohttp.ClientTimeout(total=self._client.default_timeout().total,
-                                        sock_connect=_CONNECT_TIMEOUT, sock_read=self._read_timeout)
+                                        sock_connect=CONNECT_TIMEOUT, sock_read=self._read_timeout)
         try:
             resp = await self._client.request("GET", self._path, params, timeout=timeout)
             async with resp:
                 body = await resp.read()
         except TimeoutError:
-            raise _Failure("timeout", f"timed out talking to {self._client.server}") from None
+            raise Failure("timeout", f"timed out talking to {self._client.server}") from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise _Failure("connection", _describe(exc)) from None
+            raise Failure("connection", describe(exc)) from None
         self.stats.bytes_received += len(body)
         self.stats.last_activity = time.monotonic()
         if resp.status != 200:
-            raise _http_failure(resp, body)
+            raise http_failure(resp, body)
         return body
 
     def _emit_page(self, body: bytes) -> tuple[str, str]:
@@ -401,7 +372,7 @@ class Source:
             items: list[dict[str, Any]] = doc.get("items") or []
             meta = doc.get("metadata") or {}
         except (orjson.JSONDecodeError, AttributeError):
-            raise _Failure("other", "the server returned an invalid list") from None
+            raise Failure("other", "the server returned an invalid list") from None
         kind = str(doc.get("kind") or "").removesuffix("List") or self._resource.kind
         api_version = doc.get("apiVersion") or ""
         received = time.monotonic()
@@ -431,12 +402,12 @@ class Source:
             if task.cancelled() and self._relist_requested and not (current and current.cancelling()):
                 return _Next.RELIST
             raise
-        except _Failure as f:
+        except Failure as f:
             return await self._after_failure(f)
         finally:
             self._watch_task = None
 
-    async def _after_failure(self, f: _Failure) -> _Next:
+    async def _after_failure(self, f: Failure) -> _Next:
         self.stats.count_error("watch", f.kind)
         self._changed()
         if f.kind == "expired":
@@ -463,33 +434,30 @@ class Source:
         return params
 
     async def _watch_once(self) -> _Next:
-        """One watch request, read to its end; raises _Failure."""
-        # The read timeout is a _Stall watchdog rather than aiohttp's sock_read, whose
-        # timer also runs while back-pressure holds reading.
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=_CONNECT_TIMEOUT, sock_read=None)
+        """One watch request, read to its end; raises Failure."""
+        # No sock_read: read_lines has its own read timeout, which back-pressure does not trip.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=None)
         self.stats.watch_requests += 1
         started = time.monotonic()
         try:
             resp = await self._client.request("GET", self._path, self._watch_params(), timeout=timeout)
         except TimeoutError:
-            raise _Failure("timeout", f"timed out connecting to {self._client.server}") from None
+            raise Failure("timeout", f"timed out connecting to {self._client.server}") from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise _Failure("connection", _describe(exc)) from None
+            raise Failure("connection", describe(exc)) from None
         async with resp:
             if resp.status != 200:
                 body = await resp.read()
-                raise _http_failure(resp, body)
+                raise http_failure(resp, body)
             self._set_up(True)
-            stall = _Stall(resp, self._read_timeout)
             try:
-                lines = await self._read_stream(resp, stall)
+                lines = await self._read_lines(resp, self._on_line)
             finally:
-                stall.stop()
                 self._set_up(False)
         if lines:
             self._backoff.reset()
         elif time.monotonic() - started < _SHORT_WATCH:
-            raise _Failure("other", "the watch ended at once without events")
+            raise Failure("other", "the watch ended at once without events")
         return _Next.RESUME
 
     def _set_up(self, up: bool) -> None:
@@ -497,65 +465,25 @@ class Source:
         self._sink.watch_status(up)
         self._changed()
 
-    async def _read_stream(self, resp: aiohttp.ClientResponse, stall: _Stall,
-                           on_line: Callable[[bytes, float], bool | None] | None = None) -> int:
-        """Split the body on newlines (no length limit) and handle each line, until the end
-        of the body or until ``on_line`` returns True."""
-        content = resp.content
-        handle = on_line or self._on_line
-        sink = self._sink
-        pending: list[bytes] = []
-        handled = 0
-        while True:
-            await sink.wait_capacity()
-            stall.waiting_since = time.monotonic()
-            try:
-                chunk = await content.readany()
-            except (aiohttp.ClientError, OSError) as exc:
-                if stall.fired:
-                    raise self._stalled() from None
-                raise _Failure("connection", _describe(exc), retry_now=handled > 0) from None
-            stall.waiting_since = 0.0
-            if not chunk:
-                if stall.fired:
-                    raise self._stalled()
-                return handled
-            now = time.monotonic()
-            self.stats.last_activity = now
-            self.stats.bytes_received += len(chunk)
-            start = 0
-            nl = chunk.find(b"\n")
-            while nl >= 0:
-                if pending:
-                    pending.append(chunk[start:nl])
-                    line = b"".join(pending)
-                    pending.clear()
-                else:
-                    line = chunk[start:nl]
-                if line:
-                    handled += 1
-                    if handle(line, now):
-                        return handled
-                start = nl + 1
-                nl = chunk.find(b"\n", start)
-            if start < len(chunk):
-                pending.append(chunk[start:])
-            self._changed()
+    async def _read_lines(self, resp: aiohttp.ClientResponse, on_line: LineHandler) -> int:
+        """Read one response to its end (or until ``on_line`` says stop); raises Failure."""
+        return await read_lines(resp, self._read_timeout, on_line, wait_capacity=self._sink.wait_capacity,
+                                on_chunk=self._received)
 
-    def _stalled(self) -> _Failure:
-        # The server answered and then went silent (a half-open connection): the
-        # read timeout already paced this, so reconnect at once.
-        return _Failure("timeout", f"no data for {self._read_timeout:g} s on the watch", retry_now=True)
+    def _received(self, size: int, now: float) -> None:
+        self.stats.last_activity = now
+        self.stats.bytes_received += size
+        self._changed()
 
     def _on_line(self, line: bytes, received: float) -> None:
-        etype, obj, md = _parse_event(line)
+        etype, obj, md = parse_event(line)
         if etype == "BOOKMARK":
             self._rv = md.get("resourceVersion") or self._rv
             self.stats.resource_version = self._rv
             self.stats.bookmarks += 1
             return
         if etype == "ERROR":
-            raise _error_event(obj, relist=True)
+            raise error_event(obj, relist=True)
         event_type = _WATCH_TYPES.get(etype)
         if event_type is None:
             log.warning("ignoring a watch event of unknown type %r", etype)
@@ -564,72 +492,8 @@ class Source:
         name = md.get("name") or ""
         rv = md.get("resourceVersion") or ""
         self._sink.watch_event(Event(event_type, object_key(ns, name), ns, name, md.get("uid") or "",
-                                     rv, _object_bytes(line, obj), received))
+                                     rv, object_bytes(line, obj), received))
         self.stats.count_events(event_type)
         if rv:
             self._rv = rv
             self.stats.resource_version = rv
-
-
-class _Stall:
-    """The watch's read timeout: closes the response when a read has waited
-    ``timeout`` seconds for data. Time spent waiting for sink capacity does not
-    count, and one timer per connection is cheaper than one per read."""
-
-    def __init__(self, resp: aiohttp.ClientResponse, timeout: float) -> None:
-        self.waiting_since = 0.0
-        """time.monotonic() when the pending read started; 0 = not reading."""
-        self.fired = False
-        self._resp = resp
-        self._timeout = timeout
-        self._handle: asyncio.TimerHandle | None = None
-        if timeout > 0:
-            self._period = max(timeout / 8, 0.02)
-            self._handle = asyncio.get_running_loop().call_later(self._period, self._check)
-
-    def _check(self) -> None:
-        since = self.waiting_since
-        if since and time.monotonic() - since >= self._timeout:
-            self.fired = True
-            self._handle = None
-            self._resp.close()  # wakes the pending read with EOF or a connection error
-            return
-        self._handle = asyncio.get_running_loop().call_later(self._period, self._check)
-
-    def stop(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-
-def _parse_event(line: bytes) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """(type, object, object metadata) of one watch line; _Failure when it is not one."""
-    try:
-        doc = orjson.loads(line)
-        obj = doc["object"]
-        return str(doc["type"]), obj, obj.get("metadata") or {}
-    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError):
-        raise _Failure("other", "the server sent an invalid watch event") from None
-
-
-def _error_event(obj: dict[str, Any], *, relist: bool) -> _Failure:
-    """The failure an in-stream ERROR event (a Status) stands for; 410 means expired."""
-    code = obj.get("code") or 0
-    kind = "expired" if code == 410 else _status_kind(int(code)) if code else "other"
-    return _Failure(kind, str(obj.get("message") or f"watch error {code}"), relist=relist)
-
-
-def _object_bytes(line: bytes, obj: Any) -> bytes:
-    """The object's JSON exactly as the server sent it, sliced out of the event line.
-
-    The apiserver encodes ``{"type":"X","object":{...}}``; anything else is re-encoded.
-    """
-    p = line.find(_OBJECT_MARK, 9, 64)
-    if p > 0 and line.startswith(b'{"type":"') and line.endswith(b"}"):
-        return line[p + len(_OBJECT_MARK):-1]
-    return orjson.dumps(obj)
-
-
-def _describe(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__

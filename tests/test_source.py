@@ -20,7 +20,8 @@ import uvloop
 from fastobs.errors import ListErrorLimit
 from fastobs.events import Event, EventType
 from fastobs.kube import KubeClient
-from fastobs.source import Source, _Failure, _Next, _object_bytes
+from fastobs.source import Source, _Next
+from fastobs.watchstream import Failure, object_bytes
 
 pytestmark = pytest.mark.cluster
 
@@ -485,10 +486,10 @@ def _user(restricted: Any) -> str:
 
 def test_object_bytes_are_sliced_verbatim() -> None:
     line = b'{"type":"MODIFIED","object":{"kind":"X","metadata":{"name":"a"},"s":"}\\"object\\":"}}'
-    assert _object_bytes(line, None) == b'{"kind":"X","metadata":{"name":"a"},"s":"}\\"object\\":"}'
+    assert object_bytes(line, None) == b'{"kind":"X","metadata":{"name":"a"},"s":"}\\"object\\":"}'
     # Another encoder's layout is re-encoded rather than sliced wrongly.
     odd = b'{"object":{"kind":"X"},"type":"ADDED"}'
-    assert orjson.loads(_object_bytes(odd, {"kind": "X"})) == {"kind": "X"}
+    assert orjson.loads(object_bytes(odd, {"kind": "X"})) == {"kind": "X"}
 
 
 @pytest.mark.parametrize(("code", "kind", "after"), [
@@ -506,7 +507,7 @@ def test_in_stream_error_events_end_in_a_relist(code: int, kind: str, after: _Ne
         status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "boom"}
         if code:
             status["code"] = code
-        with pytest.raises(_Failure) as err:
+        with pytest.raises(Failure) as err:
             src._on_line(orjson.dumps({"type": "ERROR", "object": status}), 0.0)
         assert (err.value.kind, err.value.relist) == (kind, True)
         assert await src._after_failure(err.value) is after
