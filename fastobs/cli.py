@@ -23,9 +23,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastobs import __version__
-from fastobs.durations import DurationError, format_go_duration, go_quote, parse_go_duration
 from fastobs.errors import EXIT_ERROR, EXIT_OK, FastobsError, UsageError
 from fastobs.flags import BY_NAME, BY_SHORT, FLAGS, Flag, Kind, help_text, usage_hint
+from fastobs.gocompat import DurationError, format_go_duration, go_quote, parse_go_duration
 from fastobs.settings import RunSettings, Settings
 
 __all__ = ["ParseError", "ShowHelp", "main", "parse_args"]

@@ -27,9 +27,9 @@ import sys
 from dataclasses import replace
 
 from . import logs, spawn
-from .durations import format_go_duration, go_quote
 from .engine import Engine
 from .errors import FastobsError, UsageError
+from .gocompat import format_go_duration, go_quote
 from .kube import KubeClient, Resource
 from .metrics import Metrics
 from .output import Output

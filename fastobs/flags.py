@@ -18,7 +18,7 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fastobs.durations import format_go_duration, go_quote
+from fastobs.gocompat import format_go_duration, go_quote
 
 __all__ = ["BY_NAME", "BY_SHORT", "FLAGS", "USAGE", "Flag", "Kind", "help_text", "usage_hint"]
 

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum, auto
 
-from fastobs.durations import go_quote
+from fastobs.gocompat import go_quote
 
 __all__ = ["Requirement", "SelectorError", "parse_label_selector", "validate_label_selector"]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fastobs.durations import (
+from fastobs.gocompat import (
     DurationError,
     format_go_duration,
     format_go_duration_ns,
