@@ -15,6 +15,8 @@ against the Go toolchain in ``tests/test_durations.py``.
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "DurationError",
     "format_go_duration",
@@ -61,27 +63,63 @@ def _time_quote(raw: bytes) -> str:
     return "".join(out)
 
 
-def go_quote(text: str) -> str:
-    """Go's ``strconv.Quote`` (the ``%q`` verb), used in pflag-style error messages."""
-    escapes = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t",
-               "\v": "\\v", "\\": "\\\\", '"': '\\"'}
-    out = ['"']
-    for char in text:
-        code = ord(char)
-        if char in escapes:
-            out.append(escapes[char])
-        elif 0xDC80 <= code <= 0xDCFF:  # an undecodable argv byte (surrogateescape)
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif char.isprintable() or char == " ":
-            out.append(char)
-        elif code < 0x80:
-            out.append(f"\\x{code:02x}")
-        elif code < 0x10000:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(f"\\U{code:08x}")
-    out.append('"')
-    return "".join(out)
+_SHORT_ESCAPES = {
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+    '"': '\\"',
+    "\\": "\\\\",
+}
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def go_quote(s: str) -> str:
+    """Return Go's ``strconv.Quote(s)`` (the ``%q`` verb): a double-quoted literal with Go escapes.
+
+    Text that came from bytes that are not UTF-8 (surrogate escapes, as ``os.fsdecode`` makes
+    them) is quoted as Go quotes those bytes.
+    """
+    if s.isascii():
+        if s.isprintable() and '"' not in s and "\\" not in s:
+            return '"' + s + '"'
+    elif _SURROGATES.search(s) is not None:
+        s = _as_go_sees_it(s)
+    return '"' + "".join(map(_escape_char, s)) + '"'
+
+
+def _as_go_sees_it(s: str) -> str:
+    """Re-split surrogate-escaped bytes the way Go decodes the same bytes.
+
+    Escaped bytes next to each other may form valid UTF-8 (Go then sees one character), and
+    only bytes that are not valid UTF-8 stay escaped, one per byte, like Go's RuneError.
+    """
+    try:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return s  # a lone surrogate that no byte string produces; quoted as U+FFFD
+
+
+def _escape_char(ch: str) -> str:
+    short = _SHORT_ESCAPES.get(ch)
+    if short is not None:
+        return short
+    if ch.isprintable():
+        return ch
+    code = ord(ch)
+    if code < 0x20 or code == 0x7F:
+        return f"\\x{code:02x}"
+    if 0xDC80 <= code <= 0xDCFF:
+        # A byte that was not valid UTF-8 (os.fsdecode's surrogateescape): Go sees that byte.
+        return f"\\x{code - 0xDC00:02x}"
+    if 0xD800 <= code <= 0xDFFF:
+        return "\\ufffd"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
 
 
 def _leading_int(raw: bytes, pos: int) -> tuple[int, int] | None:

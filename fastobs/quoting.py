@@ -16,67 +16,12 @@ bytes (surrogate escapes) are quoted as the bytes Go would have seen. The timest
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Sequence
 
-__all__ = ["format_cmdline", "go_quote", "header_line", "rfc3339_local"]
+from fastobs.gocompat import go_quote
 
-_SHORT_ESCAPES = {
-    "\a": "\\a",
-    "\b": "\\b",
-    "\f": "\\f",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-    "\v": "\\v",
-    '"': '\\"',
-    "\\": "\\\\",
-}
-
-
-def go_quote(s: str) -> str:
-    """Return Go's ``strconv.Quote(s)``: a double-quoted literal with Go escapes."""
-    if s.isascii():
-        if s.isprintable() and '"' not in s and "\\" not in s:
-            return '"' + s + '"'
-    elif _SURROGATES.search(s) is not None:
-        s = _as_go_sees_it(s)
-    return '"' + "".join(map(_escape_char, s)) + '"'
-
-
-_SURROGATES = re.compile("[\ud800-\udfff]")
-
-
-def _as_go_sees_it(s: str) -> str:
-    """Re-split surrogate-escaped bytes the way Go decodes the same bytes.
-
-    Escaped bytes next to each other may form valid UTF-8 (Go then sees one character), and
-    only bytes that are not valid UTF-8 stay escaped, one per byte, like Go's RuneError.
-    """
-    try:
-        return s.encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return s  # a lone surrogate that no byte string produces; quoted as U+FFFD
-
-
-def _escape_char(ch: str) -> str:
-    short = _SHORT_ESCAPES.get(ch)
-    if short is not None:
-        return short
-    if ch.isprintable():
-        return ch
-    code = ord(ch)
-    if code < 0x20 or code == 0x7F:
-        return f"\\x{code:02x}"
-    if 0xDC80 <= code <= 0xDCFF:
-        # A byte that was not valid UTF-8 (os.fsdecode's surrogateescape): Go sees that byte.
-        return f"\\x{code - 0xDC00:02x}"
-    if 0xD800 <= code <= 0xDFFF:
-        return "\\ufffd"
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
+__all__ = ["format_cmdline", "header_line", "rfc3339_local"]
 
 
 def _needs_quoting(arg: str) -> bool:

@@ -31,7 +31,8 @@ import orjson
 from . import spawn
 from .encoding import kubectl_json
 from .errors import TemplateError
-from .quoting import go_quote, header_line, rfc3339_local
+from .gocompat import go_quote
+from .quoting import header_line, rfc3339_local
 from .settings import RunSettings
 
 if TYPE_CHECKING:

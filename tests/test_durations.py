@@ -102,6 +102,9 @@ def test_format_parse_round_trip() -> None:
         pytest.param("caf\u00e9", '"caf\u00e9"', id="printable-unicode"),
         pytest.param("\x7f", '"\\x7f"', id="delete"),
         pytest.param("\u200b", '"\\u200b"', id="zero-width"),
+        # argv bytes c3 a9 decoded apart (surrogate escapes): Go sees one character, é.
+        pytest.param("\udcc3\udca9", '"\u00e9"', id="escaped-bytes-that-are-utf8"),
+        pytest.param("a\udcffb", '"a\\xffb"', id="a-byte-that-is-not-utf8"),
     ],
 )
 def test_go_quote(text: str, quoted: str) -> None:

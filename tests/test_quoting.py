@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from fastobs.quoting import format_cmdline, go_quote, header_line, rfc3339_local
+from fastobs.gocompat import go_quote
+from fastobs.quoting import format_cmdline, header_line, rfc3339_local
 
 GOREF = Path(__file__).parent / "data" / "template" / "goref.go"
 

@@ -35,7 +35,7 @@ from typing import Any, Final
 
 from fastobs.encoding import go_json_indented
 from fastobs.errors import TemplateError
-from fastobs.quoting import go_quote
+from fastobs.gocompat import go_quote
 from fastobs.templates.jsonpath_nodes import (
     INVALID,
     MISSING,

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from fastobs.encoding import go_format_float, go_json
-from fastobs.quoting import go_quote
+from fastobs.gocompat import go_quote
 
 # ---------------------------------------------------------------------------------------------
 # Values. Go distinguishes a nil interface (JSON null, printed "null") from the zero
