@@ -18,13 +18,14 @@ where Go would have rounded them through float64.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
 import orjson
 
-__all__ = ["go_format_float", "go_json", "go_json_float", "go_json_indented", "kubectl_json"]
+from fastobs.gocompat import go_json_float
+
+__all__ = ["go_json", "go_json_indented", "kubectl_json"]
 
 _OPTS = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
@@ -114,65 +115,3 @@ def _go_floats(value: Any) -> Any:
     if isinstance(value, list):
         return [_go_floats(v) for v in value]
     return value
-
-
-def go_json_float(value: float) -> str:
-    """Spell a float64 as Go's ``encoding/json`` does (``'f'`` format, ``'e'`` outside [1e-6, 1e21))."""
-    if math.isnan(value) or math.isinf(value):
-        # Go refuses to encode these; JSON decoders never produce them.
-        raise ValueError(f"json: unsupported value: {value!r}")
-    digits, point = shortest_digits(value)
-    sign = "-" if math.copysign(1.0, value) < 0 else ""
-    magnitude = abs(value)
-    if magnitude != 0 and (magnitude < 1e-6 or magnitude >= 1e21):
-        return sign + _exponent_form(digits, point, min_exp_digits=1)
-    return sign + _fixed_form(digits, point)
-
-
-def shortest_digits(value: float) -> tuple[str, int]:
-    """Shortest round-trip decimal digits of ``|value|`` and the decimal point position.
-
-    ``digits`` has no leading or trailing zeros (``"0"`` for zero); the value is
-    ``0.<digits> × 10**point``, as in Go's ``strconv`` internals.
-    """
-    text = repr(abs(value))
-    mantissa, _, exp_text = text.partition("e")
-    whole, _, frac = mantissa.partition(".")
-    raw = (whole + frac).lstrip("0")
-    point = len(whole) + (int(exp_text) if exp_text else 0)
-    if not raw:
-        return "0", 1
-    point -= len(whole + frac) - len((whole + frac).lstrip("0"))
-    return raw.rstrip("0"), point
-
-
-def _fixed_form(digits: str, point: int) -> str:
-    if digits == "0":
-        return "0"
-    if point <= 0:
-        return "0." + "0" * -point + digits
-    if point >= len(digits):
-        return digits + "0" * (point - len(digits))
-    return digits[:point] + "." + digits[point:]
-
-
-def _exponent_form(digits: str, point: int, *, min_exp_digits: int) -> str:
-    exp = point - 1 if digits != "0" else 0
-    head = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
-    exp_sign = "-" if exp < 0 else "+"
-    return f"{head}e{exp_sign}{abs(exp):0{min_exp_digits}d}"
-
-
-def go_format_float(value: float) -> str:
-    """Spell a float64 as Go's ``fmt`` ``%v`` does (``strconv`` ``'g'`` with shortest digits)."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    digits, point = shortest_digits(value)
-    sign = "-" if math.copysign(1.0, value) < 0 else ""
-    exp = point - 1 if digits != "0" else 0
-    # Go: with shortest formatting, %e is chosen when exp < -4 or exp >= 6 (eprec = 6).
-    if exp < -4 or exp >= 6:
-        return sign + _exponent_form(digits, point, min_exp_digits=2)
-    return sign + _fixed_form(digits, point)

@@ -15,6 +15,7 @@ against the Go toolchain in ``tests/test_durations.py``.
 
 from __future__ import annotations
 
+import math
 import re
 
 __all__ = [
@@ -120,6 +121,71 @@ def _escape_char(ch: str) -> str:
     if code < 0x10000:
         return f"\\u{code:04x}"
     return f"\\U{code:08x}"
+
+
+def go_json_float(value: float) -> str:
+    """Spell a float64 as Go's ``encoding/json`` does (``'f'`` format, ``'e'`` outside [1e-6, 1e21))."""
+    if math.isnan(value) or math.isinf(value):
+        # Go refuses to encode these; JSON decoders never produce them.
+        raise ValueError(f"json: unsupported value: {value!r}")
+    digits, point = shortest_digits(value)
+    sign = "-" if math.copysign(1.0, value) < 0 else ""
+    magnitude = abs(value)
+    if magnitude != 0 and (magnitude < 1e-6 or magnitude >= 1e21):
+        return sign + _exponent_form(digits, point, min_exp_digits=1)
+    return sign + _fixed_form(digits, point)
+
+
+def shortest_digits(value: float) -> tuple[str, int]:
+    """Shortest round-trip decimal digits of ``|value|`` and the decimal point position.
+
+    ``digits`` has no leading or trailing zeros (``"0"`` for zero); the value is
+    ``0.<digits> × 10**point``, as in Go's ``strconv`` internals.
+    """
+    text = repr(abs(value))
+    mantissa, _, exp_text = text.partition("e")
+    whole, _, frac = mantissa.partition(".")
+    raw = (whole + frac).lstrip("0")
+    point = len(whole) + (int(exp_text) if exp_text else 0)
+    if not raw:
+        return "0", 1
+    point -= len(whole + frac) - len((whole + frac).lstrip("0"))
+    return raw.rstrip("0"), point
+
+
+def _fixed_form(digits: str, point: int) -> str:
+    if digits == "0":
+        return "0"
+    if point <= 0:
+        return "0." + "0" * -point + digits
+    if point >= len(digits):
+        return digits + "0" * (point - len(digits))
+    return digits[:point] + "." + digits[point:]
+
+
+def _exponent_form(digits: str, point: int, *, min_exp_digits: int) -> str:
+    exp = point - 1 if digits != "0" else 0
+    head = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
+    exp_sign = "-" if exp < 0 else "+"
+    return f"{head}e{exp_sign}{abs(exp):0{min_exp_digits}d}"
+
+
+def go_format_float(value: float) -> str:
+    """Spell a float64 as Go's ``strconv.FormatFloat(v, 'g', -1, 64)``, which is also ``fmt``'s
+    ``%v``: shortest digits, exponent form below 1e-4 and from 1e+06, ``-0`` for negative zero."""
+    if -1e6 < value < 1e6 and value.is_integer() and (value or math.copysign(1.0, value) > 0):
+        return str(int(value))  # the common case (counters, whole seconds), 3x faster
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    digits, point = shortest_digits(value)
+    sign = "-" if math.copysign(1.0, value) < 0 else ""
+    exp = point - 1 if digits != "0" else 0
+    # Go: with shortest formatting, %e is chosen when exp < -4 or exp >= 6 (eprec = 6).
+    if exp < -4 or exp >= 6:
+        return sign + _exponent_form(digits, point, min_exp_digits=2)
+    return sign + _fixed_form(digits, point)
 
 
 def _leading_int(raw: bytes, pos: int) -> tuple[int, int] | None:

@@ -19,12 +19,10 @@ tracked objects, because the engine hands over per-worker aggregates, never per-
 from __future__ import annotations
 
 import logging
-import math
 import platform
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Protocol, TypeVar
 
 from prometheus_client import (
@@ -39,6 +37,7 @@ from prometheus_client import (
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 import fastobs
+from fastobs.gocompat import go_format_float
 
 __all__ = [
     "API_ERROR_KINDS",
@@ -441,24 +440,7 @@ def _escape(value: str) -> str:
 
 
 def go_float(value: float) -> str:
-    """Format ``value`` as Go's ``strconv.FormatFloat(v, 'g', -1, 64)``: ``2``, ``0.5``, ``1e+06``."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == int(value) and abs(value) < 1e6:
-        return str(int(value))
-    sign = "-" if value < 0 else ""
-    _, digit_tuple, exponent = Decimal(repr(abs(float(value)))).normalize().as_tuple()
-    assert isinstance(exponent, int)
-    digits = "".join(map(str, digit_tuple))
-    point = len(digits) + exponent  # digits before the decimal point
-    exp = point - 1
-    if exp < -4 or exp >= 6:  # Go's shortest 'g' switches to exponents at 1e6 and below 1e-4
-        mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
-        return f"{sign}{mantissa}e{'+' if exp >= 0 else '-'}{abs(exp):02d}"
-    if point <= 0:
-        return f"{sign}0.{'0' * -point}{digits}"
-    if point >= len(digits):
-        return sign + digits + "0" * (point - len(digits))
-    return f"{sign}{digits[:point]}.{digits[point:]}"
+    """Format ``value`` as Go's client writes a sample or an ``le`` bound (expfmt's ``writeFloat``):
+    ``strconv.FormatFloat(v, 'g', -1, 64)`` (``2``, ``0.5``, ``1e+06``), except that a negative
+    zero is written ``0``."""
+    return "0" if value == 0 else go_format_float(float(value))

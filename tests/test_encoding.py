@@ -15,7 +15,8 @@ from typing import Any
 import orjson
 import pytest
 
-from fastobs.encoding import go_format_float, go_json, go_json_float, kubectl_json
+from fastobs.encoding import go_json, kubectl_json
+from fastobs.gocompat import go_format_float, go_json_float
 
 DATA = Path(__file__).parent / "data" / "template"
 OBJECT = DATA / "object.json"

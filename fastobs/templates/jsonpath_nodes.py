@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from fastobs.encoding import go_format_float, go_json
-from fastobs.gocompat import go_quote
+from fastobs.encoding import go_json
+from fastobs.gocompat import go_format_float, go_quote
 
 # ---------------------------------------------------------------------------------------------
 # Values. Go distinguishes a nil interface (JSON null, printed "null") from the zero
