@@ -25,7 +25,14 @@ from typing import Any
 from fastobs import __version__
 from fastobs.errors import EXIT_ERROR, EXIT_OK, FastobsError, UsageError
 from fastobs.flags import BY_NAME, BY_SHORT, FLAGS, Flag, Kind, help_text, usage_hint
-from fastobs.gocompat import DurationError, format_go_duration, go_quote, parse_go_duration
+from fastobs.gocompat import (
+    DurationError,
+    format_go_duration,
+    go_quote,
+    parse_go_bool,
+    parse_go_duration,
+    parse_go_int,
+)
 from fastobs.settings import RunSettings, Settings
 
 __all__ = ["ParseError", "ShowHelp", "main", "parse_args"]
@@ -53,85 +60,6 @@ class ShowHelp(Exception):
         super().__init__(text)
         self.text = text
         self.notices = list(notices)
-
-
-# --- Go value syntax (what pflag's value types accept) ----------------------------------
-
-
-def _num_error(func: str, text: str, reason: str) -> ValueError:
-    return ValueError(f"strconv.{func}: parsing {go_quote(text)}: {reason}")
-
-
-def _underscores_ok(text: str) -> bool:
-    """Go's ``underscoreOK``: ``_`` only between digits (or after a base prefix)."""
-    body = text[1:] if text[:1] in "+-" else text
-    saw, start = "^", 0
-    hexadecimal = False
-    if len(body) >= 2 and body[0] == "0" and body[1].lower() in "box":
-        saw, start, hexadecimal = "0", 2, body[1].lower() == "x"
-    for char in body[start:]:
-        if char.isascii() and (char.isdigit() or (hexadecimal and char.lower() in "abcdef")):
-            saw = "0"
-        elif char == "_":
-            if saw != "0":
-                return False
-            saw = "_"
-        elif saw == "_":
-            return False
-        else:
-            saw = "!"
-    return saw != "_"
-
-
-def parse_go_int(text: str, *, base: int = 0, bits: int = 64) -> int:
-    """Go's ``strconv.ParseInt(text, base, bits)`` (base 0: ``0x``, ``0o``, ``0b``, ``0``, ``_``)."""
-    digits, negative = text, False
-    if digits[:1] in ("+", "-"):
-        negative, digits = digits[0] == "-", digits[1:]
-    if not digits:
-        raise _num_error("ParseInt", text, "invalid syntax")
-    if base == 0:
-        base = 10
-        if digits[0] == "0":
-            prefixes = {"b": 2, "o": 8, "x": 16}
-            if len(digits) >= 3 and digits[1].lower() in prefixes:
-                base, digits = prefixes[digits[1].lower()], digits[2:]
-            else:
-                base, digits = 8, digits[1:]
-        underscores_allowed = True
-    else:
-        underscores_allowed = False
-    limit = 1 << (bits - 1)
-    value, saw_underscore = 0, False
-    for char in digits:
-        if char == "_" and underscores_allowed:
-            saw_underscore = True
-            continue
-        digit = int(char, 36) if char.isascii() and char.isalnum() else 99
-        if digit >= base:
-            raise _num_error("ParseInt", text, "invalid syntax")
-        value = value * base + digit
-        if value > (1 << 64) - 1:
-            raise _num_error("ParseInt", text, "value out of range")
-    if saw_underscore and not _underscores_ok(text):
-        raise _num_error("ParseInt", text, "invalid syntax")
-    if value > limit - (0 if negative else 1):
-        raise _num_error("ParseInt", text, "value out of range")
-    return -value if negative else value
-
-
-_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
-_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
-
-
-def parse_go_bool(text: str) -> bool:
-    """Go's ``strconv.ParseBool``."""
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise _num_error("ParseBool", text, "invalid syntax")
-
 
 
 # --- argv scanning (pflag's algorithm) --------------------------------------------------

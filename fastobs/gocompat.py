@@ -1,16 +1,23 @@
-"""Go duration syntax and Go string quoting, exactly as ``oc observe`` prints them.
+"""Go-compatible spelling and parsing of scalars: what Go's strconv, fmt and time would give.
 
-Where it sits: ``cli`` parses every duration flag (``--exit-after``, ``--resync-period``,
-``--timeout``...) with :func:`parse_go_duration`; the daemon prints durations back with
-:func:`format_go_duration` (``Shutting down after 1m30s ...``). ``cli`` and ``selector``
-quote user input in error messages with :func:`go_quote` (Go's ``%q``).
+Where it sits: under every stage that must read or print a value exactly as ``oc observe``
+(a Go program) does. ``cli`` parses flag values with :func:`parse_go_int`,
+:func:`parse_go_bool` and :func:`parse_go_duration`; ``flags``, ``cli``, ``daemon``,
+``selector``, ``header`` and the templates quote with :func:`go_quote`; the daemon prints
+durations with :func:`format_go_duration`; the templates print floats with
+:func:`go_format_float`, ``encoding`` with :func:`go_json_float`, ``metrics`` (beside its
+exposition's own zero rule) with :func:`go_format_float`.
 
-In: strings such as ``300ms``, ``1.5s``, ``1h30m``, ``-2m``, ``0``.
-Out: seconds as a float (or integer nanoseconds), and Go's canonical text.
+In: strings (flag values, user input; bytes that were not UTF-8 arrive as surrogate
+escapes, as ``os.fsdecode`` makes them) and numbers. Out: Python values, or Go's text.
 
-Invariant: accepts and rejects exactly what Go's ``time.ParseDuration`` does, with Go's
-error messages, and formats exactly like ``time.Duration.String()``; both are checked
-against the Go toolchain in ``tests/test_durations.py``.
+Invariant: each function is one Go function, reproduced exactly -- ``strconv.Quote``,
+``strconv.ParseInt``, ``strconv.ParseBool``, ``strconv.FormatFloat(v, 'g', -1, 64)`` (which
+is ``fmt``'s ``%v``), ``encoding/json``'s float spelling, ``time.ParseDuration`` and
+``time.Duration.String`` -- with Go's error messages, and each is checked against the Go
+toolchain (``tests/test_quoting.py``, ``test_encoding.py``, ``test_durations.py``,
+``test_cli.py``'s pflag comparison). There is one implementation of each here; no other
+module spells these values itself.
 """
 
 from __future__ import annotations
@@ -22,47 +29,18 @@ __all__ = [
     "DurationError",
     "format_go_duration",
     "format_go_duration_ns",
+    "go_format_float",
+    "go_json_float",
     "go_quote",
+    "parse_go_bool",
     "parse_go_duration",
     "parse_go_duration_ns",
+    "parse_go_int",
+    "shortest_digits",
 ]
 
-_NS_PER_SECOND = 1_000_000_000
-_MAX_UINT63 = 1 << 63
-_UNITS: dict[bytes, int] = {
-    b"ns": 1,
-    b"us": 1_000,
-    "\u00b5s".encode(): 1_000,  # micro sign
-    "\u03bcs".encode(): 1_000,  # Greek mu
-    b"ms": 1_000_000,
-    b"s": _NS_PER_SECOND,
-    b"m": 60 * _NS_PER_SECOND,
-    b"h": 3600 * _NS_PER_SECOND,
-}
-_DIGITS = b"0123456789"
 
-
-class DurationError(ValueError):
-    """A string Go's ``time.ParseDuration`` would reject; the message is Go's."""
-
-
-def _to_bytes(text: str) -> bytes:
-    # argv bytes that are not UTF-8 arrive as surrogate escapes; Go sees the raw bytes.
-    return text.encode("utf-8", "surrogateescape")
-
-
-def _time_quote(raw: bytes) -> str:
-    """Go's ``time.quote``: ASCII kept, every other byte (and controls) as ``\\xNN``."""
-    out = ['"']
-    for byte in raw:
-        if byte >= 0x80 or byte < 0x20:
-            out.append(f"\\x{byte:02x}")
-        else:
-            char = chr(byte)
-            out.append("\\" + char if char in '"\\' else char)
-    out.append('"')
-    return "".join(out)
-
+# --- strconv: quoting ----------------------------------------------------------------------
 
 _SHORT_ESCAPES = {
     "\a": "\\a",
@@ -123,6 +101,103 @@ def _escape_char(ch: str) -> str:
     return f"\\U{code:08x}"
 
 
+# --- strconv: integers and booleans (pflag's int and bool values) --------------------------
+
+def _num_error(func: str, text: str, reason: str) -> ValueError:
+    return ValueError(f"strconv.{func}: parsing {go_quote(text)}: {reason}")
+
+
+def _underscores_ok(text: str) -> bool:
+    """Go's ``underscoreOK``: ``_`` only between digits (or after a base prefix)."""
+    body = text[1:] if text[:1] in "+-" else text
+    saw, start = "^", 0
+    hexadecimal = False
+    if len(body) >= 2 and body[0] == "0" and body[1].lower() in "box":
+        saw, start, hexadecimal = "0", 2, body[1].lower() == "x"
+    for char in body[start:]:
+        if char.isascii() and (char.isdigit() or (hexadecimal and char.lower() in "abcdef")):
+            saw = "0"
+        elif char == "_":
+            if saw != "0":
+                return False
+            saw = "_"
+        elif saw == "_":
+            return False
+        else:
+            saw = "!"
+    return saw != "_"
+
+
+def parse_go_int(text: str, *, base: int = 0, bits: int = 64) -> int:
+    """Go's ``strconv.ParseInt(text, base, bits)`` (base 0: ``0x``, ``0o``, ``0b``, ``0``, ``_``)."""
+    digits, negative = text, False
+    if digits[:1] in ("+", "-"):
+        negative, digits = digits[0] == "-", digits[1:]
+    if not digits:
+        raise _num_error("ParseInt", text, "invalid syntax")
+    if base == 0:
+        base = 10
+        if digits[0] == "0":
+            prefixes = {"b": 2, "o": 8, "x": 16}
+            if len(digits) >= 3 and digits[1].lower() in prefixes:
+                base, digits = prefixes[digits[1].lower()], digits[2:]
+            else:
+                base, digits = 8, digits[1:]
+        underscores_allowed = True
+    else:
+        underscores_allowed = False
+    limit = 1 << (bits - 1)
+    value, saw_underscore = 0, False
+    for char in digits:
+        if char == "_" and underscores_allowed:
+            saw_underscore = True
+            continue
+        digit = int(char, 36) if char.isascii() and char.isalnum() else 99
+        if digit >= base:
+            raise _num_error("ParseInt", text, "invalid syntax")
+        value = value * base + digit
+        if value > (1 << 64) - 1:
+            raise _num_error("ParseInt", text, "value out of range")
+    if saw_underscore and not _underscores_ok(text):
+        raise _num_error("ParseInt", text, "invalid syntax")
+    if value > limit - (0 if negative else 1):
+        raise _num_error("ParseInt", text, "value out of range")
+    return -value if negative else value
+
+
+_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
+_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+
+
+def parse_go_bool(text: str) -> bool:
+    """Go's ``strconv.ParseBool``."""
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise _num_error("ParseBool", text, "invalid syntax")
+
+
+# --- floats: strconv and fmt, encoding/json ------------------------------------------------
+
+def go_format_float(value: float) -> str:
+    """Spell a float64 as Go's ``strconv.FormatFloat(v, 'g', -1, 64)``, which is also ``fmt``'s
+    ``%v``: shortest digits, exponent form below 1e-4 and from 1e+06, ``-0`` for negative zero."""
+    if -1e6 < value < 1e6 and value.is_integer() and (value or math.copysign(1.0, value) > 0):
+        return str(int(value))  # the common case (counters, whole seconds), 3x faster
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    digits, point = shortest_digits(value)
+    sign = "-" if math.copysign(1.0, value) < 0 else ""
+    exp = point - 1 if digits != "0" else 0
+    # Go: with shortest formatting, %e is chosen when exp < -4 or exp >= 6 (eprec = 6).
+    if exp < -4 or exp >= 6:
+        return sign + _exponent_form(digits, point, min_exp_digits=2)
+    return sign + _fixed_form(digits, point)
+
+
 def go_json_float(value: float) -> str:
     """Spell a float64 as Go's ``encoding/json`` does (``'f'`` format, ``'e'`` outside [1e-6, 1e21))."""
     if math.isnan(value) or math.isinf(value):
@@ -170,22 +245,43 @@ def _exponent_form(digits: str, point: int, *, min_exp_digits: int) -> str:
     return f"{head}e{exp_sign}{abs(exp):0{min_exp_digits}d}"
 
 
-def go_format_float(value: float) -> str:
-    """Spell a float64 as Go's ``strconv.FormatFloat(v, 'g', -1, 64)``, which is also ``fmt``'s
-    ``%v``: shortest digits, exponent form below 1e-4 and from 1e+06, ``-0`` for negative zero."""
-    if -1e6 < value < 1e6 and value.is_integer() and (value or math.copysign(1.0, value) > 0):
-        return str(int(value))  # the common case (counters, whole seconds), 3x faster
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    digits, point = shortest_digits(value)
-    sign = "-" if math.copysign(1.0, value) < 0 else ""
-    exp = point - 1 if digits != "0" else 0
-    # Go: with shortest formatting, %e is chosen when exp < -4 or exp >= 6 (eprec = 6).
-    if exp < -4 or exp >= 6:
-        return sign + _exponent_form(digits, point, min_exp_digits=2)
-    return sign + _fixed_form(digits, point)
+# --- time: durations -----------------------------------------------------------------------
+
+_NS_PER_SECOND = 1_000_000_000
+_MAX_UINT63 = 1 << 63
+_UNITS: dict[bytes, int] = {
+    b"ns": 1,
+    b"us": 1_000,
+    "\u00b5s".encode(): 1_000,  # micro sign
+    "\u03bcs".encode(): 1_000,  # Greek mu
+    b"ms": 1_000_000,
+    b"s": _NS_PER_SECOND,
+    b"m": 60 * _NS_PER_SECOND,
+    b"h": 3600 * _NS_PER_SECOND,
+}
+_DIGITS = b"0123456789"
+
+
+class DurationError(ValueError):
+    """A string Go's ``time.ParseDuration`` would reject; the message is Go's."""
+
+
+def _to_bytes(text: str) -> bytes:
+    # argv bytes that are not UTF-8 arrive as surrogate escapes; Go sees the raw bytes.
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _time_quote(raw: bytes) -> str:
+    """Go's ``time.quote``: ASCII kept, every other byte (and controls) as ``\\xNN``."""
+    out = ['"']
+    for byte in raw:
+        if byte >= 0x80 or byte < 0x20:
+            out.append(f"\\x{byte:02x}")
+        else:
+            char = chr(byte)
+            out.append("\\" + char if char in '"\\' else char)
+    out.append('"')
+    return "".join(out)
 
 
 def _leading_int(raw: bytes, pos: int) -> tuple[int, int] | None:
