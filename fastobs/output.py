@@ -19,7 +19,7 @@ import asyncio
 import os
 import time
 
-from .quoting import rfc3339_local
+from .header import rfc3339_local
 
 
 class Output:

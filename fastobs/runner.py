@@ -32,7 +32,7 @@ from . import spawn
 from .encoding import kubectl_json
 from .errors import TemplateError
 from .gocompat import go_quote
-from .quoting import header_line, rfc3339_local
+from .header import header_line, rfc3339_local
 from .settings import RunSettings
 
 if TYPE_CHECKING:

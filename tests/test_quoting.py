@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from fastobs.gocompat import go_quote
-from fastobs.quoting import format_cmdline, header_line, rfc3339_local
+from fastobs.header import format_cmdline, header_line, rfc3339_local
 
 GOREF = Path(__file__).parent / "data" / "template" / "goref.go"
 

@@ -529,9 +529,9 @@ def test_random_templates_match_client_go(oracle: Path, seed: int, kind: str) ->
 
 
 def test_worker_side_modules_import_no_heavy_packages() -> None:
-    """template, encoding and quoting run in workers: they must not pull in the cluster client stack."""
+    """templates, encoding and header run in workers: they must not pull in the cluster client stack."""
     code = (
-        "import sys, fastobs.templates.jsonpath, fastobs.encoding, fastobs.quoting\n"
+        "import sys, fastobs.templates.jsonpath, fastobs.encoding, fastobs.header\n"
         "heavy = ('kubernetes', 'aiohttp', 'prometheus_client', 'urllib3', 'yaml')\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))\n"
     )

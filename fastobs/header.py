@@ -1,8 +1,9 @@
 """Header lines as ``oc observe`` prints them before each command.
 
-Where it sits: the ``pool`` (parent side) writes one header line per handled event unless
-``-q``; it calls :func:`header_line` with the event type, resourceVersion and the argv the
-``runner`` builds.
+Where it sits: in each worker, the ``runner`` calls :func:`header_line` with the event type,
+resourceVersion and the argv it builds, when the command starts; the line travels in the
+DONE (or, in stream mode, BEGUN) frame, and the parent's ``output`` prints it unless ``-q``,
+beside its own ``Sync started``/``Sync ended`` lines stamped with :func:`rfc3339_local`.
 
 In: a Unix time, an event type, a resourceVersion and an argv. Out: text without the final
 newline, byte-for-byte what oc prints: ``# <TS> <Type> <rv>\\t<command line>``.
