@@ -29,7 +29,7 @@ from dataclasses import replace
 from . import logs, spawn
 from .engine import Engine
 from .errors import FastobsError, UsageError
-from .gocompat import format_go_duration, go_quote
+from .gocompat import format_go_duration
 from .kube import KubeClient, Resource
 from .metrics import Metrics
 from .output import Output
@@ -80,14 +80,7 @@ async def _main(settings: Settings) -> int:
 def _finish_settings(settings: Settings, resource: Resource) -> Settings:
     """oc's post-discovery checks, and what the resource tells us about argv."""
     check_after_discovery(settings)
-    run = replace(settings.run, namespaced=resource.namespaced)
-    if run.template:
-        compile_template(run.template, run.output_format, allow_missing=run.allow_missing_template_keys)
-    return replace(settings, run=run)
-
-
-TEMPLATE_FORMATS = ("go-template", "go-template-file", "jsonpath", "jsonpath-as-json", "jsonpath-file",
-                    "template", "templatefile")
+    return replace(settings, run=replace(settings.run, namespaced=resource.namespaced))
 
 
 def check_after_discovery(settings: Settings) -> None:
@@ -95,15 +88,11 @@ def check_after_discovery(settings: Settings) -> None:
     template, ``--names`` without ``--delete``, the label selector.
 
     Raises :class:`UsageError`, or :class:`~fastobs.errors.TemplateError` for a template
-    that does not parse.
+    that does not parse. The template is compiled here only to be checked: each worker
+    compiles its own.
     """
     run = settings.run
-    if run.template:
-        if run.output_format not in TEMPLATE_FORMATS:
-            raise UsageError(f"unable to match a printer suitable for the output format "
-                             f"{go_quote(run.output_format)}, allowed formats are: "
-                             f"{','.join(TEMPLATE_FORMATS)}")
-        compile_template(run.template, run.output_format, allow_missing=run.allow_missing_template_keys)
+    compile_template(run.template, run.output_format, allow_missing=run.allow_missing_template_keys)
     if settings.names_command and not run.delete_command:
         raise UsageError("--delete and --names must both be specified")
     if settings.selector:

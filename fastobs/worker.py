@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from . import protocol, spawn
-from .errors import TemplateError
+from .errors import FastobsError
 from .settings import RunSettings
 
 HEARTBEAT_SECONDS = 1.0
@@ -73,7 +73,7 @@ class Worker:
         settings = RunSettings.from_json_dict(orjson.loads(payload))
         try:
             runner = Runner(settings)
-        except TemplateError as exc:
+        except FastobsError as exc:  # the template (checked by the parent; a template file may be gone)
             self.send(protocol.json_frame(protocol.FATAL, {"message": exc.message}))
             await self._flushed()
             return 2

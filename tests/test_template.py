@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from fastobs.errors import TemplateError
+from fastobs.errors import TemplateError, UsageError
 from fastobs.templates import compile_template
 
 DATA = Path(__file__).parent / "data" / "template"
@@ -268,13 +268,16 @@ def test_go_templates_are_refused(fmt: str) -> None:
     assert "\n" not in caught.value.message
 
 
-@pytest.mark.parametrize("fmt", ["json", "yaml", "name", "jsonpath={.x}"])
-def test_unknown_format_with_template(fmt: str) -> None:
-    """Any other -o value with a template is oc's printer-matching error."""
-    with pytest.raises(TemplateError) as caught:
+@pytest.mark.parametrize(("fmt", "quoted"), [
+    ("json", '"json"'), ("yaml", '"yaml"'), ("name", '"name"'), ("jsonpath={.x}", '"jsonpath={.x}"'),
+    ("gotemplate", '"gotemplate"'),  # the CLI rewrites oc's old spelling before this check
+])
+def test_unknown_format_with_template(fmt: str, quoted: str) -> None:
+    """Any other -o value with a template is oc's printer-matching usage error, naming that value."""
+    with pytest.raises(UsageError) as caught:
         compile_template("{.x}", fmt)
     assert caught.value.message == (
-        'unable to match a printer suitable for the output format "json", allowed formats are: '
+        f"unable to match a printer suitable for the output format {quoted}, allowed formats are: "
         "go-template,go-template-file,jsonpath,jsonpath-as-json,jsonpath-file,template,templatefile"
     )
 

@@ -18,7 +18,9 @@ output format (``-o``) and reads template files; each language is one module:
 
 In: template text and output format; then decoded JSON objects. Out: a :class:`Template`
 whose ``render`` gives the text kubectl's printer for that format would write for one object
-(no trailing newline), or a :class:`~fastobs.errors.TemplateError` with oc's message.
+(no trailing newline), or oc's error: a :class:`~fastobs.errors.UsageError` for an ``-o``
+that takes no template, a :class:`~fastobs.errors.TemplateError` for a template that does
+not parse.
 
 Invariant: imports only the standard library, orjson and fastobs's own small modules (each
 language module is imported only when its format is used), so worker processes stay light.
@@ -28,13 +30,16 @@ from __future__ import annotations
 
 from typing import Any, Final, Protocol
 
-from fastobs.errors import TemplateError
+from fastobs.errors import TemplateError, UsageError
+from fastobs.gocompat import go_quote
 
-__all__ = ["Template", "compile_template"]
+__all__ = ["FORMATS", "Template", "check_output_format", "compile_template"]
 
+FORMATS: Final = ("go-template", "go-template-file", "jsonpath", "jsonpath-as-json", "jsonpath-file",
+                  "template", "templatefile")
+"""Every ``-o`` value that takes a template, in the order oc lists them."""
 JSONPATH_FORMATS: Final = ("jsonpath", "jsonpath-file", "jsonpath-as-json")
-GO_TEMPLATE_FORMATS: Final = ("go-template", "go-template-file", "template", "templatefile", "gotemplate")
-_ALLOWED = "go-template,go-template-file,jsonpath,jsonpath-as-json,jsonpath-file,template,templatefile"
+GO_TEMPLATE_FORMATS: Final = ("go-template", "go-template-file", "template", "templatefile")
 
 
 class Template(Protocol):
@@ -44,28 +49,32 @@ class Template(Protocol):
 
 
 def compile_template(text: str, output_format: str = "jsonpath", *, allow_missing: bool = True) -> Template:
-    """Compile ``text`` for ``output_format`` once; raise :class:`TemplateError` as oc would.
+    """Compile ``text`` for ``output_format`` once, as oc checks it after discovery.
 
     An empty ``text`` gives a template that always renders ``""`` whatever the format (oc
-    builds no printer then and ignores ``-o``).
+    builds no printer then and ignores ``-o``). Raises :class:`UsageError` for an ``-o``
+    that takes no template, and :class:`TemplateError` for a template that cannot be used.
     """
     if not text:
         return _Constant("")
+    check_output_format(output_format)
     if output_format in GO_TEMPLATE_FORMATS:
         raise TemplateError(
             f"{output_format} output is not supported by fastobs; "
             "use a JSONPath template (-o jsonpath, the default)"
-        )
-    if output_format not in JSONPATH_FORMATS:
-        raise TemplateError(
-            'unable to match a printer suitable for the output format "json", '
-            f"allowed formats are: {_ALLOWED}"
         )
     if output_format == "jsonpath-file":
         text = _read_template_file(text)
     from fastobs.templates.jsonpath import compile_jsonpath
 
     return compile_jsonpath(text, allow_missing=allow_missing, as_json=output_format == "jsonpath-as-json")
+
+
+def check_output_format(output_format: str) -> None:
+    """oc's printer matching: raise :class:`UsageError` unless ``-o`` names a template format."""
+    if output_format not in FORMATS:
+        raise UsageError(f"unable to match a printer suitable for the output format "
+                         f"{go_quote(output_format)}, allowed formats are: {','.join(FORMATS)}")
 
 
 def _read_template_file(path: str) -> str:
