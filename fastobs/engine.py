@@ -26,6 +26,7 @@ from .events import Event, EventType, ObjectKey
 from .metrics import EngineState, Metrics
 from .output import Output
 from .pool import Pool
+from .protocol import Done
 from .settings import Settings
 from .sharder import Sharder
 from .tracker import Tracker
@@ -165,7 +166,7 @@ class Engine:
     def on_output(self, ev: Event, fd: int, data: bytes) -> None:
         self.output.line(ev.key, fd, data)
 
-    def on_done(self, ev: Event, result: dict[str, Any], out: bytes, err: bytes) -> None:
+    def on_done(self, ev: Event, result: Done, out: bytes, err: bytes) -> None:
         i = self.sharder.shard(ev.key)
         queue = self.sharder.queues[i]
         queue.done(ev.key)
@@ -193,7 +194,7 @@ class Engine:
     def on_restart(self, index: int) -> None:
         self.metrics.worker_restarted(index)
 
-    def _record(self, ev: Event, result: dict[str, Any]) -> None:
+    def _record(self, ev: Event, result: Done) -> None:
         now = self.clock()
         attempts = [(int(c), float(s)) for c, s in result.get("attempts", [])]
         for _ in range(int(result.get("retries", 0))):
@@ -208,7 +209,7 @@ class Engine:
             attempts=attempts,
         )
 
-    def _failed(self, ev: Event, result: dict[str, Any], shard: int) -> None:
+    def _failed(self, ev: Event, result: Done, shard: int) -> None:
         self.output.error(str(result.get("error", "command failed")))
         s = self.settings
         queue = self.sharder.queues[shard]
@@ -343,7 +344,7 @@ class Engine:
         return self.pool.healthy()
 
 
-def _fields(ev: Event, result: dict[str, Any]) -> dict[str, Any]:
+def _fields(ev: Event, result: Done) -> dict[str, Any]:
     """Log fields of one command's result: never the object itself (it may be a Secret)."""
     return {
         "key": ev.key,

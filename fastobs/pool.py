@@ -29,9 +29,7 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Protocol
-
-import orjson
+from typing import Protocol
 
 from . import protocol, spawn
 from .errors import TemplateError, WorkerBootError
@@ -50,7 +48,7 @@ HEARTBEAT_STALE = 10.0
 class PoolHandler(Protocol):
     def on_dispatch(self, ev: Event) -> None: ...
     def on_begun(self, ev: Event, t: float, header: str | None) -> None: ...
-    def on_done(self, ev: Event, result: dict[str, Any], out: bytes, err: bytes) -> None: ...
+    def on_done(self, ev: Event, result: protocol.Done, out: bytes, err: bytes) -> None: ...
     def on_output(self, ev: Event, fd: int, data: bytes) -> None: ...
     def on_fatal(self, exc: BaseException) -> None: ...
     def on_restart(self, index: int) -> None: ...
@@ -106,8 +104,10 @@ class Pool:
         orphans of dead workers (the daemon): then strays are killed and reaped. Off when
         the pool runs inside a process with children of its own (tests)."""
         self.stopping = False
-        self._stop_frame = protocol.frame(protocol.STOP, orjson.dumps({"grace": 0}))
-        self._config = protocol.json_frame(protocol.CONFIG, run.to_json_dict())
+        self.worker_command: tuple[str, ...] = (sys.executable, "-m", "fastobs.worker")
+        """How a worker starts (its socket's fd is appended); tests start other programs."""
+        self._stop_frame = protocol.encode_stop(0)
+        self._config = protocol.encode_config(run)
 
     # ------------------------------------------------------------------ life cycle
 
@@ -141,7 +141,7 @@ class Pool:
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             w.popen = subprocess.Popen(
-                [sys.executable, "-m", "fastobs.worker", str(child_sock.fileno())],
+                [*self.worker_command, str(child_sock.fileno())],
                 pass_fds=(child_sock.fileno(),),
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
@@ -173,22 +173,35 @@ class Pool:
         try:
             kind, payload = await asyncio.wait_for(first, BOOT_TIMEOUT)
         except BaseException:
-            writer.close()
-            self._reap(w)
+            self._refuse(w, writer)
             raise
         if kind == protocol.FATAL:
-            writer.close()
-            self._reap(w)
-            raise TemplateError(orjson.loads(payload)["message"])
+            self._refuse(w, writer)
+            raise TemplateError(protocol.decode_fatal(payload)["message"])
         if kind != protocol.HELLO:
-            writer.close()
-            self._reap(w)
+            self._refuse(w, writer)
             raise protocol.ProtocolError(f"expected HELLO, got {kind!r}")
+        version = protocol.decode_hello(payload).get("v")
+        if version != protocol.VERSION:
+            self._refuse(w, writer)
+            # Not retried: another start of the same program would say the same.
+            raise WorkerBootError(
+                f"worker {w.index} speaks protocol version {version}, this fastobs speaks version "
+                f"{protocol.VERSION}: the worker ({' '.join(self.worker_command)}) comes from another "
+                "fastobs installation"
+            )
         w.writer = writer
         if self.stopping:
             writer.write(self._stop_frame)  # stop() ran while this worker was booting
         w.ready = True
         w.last_tick = time.monotonic()
+
+    def _refuse(self, w: WorkerProc, writer: asyncio.Transport) -> None:
+        """Drop a worker that failed its start: the caller decides whether to retry, so the
+        end of its stream must not count as a crash to restart from."""
+        w.generation += 1
+        writer.close()
+        self._reap(w)
 
     def _reap(self, w: WorkerProc) -> None:
         if w.popen is not None:
@@ -199,7 +212,7 @@ class Pool:
     async def stop(self, grace: float) -> None:
         """Drain: workers finish (or, after ``grace``, kill) their commands and exit."""
         self.stopping = True
-        self._stop_frame = protocol.frame(protocol.STOP, orjson.dumps({"grace": grace}))
+        self._stop_frame = protocol.encode_stop(grace)
         for w in self.workers:
             if w.writer is not None and not w.writer.is_closing():
                 w.writer.write(self._stop_frame)
@@ -245,7 +258,7 @@ class Pool:
             job_id = next(self._ids)
             w.inflight[job_id] = ev
             self.handler.on_dispatch(ev)
-            header = {
+            job: protocol.Job = {
                 "id": job_id,
                 "type": ev.type.value,
                 "ns": ev.namespace,
@@ -253,7 +266,7 @@ class Pool:
                 "rv": ev.rv,
                 "cached_arg": ev.cached_arg,
             }
-            frames.append(protocol.split_frame(protocol.RUN, header, ev.obj or b""))
+            frames.append(protocol.encode_run(job, ev.obj or b""))
         if frames:
             w.writer.write(b"".join(frames))
 
@@ -261,22 +274,21 @@ class Pool:
 
     def _on_frame(self, w: WorkerProc, kind: bytes, payload: bytes) -> None:
         if kind == protocol.DONE:
-            header, rest = protocol.parse_split(payload)
-            ev = w.inflight.pop(header["id"])
-            ol = header.pop("ol", 0)
-            self.handler.on_done(ev, header, bytes(rest[:ol]), bytes(rest[ol:]))
+            done, out, err = protocol.decode_done(payload)
+            ev = w.inflight.pop(done["id"])
+            self.handler.on_done(ev, done, out, err)
         elif kind == protocol.BEGUN:
-            data = orjson.loads(payload)
+            data = protocol.decode_begun(payload)
             begun = w.inflight.get(data["id"])
             if begun is not None:
                 self.handler.on_begun(begun, data["t"], data.get("header"))
         elif kind == protocol.OUTPUT:
-            header, rest = protocol.parse_split(payload)
-            running = w.inflight.get(header["id"])
+            head, line = protocol.decode_output(payload)
+            running = w.inflight.get(head["id"])
             if running is not None:
-                self.handler.on_output(running, header["fd"], bytes(rest))
+                self.handler.on_output(running, head["fd"], line)
         elif kind == protocol.TICK:
-            tick = orjson.loads(payload)
+            tick = protocol.decode_tick(payload)
             w.last_tick = time.monotonic()
             w.running = tick["running"]
             w.oldest_start = tick.get("oldest", 0.0)
@@ -284,7 +296,7 @@ class Pool:
                 self.reap_orphans()  # once a second is plenty for stray zombies
             w.maxrss_kib = tick["maxrss_kib"]
         elif kind == protocol.FATAL:
-            self.handler.on_fatal(TemplateError(orjson.loads(payload)["message"]))
+            self.handler.on_fatal(TemplateError(protocol.decode_fatal(payload)["message"]))
 
     async def _worker_exited(self, w: WorkerProc) -> None:
         w.ready = False

@@ -1,4 +1,4 @@
-"""Protocol: the framing shared by the parent (``pool``) and the workers (``worker``).
+"""Protocol: the frames and typed messages shared by the parent (``pool``) and the workers (``worker``).
 
 Where it sits: between ``pool`` in the parent and ``worker`` in each worker process, on
 one ``socketpair`` per worker. Frames in, frames out; nothing else travels on it (the
@@ -11,24 +11,32 @@ Frame layout::
      │ length (u32be)│ kind   │ payload (length - 1 bytes)   │
      └───────────────┴────────┴──────────────────────────────┘
 
-Kinds are single ASCII bytes (see docs/architecture.md for the table). ``R`` (run) and
-``D`` (done) frames carry a JSON header followed by raw bytes (the object, or the
-command's stdout and stderr) so large payloads are never JSON-escaped.
+Kinds are single ASCII bytes (see docs/architecture.md for the table). Each kind's JSON
+payload is one ``TypedDict`` below (:class:`Hello`, :class:`Job`, :class:`Done`...), and
+each has one ``encode_*``/``decode_*`` pair, used on both sides. ``R`` (run), ``D`` (done)
+and ``O`` (output) frames carry a JSON header followed by raw bytes (the object, or the
+command's output) so large payloads are never JSON-escaped.
 
-Invariant: :class:`FrameProtocol` hands over only whole frames, in order, and reports
-the end of the stream (the peer is gone, even after a SIGKILL) exactly once.
+Invariants: :class:`FrameProtocol` hands over only whole frames, in order, and reports the
+end of the stream (the peer is gone, even after a SIGKILL) exactly once; a worker's HELLO
+names the protocol :data:`VERSION` it speaks, and the parent refuses a worker that speaks
+another (``pool``). Messages are plain dicts on both sides: typing them costs nothing per
+frame.
 """
 
 from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Callable
-from typing import Any, cast
+from collections.abc import Callable, Mapping
+from typing import Any, NotRequired, TypedDict, cast
 
 import orjson
 
+from .settings import RunSettings
+
 VERSION = 1
+"""Bumped whenever a message changes; HELLO carries it and the parent checks it."""
 
 HELLO = b"H"
 CONFIG = b"C"
@@ -60,19 +68,221 @@ def json_frame(kind: bytes, data: Any) -> bytes:
     return frame(kind, orjson.dumps(data))
 
 
-def split_frame(kind: bytes, header: dict[str, Any], *blobs: bytes) -> bytes:
+def split_frame(kind: bytes, header: Mapping[str, object], *blobs: bytes) -> bytes:
     """Encode a frame as u32 header length + JSON header + raw blobs (run/done frames)."""
     head = orjson.dumps(header)
     return frame(kind, _U32.pack(len(head)) + head + b"".join(blobs))
 
 
-def parse_split(payload: bytes) -> tuple[dict[str, Any], memoryview]:
+def parse_split(payload: bytes) -> tuple[Any, memoryview]:
     """Decode a ``split_frame`` payload into its header and the raw bytes after it."""
     (hlen,) = _U32.unpack_from(payload, 0)
     header = orjson.loads(payload[4 : 4 + hlen])
     if not isinstance(header, dict):
         raise ProtocolError("frame header is not an object")
     return header, memoryview(payload)[4 + hlen :]
+
+
+# --- messages: one TypedDict per frame kind ------------------------------------------------
+
+
+class Hello(TypedDict):
+    """``H``, worker → parent, once the worker is ready."""
+
+    v: int
+    """The protocol :data:`VERSION` the worker speaks."""
+    pid: int
+
+
+class Job(TypedDict):
+    """``R``, parent → worker: the JSON header of one job; the object's raw JSON follows it."""
+
+    id: int
+    type: str
+    """The event type: Sync, Added, Updated or Deleted."""
+    ns: str
+    name: str
+    rv: str
+    cached_arg: str | None
+    """oc's cached template output of a deleted object (rendered when its last state was run)."""
+
+
+class Begun(TypedDict):
+    """``B``, worker → parent, stream mode only: the header line precedes the command's output."""
+
+    id: int
+    t: float
+    header: str
+
+
+class Done(TypedDict):
+    """``D``, worker → parent: the result header; the command's stdout (``ol`` bytes) and
+    stderr follow it."""
+
+    id: int
+    header: str
+    """The ``# <TS> <Type> <rv>\\t<command line>`` line oc prints before the output."""
+    arg: str | None
+    """The template output passed as the last argument (None: no template)."""
+    ok: bool
+    started: float
+    """Monotonic time the first attempt started (the clock is shared with the parent)."""
+    ended: float
+    attempts: list[tuple[int, float]]
+    """(oc's exit code, seconds) per attempt; JSON arrays on the wire."""
+    reason: NotRequired[str]
+    """Why it failed: a spawn_error, timeout, signal or exit reason; empty on success."""
+    code: NotRequired[str]
+    """The exit status, signal or errno name of the last attempt."""
+    retries: NotRequired[int]
+    error: NotRequired[str]
+    """oc's one-line error message, on failure."""
+    nocmd: NotRequired[bool]
+    """No command was configured for this event type: only the header was printed."""
+    ol: NotRequired[int]
+    """Framing: the length of stdout among the bytes after the header (set by encode_done)."""
+
+
+class OutputLine(TypedDict):
+    """``O``, worker → parent, stream mode: the header of one line of output, which follows it."""
+
+    id: int
+    fd: int
+
+
+class Tick(TypedDict):
+    """``T``, worker → parent, every second: the heartbeat ``/livez`` checks, and the gauges."""
+
+    running: int
+    oldest: float
+    """Monotonic start of the oldest running command (0: none)."""
+    spawned: int
+    maxrss_kib: int
+    t: float
+
+
+class Stop(TypedDict):
+    """``S``, parent → worker: finish running commands within ``grace`` seconds (0: no limit)."""
+
+    grace: float
+
+
+class Fatal(TypedDict):
+    """``F``, worker → parent: an error that must stop fastobs (oc exits 1)."""
+
+    message: str
+    id: NotRequired[int]
+
+
+MESSAGES: dict[bytes, type] = {HELLO: Hello, CONFIG: RunSettings, RUN: Job, BEGUN: Begun, DONE: Done,
+                               OUTPUT: OutputLine, TICK: Tick, STOP: Stop, FATAL: Fatal}
+"""The payload type of each frame kind (``C`` carries the worker's ``RunSettings`` as JSON)."""
+
+
+def encode_hello(pid: int) -> bytes:
+    hello: Hello = {"v": VERSION, "pid": pid}
+    return json_frame(HELLO, hello)
+
+
+def decode_hello(payload: bytes) -> Hello:
+    hello: Hello = _json_object(payload)
+    return hello
+
+
+def encode_config(run: RunSettings) -> bytes:
+    return json_frame(CONFIG, run.to_json_dict())
+
+
+def decode_config(payload: bytes) -> RunSettings:
+    return RunSettings.from_json_dict(_json_object(payload))
+
+
+def encode_run(job: Job, obj: bytes) -> bytes:
+    return split_frame(RUN, job, obj)
+
+
+def decode_run(payload: bytes) -> tuple[Job, bytes | None]:
+    """The job and its object's JSON (None when the event carried no object)."""
+    header, rest = parse_split(payload)
+    job: Job = header
+    return job, bytes(rest) if len(rest) else None
+
+
+def encode_begun(begun: Begun) -> bytes:
+    return json_frame(BEGUN, begun)
+
+
+def decode_begun(payload: bytes) -> Begun:
+    begun: Begun = _json_object(payload)
+    return begun
+
+
+def encode_done(done: Done, out: bytes, err: bytes) -> bytes:
+    done["ol"] = len(out)
+    return split_frame(DONE, done, out, err)
+
+
+def decode_done(payload: bytes) -> tuple[Done, bytes, bytes]:
+    """The result header (without ``ol``), stdout and stderr."""
+    header, rest = parse_split(payload)
+    done: Done = header
+    ol = done.pop("ol", 0)
+    return done, bytes(rest[:ol]), bytes(rest[ol:])
+
+
+def encode_output(job_id: int, fd: int, line: bytes) -> bytes:
+    head: OutputLine = {"id": job_id, "fd": fd}
+    return split_frame(OUTPUT, head, line)
+
+
+def decode_output(payload: bytes) -> tuple[OutputLine, bytes]:
+    header, rest = parse_split(payload)
+    head: OutputLine = header
+    return head, bytes(rest)
+
+
+def encode_tick(tick: Tick) -> bytes:
+    return json_frame(TICK, tick)
+
+
+def decode_tick(payload: bytes) -> Tick:
+    tick: Tick = _json_object(payload)
+    return tick
+
+
+def encode_stop(grace: float) -> bytes:
+    stop: Stop = {"grace": grace}
+    return json_frame(STOP, stop)
+
+
+def decode_stop(payload: bytes) -> float:
+    """The grace period (0: no limit); an empty payload means 0."""
+    if not payload:
+        return 0.0
+    stop: Stop = _json_object(payload)
+    return float(stop.get("grace", 0))
+
+
+def encode_fatal(message: str, job_id: int | None = None) -> bytes:
+    fatal: Fatal = {"message": message}
+    if job_id is not None:
+        fatal["id"] = job_id
+    return json_frame(FATAL, fatal)
+
+
+def decode_fatal(payload: bytes) -> Fatal:
+    fatal: Fatal = _json_object(payload)
+    return fatal
+
+
+def _json_object(payload: bytes) -> Any:
+    data = orjson.loads(payload)
+    if not isinstance(data, dict):
+        raise ProtocolError("frame payload is not a JSON object")
+    return data
+
+
+# --- the frame stream -----------------------------------------------------------------------
 
 
 FrameHandler = Callable[[bytes, bytes], None]

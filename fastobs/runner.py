@@ -30,9 +30,9 @@ import orjson
 
 from . import spawn
 from .encoding import kubectl_json
-from .errors import TemplateError
 from .gocompat import go_quote
 from .header import header_line, rfc3339_local
+from .protocol import Done, Job
 from .settings import RunSettings
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ class Runner:
 
     # ------------------------------------------------------------------ building
 
-    def build_args(self, job: dict[str, Any], parsed: Any) -> tuple[list[str], str | None]:
+    def build_args(self, job: Job, parsed: Any) -> tuple[list[str], str | None]:
         """The object arguments ``[ns] name [template output]`` and the template output."""
         base = [job["ns"], job["name"]] if self.settings.namespaced else [job["name"]]
         arg: str | None = job.get("cached_arg")
@@ -87,7 +87,7 @@ class Runner:
             base.append(arg)
         return base, arg
 
-    def _environment(self, job: dict[str, Any], parsed: Any, obj: bytes | None) -> dict[str, str] | None:
+    def _environment(self, job: Job, parsed: Any, obj: bytes | None) -> dict[str, str] | None:
         if not self._needs_env:
             return None
         env = self._base_env.copy()
@@ -121,33 +121,31 @@ class Runner:
 
     async def run(
         self,
-        job: dict[str, Any],
+        job: Job,
         obj: bytes | None,
         on_begin: BeginSink,
         on_line: LineSink | None = None,
-    ) -> tuple[dict[str, Any], bytes, bytes]:
-        """Run one job with oc's retry rule; returns (result header, stdout, stderr)."""
+    ) -> tuple[Done, bytes, bytes]:
+        """Run one job with oc's retry rule; returns (result header, stdout, stderr).
+
+        Raises :class:`~fastobs.errors.TemplateError` when a strict template cannot render.
+        """
         s = self.settings
         cmd = s.delete_command if job["type"] == "Deleted" else s.command
         parsed: Any = None
         if obj is not None and (self._needs_object or (self.template and job.get("cached_arg") is None)):
             parsed = orjson.loads(obj)
-        try:
-            args, arg = self.build_args(job, parsed)
-        except TemplateError as exc:
-            return {"id": job["id"], "fatal": exc.message}, b"", b""
+        args, arg = self.build_args(job, parsed)
         started_wall = time.time()
         printed = [cmd[0] if cmd else "", *cmd[1:], *args]
-        result: dict[str, Any] = {
-            "id": job["id"],
-            "header": header_line(rfc3339_local(started_wall), job["type"], job["rv"], printed),
-            "arg": arg,
-        }
+        header = header_line(rfc3339_local(started_wall), job["type"], job["rv"], printed)
+        result: Done = {"id": job["id"], "header": header, "arg": arg, "ok": True, "started": 0.0,
+                        "ended": 0.0, "attempts": []}
         if not cmd:
             # oc prints the header and runs nothing when no command is set for this type.
             now = time.monotonic()
-            on_begin(now, result["header"])
-            result.update(ok=True, nocmd=True, started=now, ended=now, attempts=[])
+            on_begin(now, header)
+            result["nocmd"], result["started"], result["ended"] = True, now, now
             return result, b"", b""
         env = self._environment(job, parsed, obj)
         stdin, tmpfile = self._stdin_for(obj, env)
@@ -166,10 +164,11 @@ class Runner:
         argv: list[str],
         env: dict[str, str] | None,
         stdin: int,
-        result: dict[str, Any],
+        result: Done,
         on_begin: BeginSink,
         on_line: LineSink | None,
     ) -> tuple[bytes, bytes]:
+        """Run the attempts oc's retry rule allows; fills in ``result`` and returns (stdout, stderr)."""
         s = self.settings
         attempts: list[tuple[int, float]] = []
         outs: list[bytes] = []
@@ -193,14 +192,12 @@ class Runner:
                 retries += 1
                 continue
             break
-        result.update(
-            ended=time.monotonic(),
-            ok=status.ok,
-            reason=status.reason,
-            code=status.code,
-            attempts=attempts,
-            retries=retries,
-        )
+        result["ended"] = time.monotonic()
+        result["ok"] = status.ok
+        result["reason"] = status.reason
+        result["code"] = status.code
+        result["attempts"] = attempts
+        result["retries"] = retries
         if not status.ok:
             result["error"] = status.error(argv[0], s.timeout)
         return b"".join(outs), b"".join(errs)

@@ -22,13 +22,9 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
-
-import orjson
 
 from . import protocol, spawn
-from .errors import FastobsError
-from .settings import RunSettings
+from .errors import FastobsError, TemplateError
 
 HEARTBEAT_SECONDS = 1.0
 
@@ -70,17 +66,17 @@ class Worker:
 
         self.transport = await protocol.connect(sock, self._on_frame, self._on_eof)
         payload = await self._config
-        settings = RunSettings.from_json_dict(orjson.loads(payload))
+        settings = protocol.decode_config(payload)
         try:
             runner = Runner(settings)
         except FastobsError as exc:  # the template (checked by the parent; a template file may be gone)
-            self.send(protocol.json_frame(protocol.FATAL, {"message": exc.message}))
+            self.send(protocol.encode_fatal(exc.message))
             await self._flushed()
             return 2
         self.runner = runner
         self.slots = asyncio.Semaphore(settings.concurrency)
         self.stream = settings.output_mode == "stream"
-        self.send(protocol.json_frame(protocol.HELLO, {"v": protocol.VERSION, "pid": os.getpid()}))
+        self.send(protocol.encode_hello(os.getpid()))
         ticker = asyncio.create_task(self._heartbeat())
         try:
             await self.done
@@ -95,13 +91,12 @@ class Worker:
             else:
                 self._config.set_exception(protocol.ProtocolError(f"expected CONFIG, got {kind!r}"))
         elif kind == protocol.RUN:
-            header, obj = protocol.parse_split(payload)
-            task = asyncio.create_task(self._job(header, bytes(obj) if len(obj) else None))
+            job, obj = protocol.decode_run(payload)
+            task = asyncio.create_task(self._job(job, obj))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
         elif kind == protocol.STOP and not self.stopping:
-            grace = float(orjson.loads(payload).get("grace", 0)) if payload else 0.0
-            asyncio.ensure_future(self._drain(grace))
+            asyncio.ensure_future(self._drain(protocol.decode_stop(payload)))
 
     def _on_eof(self) -> None:
         """The parent is gone (even SIGKILLed): stop everything we started, then exit."""
@@ -109,45 +104,44 @@ class Worker:
             self._config.set_exception(ConnectionError("the parent went away"))
         asyncio.ensure_future(self._cancel_all())
 
-    async def _job(self, header: dict[str, Any], obj: bytes | None) -> None:
+    async def _job(self, job: protocol.Job, obj: bytes | None) -> None:
         async with self.slots:
             task = asyncio.current_task()
             assert task is not None
             self.running.add(task)
             task.add_done_callback(self.running.discard)
             self.spawned += 1
-            job_id = header["id"]
+            job_id = job["id"]
 
             def begun(t: float, header: str) -> None:
                 self.started[job_id] = t
                 if self.stream:  # the header goes out before the command's first line
-                    self.send(protocol.json_frame(protocol.BEGUN, {"id": job_id, "t": t, "header": header}))
+                    self.send(protocol.encode_begun({"id": job_id, "t": t, "header": header}))
 
             def line(fd: int, data: bytes) -> None:
-                self.send(protocol.split_frame(protocol.OUTPUT, {"id": job_id, "fd": fd}, data))
+                self.send(protocol.encode_output(job_id, fd, data))
 
             try:
-                result, out, err = await self.runner.run(header, obj, begun, line if self.stream else None)
+                result, out, err = await self.runner.run(job, obj, begun, line if self.stream else None)
+            except TemplateError as exc:  # strict templates: a missing key stops fastobs, as in oc
+                self.send(protocol.encode_fatal(exc.message, job_id))
+                return
             finally:
                 self.started.pop(job_id, None)
-            if "fatal" in result:
-                self.send(protocol.json_frame(protocol.FATAL, {"message": result["fatal"], "id": job_id}))
-                return
-            result["ol"] = len(out)
-            self.send(protocol.split_frame(protocol.DONE, result, out, err))
+            self.send(protocol.encode_done(result, out, err))
 
     async def _heartbeat(self) -> None:
         while True:
             spawn.reap_strays(keep=set())
             rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            tick = {
+            tick: protocol.Tick = {
                 "running": len(self.started),
                 "oldest": min(self.started.values(), default=0.0),
                 "spawned": self.spawned,
                 "maxrss_kib": rss_kib,
                 "t": time.monotonic(),
             }
-            self.send(protocol.json_frame(protocol.TICK, tick))
+            self.send(protocol.encode_tick(tick))
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def _drain(self, grace: float) -> None:

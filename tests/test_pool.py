@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -201,3 +202,39 @@ def test_worker_side_never_imports_the_kubernetes_client() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == ""
+
+
+# A worker from another fastobs release: the real worker, saying HELLO with the next version.
+_OTHER_VERSION_WORKER = (
+    "import sys, fastobs.protocol as p; p.VERSION += 1; from fastobs.worker import main; sys.exit(main())"
+)
+
+
+def test_a_worker_speaking_another_protocol_version_stops_the_start() -> None:
+    """A real worker whose HELLO names another protocol version is refused at once, with one
+    clear line, and not restarted (another start would say the same)."""
+    from fastobs import protocol
+    from fastobs.errors import WorkerBootError
+
+    async def main() -> tuple[WorkerBootError, Pool, Recorder, float]:
+        sharder = Sharder(shards=1, coalesce=True, max_pending=10, clock=time.monotonic)
+        rec = Recorder(sharder, 0)
+        pool = Pool(run=RunSettings(command=("true",)), queues=sharder.queues, handler=rec)
+        pool.worker_command = (sys.executable, "-c", _OTHER_VERSION_WORKER)
+        t0 = time.monotonic()
+        with pytest.raises(WorkerBootError) as caught:
+            await pool.start()
+        return caught.value, pool, rec, time.monotonic() - t0
+
+    error, pool, rec, seconds = asyncio.run(main())
+    print(f"refused after {seconds:.2f} s: {error.message}")
+    assert error.message.startswith(
+        f"worker 0 speaks protocol version {protocol.VERSION + 1}, this fastobs speaks version "
+        f"{protocol.VERSION}: the worker ({sys.executable} -c "
+    )
+    assert error.message.endswith("comes from another fastobs installation")
+    assert "\n" not in error.message
+    assert error.exit_code == 3
+    assert rec.restarts == [] and pool.workers[0].boot_failures == 0
+    popen = pool.workers[0].popen
+    assert popen is not None and popen.returncode is not None, "the refused worker was not reaped"

@@ -56,3 +56,40 @@ def test_eof_is_reported_once() -> None:
     proto.eof_received()
     proto.connection_lost(None)
     assert ended == [True]
+
+
+def _one_frame(data: bytes) -> tuple[bytes, bytes]:
+    proto, frames, _ = collect()
+    proto.data_received(data)
+    ((kind, payload),) = frames
+    return kind, payload
+
+
+def test_typed_messages_round_trip() -> None:
+    """Each message kind decodes to what was encoded, behind the right kind byte."""
+    job: protocol.Job = {"id": 7, "type": "Updated", "ns": "default", "name": "web", "rv": "42",
+                         "cached_arg": None}
+    kind, payload = _one_frame(protocol.encode_run(job, b'{"kind":"Pod"}'))
+    assert (kind, protocol.decode_run(payload)) == (protocol.RUN, (job, b'{"kind":"Pod"}'))
+    assert protocol.decode_run(_one_frame(protocol.encode_run(job, b""))[1]) == (job, None)
+
+    done: protocol.Done = {"id": 7, "header": "# h", "arg": "x", "ok": False, "started": 1.5, "ended": 2.0,
+                           "attempts": [(3, 0.5)], "reason": "exit", "code": "3", "retries": 0, "error": "e"}
+    kind, payload = _one_frame(protocol.encode_done(done.copy(), b"out\n", b"err\n"))
+    got, out, err = protocol.decode_done(payload)
+    assert (kind, out, err) == (protocol.DONE, b"out\n", b"err\n")
+    assert got == {**done, "attempts": [[3, 0.5]]}  # JSON has no tuples
+
+    kind, payload = _one_frame(protocol.encode_output(7, 2, b"line\n"))
+    assert (kind, protocol.decode_output(payload)) == (protocol.OUTPUT, ({"id": 7, "fd": 2}, b"line\n"))
+    assert protocol.decode_stop(_one_frame(protocol.encode_stop(2.5))[1]) == 2.5
+    assert protocol.decode_stop(b"") == 0.0
+    fatal = protocol.decode_fatal(_one_frame(protocol.encode_fatal("boom", 7))[1])
+    assert fatal == {"message": "boom", "id": 7}
+    hello = protocol.decode_hello(_one_frame(protocol.encode_hello(123))[1])
+    assert hello == {"v": protocol.VERSION, "pid": 123}
+
+
+def test_a_payload_that_is_not_a_json_object_is_a_protocol_error() -> None:
+    with pytest.raises(protocol.ProtocolError):
+        protocol.decode_tick(b"[1, 2]")
