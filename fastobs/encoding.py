@@ -1,7 +1,7 @@
 """Go ``encoding/json`` bytes for objects: what kubectl would have printed.
 
 Where it sits: the ``runner`` (worker side) calls :func:`kubectl_json` to build the
-``--object-env-var`` value, and ``template`` calls :func:`go_json` to print maps and lists
+``--object-env-var`` value, and ``templates.jsonpath`` calls :func:`go_json` to print maps and lists
 found by a JSONPath expression.
 
 In: a decoded JSON value (``dict``/``list``/``str``/``int``/``float``/``bool``/``None``).

@@ -1,6 +1,6 @@
 """Kube: the authenticated HTTP session to the apiserver, and resource discovery.
 
-Where it sits: the first stage of the parent. ``cli``/``daemon`` call
+Where it sits: the first stage of the parent after ``cli``. ``daemon`` calls
 :meth:`KubeClient.connect` with the connection flags, :meth:`KubeClient.resolve` turns
 the resource argument (``po``, ``deployments.apps``, a CRD) into a :class:`Resource`,
 and ``source`` lists and watches through :meth:`KubeClient.request`.

@@ -1,6 +1,6 @@
 """Label selector syntax: the Kubernetes grammar, checked before the first list.
 
-Where it sits: ``cli.check_after_discovery`` calls :func:`validate_label_selector` on
+Where it sits: ``daemon.check_after_discovery`` calls :func:`validate_label_selector` on
 ``-l/--selector`` once the resource is resolved (oc's order), so a typo fails at start-up
 with exit 1 instead of as a server error on every list. The selector text itself is sent
 to the server unchanged.
