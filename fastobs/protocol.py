@@ -24,8 +24,8 @@ another (``pool``). Messages are plain dicts on both sides: typing them costs no
 frame.
 """
 
-from __future__ import annotations
-
+# No "from __future__ import annotations": TypedDict reads NotRequired[...] at runtime only
+# from evaluated annotations (the optional keys are checked against docs/architecture.md).
 import asyncio
 import struct
 from collections.abc import Callable, Mapping
