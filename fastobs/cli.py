@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 EXIT_INTERRUPTED = 130
 """Ctrl-C before the daemon installed its own handlers: the shell's SIGINT convention."""
 
+
 class ParseError(UsageError):
     """Bad argv: a flag pflag would reject (``show_usage``: print the usage text too), a
     wrong number of arguments, or a value out of range. ``notices`` are the deprecation
@@ -271,6 +272,7 @@ def _settings(resource: str, command: tuple[str, ...], values: dict[str, Any]) -
               "watch_read_timeout", "log_format", "log_level", "verbosity")
     return Settings(resource=resource, run=run, names_command=tuple(values["names"]),
                     coalesce=not values["no_coalesce"], **{name: values[name] for name in copied})
+
 
 # --- entry point ------------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ __all__ = [
 
 # --- strconv: quoting ----------------------------------------------------------------------
 
+
 _SHORT_ESCAPES = {
     "\a": "\\a",
     "\b": "\\b",
@@ -102,6 +103,7 @@ def _escape_char(ch: str) -> str:
 
 
 # --- strconv: integers and booleans (pflag's int and bool values) --------------------------
+
 
 def _num_error(func: str, text: str, reason: str) -> ValueError:
     return ValueError(f"strconv.{func}: parsing {go_quote(text)}: {reason}")
@@ -180,6 +182,7 @@ def parse_go_bool(text: str) -> bool:
 
 # --- floats: strconv and fmt, encoding/json ------------------------------------------------
 
+
 def go_format_float(value: float) -> str:
     """Spell a float64 as Go's ``strconv.FormatFloat(v, 'g', -1, 64)``, which is also ``fmt``'s
     ``%v``: shortest digits, exponent form below 1e-4 and from 1e+06, ``-0`` for negative zero."""
@@ -246,6 +249,7 @@ def _exponent_form(digits: str, point: int, *, min_exp_digits: int) -> str:
 
 
 # --- time: durations -----------------------------------------------------------------------
+
 
 _NS_PER_SECOND = 1_000_000_000
 _MAX_UINT63 = 1 << 63
