@@ -347,7 +347,7 @@ def test_dev_cluster_keeps_a_free_port_across_restarts_and_cleans_up_a_crash(
 def test_dev_cluster_rejects_an_unknown_subcommand(tmp_path: Path) -> None:
     res = _dev(tmp_path / "unused", "upp")
     assert res.returncode == 2
-    assert res.stderr.strip().splitlines()[-1].startswith("usage: dev-cluster {up,down,status}")
+    assert res.stderr.strip().splitlines()[-1].startswith("usage: dev-cluster {up,down,status,stress}")
     assert "Traceback" not in res.stderr
 
 
