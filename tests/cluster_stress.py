@@ -66,6 +66,10 @@ def _first_error(stderr: str) -> str:
     return (errors or lines or ["no output"])[0][:300]
 
 
+def _is_retry(line: str) -> bool:
+    return "taken" in line or "starting again" in line
+
+
 def one_start(index: int, out: Path) -> Outcome:
     home = out / f"start-{index:03d}"
     home.mkdir(parents=True)
@@ -75,9 +79,7 @@ def one_start(index: int, out: Path) -> Outcome:
     seconds = time.monotonic() - t0
     (home / "up.stdout").write_text(up.stdout)
     (home / "up.stderr").write_text(up.stderr)
-    notes = [
-        ln.removeprefix("dev-cluster: ") for ln in up.stderr.splitlines() if "taken" in ln or "retry" in ln
-    ]
+    notes = [ln.removeprefix("dev-cluster: ") for ln in up.stderr.splitlines() if _is_retry(ln)]
     cluster = kc.Cluster.load(state)
     problem = ""
     if up.returncode != 0:

@@ -8,16 +8,29 @@ In: the binaries built by ``scripts/build-k8s`` (``.k8s-bin/``) and a state dire
 Out: a running etcd + kube-apiserver pair on free loopback ports, an admin kubeconfig, a
 least-privilege kubeconfig, and ``state.json`` recording ports, pids and the etcd data dir.
 
-Invariant: every process started here runs in its own session (process group) whose pid is
-written to ``state.json`` before anything waits on it, so :func:`stop` can always find and
-kill it, even after the Python process that started it died. Only standard-library code
-and the ``openssl`` command are used, so this also runs outside the virtualenv.
+Invariants, all of which hold with other clusters starting and stopping at the same time:
+
+* Every server runs in its own session (process group) whose pid is written to
+  ``state.json`` before anything waits on it, so :func:`stop` can always find and kill it,
+  even after the Python process that started it died.
+* A cluster's state dir and etcd data dir each hold a ``lock`` file, locked (flock) by the
+  starting process and inherited by both servers, so the kernel keeps it locked exactly as
+  long as one of them lives. Clean-ups (of ``/dev/shm``, of the test runs' root) delete a
+  dir only once its lock is free: a start never deletes a live cluster's files.
+* The ports a start chose stay bound (not listening) by the starting process until its
+  servers listen on them, so no other program can take them in between.
+* A start that fails is retried from scratch, on fresh ports with a fresh data dir, and
+  every attempt's logs are kept.
+
+Only standard-library code and the ``openssl`` command are used, so this also runs outside
+the virtualenv.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import http.client
 import json
 import os
@@ -29,8 +42,10 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -44,12 +59,22 @@ RESTRICTED_NAMESPACE = "fastobs-restricted"
 RESTRICTED_RESOURCE = "configmaps"
 CONTEXT = "fastobs"
 
-READY_TIMEOUT = 90.0
-ETCD_TIMEOUT = 30.0
-STOP_GRACE = 10.0
+# Generous, because they only cost time when a server hangs: on a loaded 2-core machine
+# (several test suites and Go builds at once) a healthy start has taken 30 s.
+ETCD_TIMEOUT = 60.0  # etcd's /health, per attempt
+READY_TIMEOUT = 120.0  # kube-apiserver's /readyz, per attempt
+RBAC_TIMEOUT = 60.0
+START_DEADLINE = 240.0  # every attempt together; inside pytest's 300 s per-test timeout
 START_ATTEMPTS = 3
+STOP_GRACE = 10.0
 ADDRESS_IN_USE = "address already in use"
 DATA_PREFIX = "fastobs-etcd-"
+RUN_PREFIX = "run-"
+LOCK = "lock"
+# A data dir without a lock file was made by an older version of this module (or is being
+# made right now): it is swept only when older than this and no server names it.
+LOCKLESS_GRACE = 120.0
+KEEP_DEAD_RUNS = 3 * 86400.0  # a test run's kept logs (failed start, failed tests), in seconds
 SERVER_NAMES = ("kube-apiserver", "etcd")
 PR_SET_PDEATHSIG = 1
 
@@ -88,10 +113,14 @@ class Cluster:
     restricted_token: str = ""
     apiserver_pid: int = 0
     etcd_pid: int = 0
-    # Popen handles when this process started the cluster, so stop() can reap them.
-    _children: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False, compare=False)
-    # Whether the servers get SIGTERM when the starting thread dies (test runs, not dev-cluster).
+    # Popen handles of the servers this process started (by name), so it can watch and reap them.
+    _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False, compare=False)
+    # This process's fds of the state dir's and the data dir's lock files (see _hold_lock).
+    _locks: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+    # Whether the kernel kills the servers when this process dies (test runs, not dev-cluster).
     _die_with_parent: bool = field(default=False, repr=False, compare=False)
+    # Seconds each start phase took, and the number of attempts, for the announcements.
+    timings: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def server(self) -> str:
@@ -123,7 +152,11 @@ class Cluster:
         return self.log_dir / "etcd.log"
 
     def save(self) -> None:
-        data = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+        data = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if not f.name.startswith("_") and f.name != "timings"
+        }
         data["state_dir"], data["data_dir"] = str(self.state_dir), str(self.data_dir)
         path = self.state_dir / "state.json"
         tmp = path.with_suffix(".tmp")
@@ -139,9 +172,10 @@ class Cluster:
         except (OSError, ValueError, TypeError, KeyError):
             return None
 
-    def log_tails(self, lines: int = 40) -> str:
+    def log_tails(self, log_dir: Path | None = None, lines: int = 40) -> str:
         parts = []
-        for log in (self.etcd_log, self.apiserver_log):
+        for name in (self.etcd_log.name, self.apiserver_log.name):
+            log = (log_dir or self.log_dir) / name
             try:
                 tail = log.read_text(errors="replace").splitlines()[-lines:]
             except OSError:
@@ -156,8 +190,12 @@ class Cluster:
 def _proc_alive(pid: int, needle: str) -> bool:
     """Whether ``pid`` is a live (not zombie) process whose command line contains ``needle``.
 
-    The needle guards against pid reuse: after a reboot or a long-dead cluster, the recorded
-    pid may belong to an unrelated process, which must never be signalled.
+    For processes another process started (the pids in ``state.json``). The needle guards
+    against pid reuse: pids wrap within minutes on a busy machine, and a recorded pid may
+    belong to an unrelated process by now, which must never be signalled. Never use this
+    for a process just started: its command line reads empty until the kernel has set up
+    the new program's arguments, which can be after Popen has returned. Those are watched
+    through their Popen handle.
     """
     if pid <= 0:
         return False
@@ -169,8 +207,8 @@ def _proc_alive(pid: int, needle: str) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z" and needle in cmdline
 
 
-def _servers_mentioning(needles: list[str]) -> list[int]:
-    """Pids of live kube-apiserver/etcd processes whose command line mentions ``needles``.
+def _servers_mentioning(needles: list[str], names: tuple[str, ...] = SERVER_NAMES) -> list[int]:
+    """Pids of live ``names`` processes (kube-apiserver, etcd) whose command line mentions ``needles``.
 
     Only the servers: a developer's ``kubectl get -w`` holding the kubeconfig path in its
     arguments is not ours to kill.
@@ -183,7 +221,7 @@ def _servers_mentioning(needles: list[str]) -> list[int]:
             comm = (entry / "comm").read_text().strip()
         except OSError:
             continue
-        if comm in SERVER_NAMES and any(_proc_alive(int(entry.name), n) for n in needles):
+        if comm in names and any(_proc_alive(int(entry.name), n) for n in needles):
             found.append(int(entry.name))
     return found
 
@@ -198,7 +236,7 @@ def _kill_group(pid: int, sig: int) -> None:
 
 
 def _terminate(pids: list[int], needles: list[str]) -> list[int]:
-    """SIGTERM the process groups of ``pids``, wait, then SIGKILL what is left.
+    """SIGTERM the process groups of recorded ``pids``, wait, then SIGKILL what is left.
 
     Returns the pids still alive afterwards (empty on success).
     """
@@ -219,58 +257,219 @@ def _terminate(pids: list[int], needles: list[str]) -> list[int]:
     return alive()
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: ask the kernel for SIGTERM when the parent thread dies.
+def _stop_children(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM our own children's groups one after the other (SIGKILL after the grace), and reap them.
 
-    A test run killed with SIGKILL (or a timeout) cannot run its teardown; this way its
-    servers still go away instead of piling up on the machine.
+    In order, because kube-apiserver whose etcd is already gone sits out its whole shutdown
+    instead of exiting within a second. A child not yet reaped keeps its pid, so the
+    signal cannot reach a stranger.
     """
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    for proc in procs:
+        if proc.poll() is None:
+            _kill_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
-def _spawn(args: list[str], log: Path, die_with_parent: bool) -> subprocess.Popen[bytes]:
-    # A new session per process: a Ctrl-C in the developer's terminal or the end of the
-    # `up` command must not reach the servers, and stop() kills the whole group.
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-            preexec_fn=_die_with_parent if die_with_parent else None,
-        )
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+_spawner: ThreadPoolExecutor | None = None
+_spawner_guard = threading.Lock()
+
+
+def _spawner_thread() -> ThreadPoolExecutor:
+    """One thread, alive as long as this process, that forks every server bound to die with it.
+
+    The kernel sends PR_SET_PDEATHSIG when the *thread* that forked the child exits, not the
+    process: a server forked by a short-lived thread (a helper thread, a thread pool, a
+    watchdog) would be killed as soon as that thread returned.
+    """
+    global _spawner
+    with _spawner_guard:
+        if _spawner is None:
+            _spawner = ThreadPoolExecutor(1, thread_name_prefix="k8s-cluster-spawner")
+        return _spawner
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """A preexec_fn: SIGKILL when ``parent`` dies (a run killed before its teardown)."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork, not in the child
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        if os.getppid() != parent:  # it died before the line above: nobody would signal us
+            os._exit(1)
+
+    return preexec
+
+
+def _spawn(
+    args: list[str], log: Path, die_with_parent: bool, keep_fds: tuple[int, ...]
+) -> subprocess.Popen[bytes]:
+    def popen(preexec: Callable[[], None] | None) -> subprocess.Popen[bytes]:
+        # A new session per process: a Ctrl-C in the developer's terminal or the end of the
+        # `up` command must not reach the servers, and stop() kills the whole group.
+        with log.open("ab") as out:
+            return subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                pass_fds=keep_fds,
+                preexec_fn=preexec,
+            )
+
+    if not die_with_parent:
+        return popen(None)
+    return _spawner_thread().submit(popen, _die_with(os.getpid())).result()
 
 
 # ----------------------------------------------------------------------------- ports
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct loopback ports that were free a moment ago (bind to port 0)."""
+def _hold_port(port: int) -> socket.socket | None:
+    """Bind 127.0.0.1:``port`` (0: any free one) without listening; None if it is taken.
+
+    With SO_REUSEADDR on a bound, non-listening socket, every other would-be user is refused
+    the port (a bind to port 0, a bind without SO_REUSEADDR, an outgoing connection picking
+    its local port), but the Go servers, which set SO_REUSEADDR too, can bind and listen.
+    """
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        s.close()
+        return None
+    return s
+
+
+@contextlib.contextmanager
+def reserved_ports(count: int, preferred: int | None = None) -> Iterator[list[int]]:
+    """``count`` distinct free loopback ports, kept from everyone else until the block ends.
+
+    The first is ``preferred`` when that port is free. Choosing a port and releasing it
+    before the server binds it (what a bind to port 0 and close does) leaves a window, and
+    the apiserver binds only after etcd is healthy, seconds later on a loaded machine.
+    """
     socks: list[socket.socket] = []
     try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
+        first = _hold_port(preferred) if preferred else None
+        socks += [first] if first else []
+        while len(socks) < count:
+            s = _hold_port(0)
+            if s is None:
+                raise ClusterError("no free loopback port to bind")
             socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+        yield [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:
             s.close()
 
 
-def port_is_free(port: int) -> bool:
-    """Whether a listener could bind 127.0.0.1:``port`` now (TIME_WAIT does not count)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        # Go listeners set SO_REUSEADDR, so only a real listener makes the port unusable.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+# ----------------------------------------------------------------------------- locks, sweeps
+
+
+def _hold_lock(directory: Path) -> int:
+    """Create ``directory/lock``, already locked (flock); returns this process's fd of it.
+
+    The fd is passed to both servers, so the lock lives exactly as long as the last of them
+    (or this process). It is locked under a temporary name and then renamed, so no process
+    ever sees the file unlocked while its cluster lives.
+    """
+    tmp = directory / f".{LOCK}-{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.replace(tmp, directory / LOCK)
+    return fd
+
+
+def in_use(directory: Path) -> bool | None:
+    """Whether a live process holds ``directory/lock``; None when there is no lock file."""
+    try:
+        fd = os.open(directory / LOCK, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return True  # cannot tell, so hands off
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _data_root() -> Path | None:
+    # etcd on tmpfs: no disk I/O at all, together with --unsafe-no-fsync.
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
+def _sweep_stale_data_dirs(root: Path) -> None:
+    """Delete etcd data dirs on tmpfs whose cluster is gone (left by killed runs).
+
+    Tmpfs is memory, and a killed run cannot clean up after itself, so the next start does.
+    A dir is gone when no process holds its lock. A dir without a lock file (made by an
+    older version of this module, or being made right now) must also be older than
+    LOCKLESS_GRACE and named by no running server.
+    """
+    for path in root.glob(f"{DATA_PREFIX}*"):
+        held = in_use(path)
+        if held:
+            continue
+        if held is None:
+            try:
+                young = time.time() - path.stat().st_mtime < LOCKLESS_GRACE
+            except OSError:
+                continue
+            if young or _servers_mentioning([f"{path}/"]):
+                continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def runs_root() -> Path:
+    """Where test runs keep their clusters' state and logs, one ``run-*`` dir each.
+
+    Not in pytest's temp root: pytest keeps only the newest three runs' dirs there, so any
+    pytest run on the machine (this suite starts some itself) deletes an older run's logs.
+    """
+    root = Path(tempfile.gettempdir()) / f"fastobs-test-clusters-{os.getuid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    return root
+
+
+def new_run_dir(root: Path | None = None) -> Path:
+    """A new state dir for one test run's cluster; first sweeps runs that ended days ago."""
+    root = root or runs_root()
+    _sweep_dead_runs(root)
+    return Path(tempfile.mkdtemp(prefix=f"{RUN_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-", dir=root))
+
+
+def _sweep_dead_runs(root: Path, keep: float = KEEP_DEAD_RUNS) -> None:
+    """Delete run dirs nobody holds (their run ended) that are older than ``keep`` seconds."""
+    for path in root.glob(f"{RUN_PREFIX}*"):
+        if in_use(path):
+            continue
         try:
-            s.bind(("127.0.0.1", port))
+            old = time.time() - path.stat().st_mtime > keep
         except OSError:
-            return False
-    return True
+            continue
+        if old:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- files
@@ -315,27 +514,6 @@ def _write_kubeconfigs(cluster: Cluster) -> None:
     ):
         path.write_text(text)
         path.chmod(0o600)
-
-
-def _data_root() -> Path | None:
-    # etcd on tmpfs: no disk I/O at all, together with --unsafe-no-fsync.
-    shm = Path("/dev/shm")
-    return shm if shm.is_dir() and os.access(shm, os.W_OK) else None
-
-
-def _sweep_stale_data_dirs(root: Path) -> None:
-    """Delete etcd data dirs on tmpfs that no live process uses (left by killed runs).
-
-    Tmpfs is memory; a killed test run cannot clean up after itself, so the next start does.
-    Young dirs are spared: a concurrent start creates its dir moments before its etcd runs.
-    """
-    for path in root.glob(f"{DATA_PREFIX}*"):
-        try:
-            young = time.time() - path.stat().st_mtime < 120
-        except OSError:
-            continue
-        if not young and not _servers_mentioning([f"{path}/"]):
-            shutil.rmtree(path, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- HTTP
@@ -406,7 +584,9 @@ def _etcd_args(cluster: Cluster) -> list[str]:
         f"--data-dir={cluster.data_dir / 'etcd'}",
         "--name=default",
         "--unsafe-no-fsync",
-        "--log-level=error",
+        # info: about 70 lines per start and stop, and they say how far a failed start got
+        # (at "error" a failed start left an empty log).
+        "--log-level=info",
         f"--listen-client-urls={client}",
         f"--advertise-client-urls={client}",
         f"--listen-peer-urls={peer}",
@@ -439,16 +619,8 @@ def _apiserver_args(cluster: Cluster) -> list[str]:
     ]
 
 
-def _wait(cluster: Cluster, what: str, proc_pid: int, ok: Callable[[], bool], timeout: float) -> str | None:
-    """Poll ``ok`` until true; returns None, or why it failed ("exited"/"timeout")."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if ok():
-            return None
-        if not _proc_alive(proc_pid, what):
-            return "exited"
-        time.sleep(0.1)
-    return "timeout"
+class _AttemptFailed(Exception):
+    """One attempt to start the servers failed; a fresh attempt may well succeed."""
 
 
 def _log_says_port_taken(log: Path) -> bool:
@@ -458,58 +630,94 @@ def _log_says_port_taken(log: Path) -> bool:
         return False
 
 
-def _start_etcd(cluster: Cluster, announce: Announce) -> None:
-    for attempt in range(START_ATTEMPTS):
-        proc = _spawn(_etcd_args(cluster), cluster.etcd_log, cluster._die_with_parent)
-        cluster._children.append(proc)
+def _server(cluster: Cluster, name: str) -> tuple[list[str], Path, Callable[[], bool], float]:
+    """A server's arguments, log, readiness check and time limit."""
+    if name == "etcd":
+        return _etcd_args(cluster), cluster.etcd_log, lambda: _etcd_healthy(cluster.etcd_port), ETCD_TIMEOUT
+    return _apiserver_args(cluster), cluster.apiserver_log, lambda: is_ready(cluster), READY_TIMEOUT
+
+
+def _run_server(cluster: Cluster, name: str, deadline: float) -> float:
+    """Start one server and wait until it is ready; returns the seconds that took."""
+    args, log, ready, limit = _server(cluster, name)
+    timeout = min(limit, max(0.0, deadline - time.monotonic()))
+    proc = _spawn(args, log, cluster._die_with_parent, tuple(cluster._locks.values()))
+    cluster._procs[name] = proc
+    if name == "etcd":
         cluster.etcd_pid = proc.pid
-        cluster.save()
-        failure = _wait(cluster, "etcd", proc.pid, lambda: _etcd_healthy(cluster.etcd_port), ETCD_TIMEOUT)
-        if failure is None:
-            return
-        _terminate([proc.pid], ["etcd"])
-        if failure == "exited" and _log_says_port_taken(cluster.etcd_log) and attempt + 1 < START_ATTEMPTS:
-            old = (cluster.etcd_port, cluster.peer_port)
-            cluster.etcd_port, cluster.peer_port = free_ports(2)
-            announce(
-                f"etcd ports {old[0]}/{old[1]} were taken, using {cluster.etcd_port}/{cluster.peer_port}"
-            )
-            shutil.rmtree(cluster.data_dir / "etcd", ignore_errors=True)
-            continue
-        raise ClusterError(f"etcd did not become healthy ({failure})\n{cluster.log_tails()}")
-
-
-def _start_apiserver(cluster: Cluster, announce: Announce) -> None:
-    for attempt in range(START_ATTEMPTS):
-        proc = _spawn(_apiserver_args(cluster), cluster.apiserver_log, cluster._die_with_parent)
-        cluster._children.append(proc)
+    else:
         cluster.apiserver_pid = proc.pid
-        cluster.save()
-        failure = _wait(cluster, "kube-apiserver", proc.pid, lambda: is_ready(cluster), READY_TIMEOUT)
-        if failure is None:
+    cluster.save()
+    started = time.monotonic()
+    while not ready():
+        # Liveness through the Popen handle: exact, and right from the start.
+        code = proc.poll()
+        if code is not None:
+            taken = f" ({ADDRESS_IN_USE})" if _log_says_port_taken(log) else ""
+            raise _AttemptFailed(f"{name} {_exit_reason(code)} before it was ready{taken}")
+        if time.monotonic() - started > timeout:
+            raise _AttemptFailed(f"{name} was not ready after {timeout:.0f} s")
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def _new_data_dir(cluster: Cluster) -> None:
+    root = _data_root()
+    parent = root or cluster.state_dir
+    cluster.data_dir = Path(tempfile.mkdtemp(prefix=DATA_PREFIX if root else "data-", dir=parent))
+    cluster._locks["data"] = _hold_lock(cluster.data_dir)
+
+
+def _drop_data_dir(cluster: Cluster) -> None:
+    if cluster.data_dir != cluster.state_dir:
+        shutil.rmtree(cluster.data_dir, ignore_errors=True)
+    fd = cluster._locks.pop("data", None)
+    if fd is not None:
+        os.close(fd)
+
+
+def _stop_own_servers(cluster: Cluster) -> None:
+    _stop_children([cluster._procs.pop(n) for n in SERVER_NAMES if n in cluster._procs])
+
+
+def _end_failed_attempt(cluster: Cluster, attempt: int) -> Path:
+    """Stop an attempt's servers, drop its data, keep its logs; returns where they are."""
+    _stop_own_servers(cluster)
+    _drop_data_dir(cluster)
+    kept = cluster.log_dir / f"attempt-{attempt}"
+    kept.mkdir(exist_ok=True)
+    for log in (cluster.etcd_log, cluster.apiserver_log):
+        with contextlib.suppress(FileNotFoundError):
+            log.replace(kept / log.name)
+    cluster.apiserver_pid = cluster.etcd_pid = 0
+    return kept
+
+
+def _start_servers(cluster: Cluster, preferred_port: int | None, announce: Announce, deadline: float) -> None:
+    """etcd, then kube-apiserver, until /readyz answers; each failed attempt is retried
+    from scratch on fresh ports with a fresh data dir, until START_ATTEMPTS or the deadline."""
+    failures: list[str] = []
+    for attempt in range(1, START_ATTEMPTS + 1):
+        _new_data_dir(cluster)
+        try:
+            with reserved_ports(3, preferred_port if attempt == 1 else None) as ports:
+                if attempt == 1 and preferred_port and ports[0] != preferred_port:
+                    announce(f"port {preferred_port} is taken, using {ports[0]}")
+                cluster.port, cluster.etcd_port, cluster.peer_port = ports
+                cluster.save()  # before any process exists, so stop() knows the data dir to clean
+                for name in ("etcd", "kube-apiserver"):  # the apiserver needs etcd
+                    cluster.timings[name] = _run_server(cluster, name, deadline)
+            cluster.timings["attempts"] = attempt
             return
-        _terminate([proc.pid], ["kube-apiserver"])
-        if (
-            failure == "exited"
-            and _log_says_port_taken(cluster.apiserver_log)
-            and attempt + 1 < START_ATTEMPTS
-        ):
-            old, cluster.port = cluster.port, free_ports(1)[0]
-            announce(f"port {old} was taken, using {cluster.port}")
-            continue
-        raise ClusterError(
-            f"kube-apiserver did not become ready on {cluster.server}/readyz within "
-            f"{READY_TIMEOUT:.0f} s ({failure})\n{cluster.log_tails()}"
-        )
-
-
-def _choose_ports(cluster: Cluster, preferred_port: int | None, announce: Announce) -> None:
-    cluster.port, cluster.etcd_port, cluster.peer_port = free_ports(3)
-    if preferred_port:
-        if port_is_free(preferred_port) and preferred_port not in (cluster.etcd_port, cluster.peer_port):
-            cluster.port = preferred_port
-        else:
-            announce(f"port {preferred_port} is taken, using {cluster.port}")
+        except _AttemptFailed as exc:
+            kept = _end_failed_attempt(cluster, attempt)
+            failures.append(f"attempt {attempt}: {exc} (logs: {kept})")
+            if attempt == START_ATTEMPTS or time.monotonic() >= deadline:
+                cluster.save()
+                raise ClusterError(
+                    "the cluster did not start:\n  " + "\n  ".join(failures) + "\n" + cluster.log_tails(kept)
+                ) from None
+            announce(f"{exc}; starting again on fresh ports (attempt {attempt} logs: {kept})")
 
 
 def start(
@@ -521,40 +729,50 @@ def start(
     """Start etcd and kube-apiserver, wait for /readyz, bootstrap RBAC, write kubeconfigs.
 
     ``state_dir`` must not hold a running cluster (call :func:`stop` first). On failure the
-    processes are stopped, the logs are kept in ``state_dir/logs``, and ClusterError carries
-    their tails. With ``die_with_parent`` the servers are stopped by the kernel if the
-    calling thread dies first (for test runs; the dev cluster must outlive its command).
+    processes are stopped, the logs of every attempt are kept in ``state_dir/logs``, and
+    ClusterError says what each attempt did and carries the last one's log tails. With
+    ``die_with_parent`` the kernel kills the servers when this process dies (for test runs;
+    the dev cluster must outlive its command).
     """
     if not binaries_present():
         raise ClusterError(
             f"kube-apiserver/etcd not found in {bin_dir()}: run scripts/build-k8s (needs Go 1.26+)"
         )
+    began = time.monotonic()
     state_dir = state_dir.resolve()
-    state_dir.mkdir(parents=True, exist_ok=True)
-    (state_dir / "logs").mkdir(exist_ok=True)
+    (state_dir / "logs").mkdir(parents=True, exist_ok=True)
     root = _data_root()
     if root:
         _sweep_stale_data_dirs(root)
-    data_dir = Path(tempfile.mkdtemp(prefix=DATA_PREFIX, dir=root)) if root else state_dir / "data"
     cluster = Cluster(
         state_dir=state_dir,
-        data_dir=data_dir,
+        data_dir=state_dir,
         token=secrets.token_hex(24),
         restricted_token=secrets.token_hex(24),
         _die_with_parent=die_with_parent,
     )
-    _choose_ports(cluster, preferred_port, announce)
-    cluster.save()  # before any process exists, so stop() knows the data dir to clean
+    cluster._locks["state"] = _hold_lock(state_dir)
     try:
         _write_secrets(cluster)
-        _start_etcd(cluster, announce)
-        _start_apiserver(cluster, announce)
+        _start_servers(cluster, preferred_port, announce, began + START_DEADLINE)
+        rbac_began = time.monotonic()
         _bootstrap_restricted(cluster)
         _write_kubeconfigs(cluster)
+        cluster.timings["rbac"] = time.monotonic() - rbac_began
     except BaseException:
         stop_started(cluster)
         raise
+    cluster.timings["total"] = time.monotonic() - began
     return cluster
+
+
+def _bootstrap_request(
+    cluster: Cluster, method: str, path: str, body: Mapping[str, Any] | None = None, token: str | None = None
+) -> tuple[int, Any]:
+    try:
+        return request(cluster, method, path, body, token=token)
+    except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
+        return 0, f"{type(exc).__name__}: {exc}"
 
 
 def _bootstrap_restricted(cluster: Cluster) -> None:
@@ -591,20 +809,22 @@ def _bootstrap_restricted(cluster: Cluster) -> None:
             },
         ),
     ]
+    deadline = time.monotonic() + RBAC_TIMEOUT
     for path, body in objects:
-        status, reply = request(cluster, "POST", path, body)
-        if status not in (201, 409):
-            raise ClusterError(f"creating {body['kind']} {ns} failed: HTTP {status} {reply}")
+        # A request that times out on a loaded machine is simply sent again (409 = done).
+        while (status := _bootstrap_request(cluster, "POST", path, body))[0] not in (201, 409):
+            if status[0] != 0 or time.monotonic() > deadline:
+                raise ClusterError(f"creating {body['kind']} {ns} failed: HTTP {status[0]} {status[1]}")
+            time.sleep(0.5)
     # The RBAC authorizer reads through an informer: wait until the binding is in effect.
-    deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        status, _ = request(
+        status = _bootstrap_request(
             cluster, "GET", f"/api/v1/namespaces/{ns}/configmaps", token=cluster.restricted_token
         )
-        if status == 200:
+        if status[0] == 200:
             return
         time.sleep(0.1)
-    raise ClusterError(f"the restricted user still cannot list configmaps in {ns} (HTTP {status})")
+    raise ClusterError(f"the restricted user still cannot list configmaps in {ns} (HTTP {status[0]})")
 
 
 # ----------------------------------------------------------------------------- stop, status
@@ -613,23 +833,24 @@ def _bootstrap_restricted(cluster: Cluster) -> None:
 def stop(state_dir: Path, remove: bool = True) -> list[int]:
     """Stop whatever cluster ``state_dir`` records (or a crashed start left behind).
 
-    Kills the recorded process groups (SIGTERM, grace, SIGKILL), then any process whose
-    command line still mentions the state or data dir, and deletes the etcd data. With
-    ``remove`` the whole state dir goes too; otherwise logs stay for inspection. Returns the
-    pids that survived (empty on success).
+    Kills kube-apiserver and then etcd (recorded process groups: SIGTERM, grace, SIGKILL;
+    then any such server whose command line still mentions the state or data dir), and
+    deletes the etcd data. With ``remove`` the whole state dir goes too; otherwise logs stay
+    for inspection. Returns the pids that survived (empty on success).
     """
     state_dir = state_dir.resolve()
     cluster = Cluster.load(state_dir)
     # Trailing slashes: every argument we pass names a path *inside* these dirs, and a
     # sibling dir sharing the prefix (".dev-cluster2") must not match.
     needles = [f"{state_dir}/"]
-    pids: list[int] = []
+    recorded = {"kube-apiserver": 0, "etcd": 0}
     if cluster is not None:
         needles.append(f"{cluster.data_dir}/")
-        pids = [cluster.apiserver_pid, cluster.etcd_pid]
-    survivors = _terminate([p for p in pids if p > 0], needles)
-    stray = _servers_mentioning(needles)
-    survivors += _terminate(stray, needles) if stray else []
+        recorded = {"kube-apiserver": cluster.apiserver_pid, "etcd": cluster.etcd_pid}
+    survivors: list[int] = []
+    for name, pid in recorded.items():  # the apiserver first: see _stop_children
+        pids = {pid, *_servers_mentioning(needles, (name,))} - {0}
+        survivors += _terminate(sorted(pids), needles)
     if cluster is not None and cluster.data_dir != state_dir:
         shutil.rmtree(cluster.data_dir, ignore_errors=True)
     if remove:
@@ -638,11 +859,14 @@ def stop(state_dir: Path, remove: bool = True) -> list[int]:
 
 
 def stop_started(cluster: Cluster, remove: bool = False) -> list[int]:
-    """Like :func:`stop`, but also reaps the child processes this process started."""
+    """Like :func:`stop`, for a cluster this process started: stops and reaps its own
+    servers first, and lets go of its locks."""
+    _stop_own_servers(cluster)
     survivors = stop(cluster.state_dir, remove=remove)
-    for proc in cluster._children:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=1)
+    _drop_data_dir(cluster)
+    for fd in cluster._locks.values():
+        os.close(fd)
+    cluster._locks.clear()
     return survivors
 
 
