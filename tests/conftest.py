@@ -9,10 +9,12 @@ Where it sits: below every test that talks to Kubernetes. In: the binaries from
 * ``restricted`` (session): :class:`k8s_cluster.RestrictedIdentity`, a token user that can
   only get/list/watch configmaps in one namespace.
 
-Invariant: the cluster lives in pytest's temp dir (never ``.dev-cluster``), is started at
-most once per run and is always stopped at the end; its logs stay in that temp dir. Tests
-that need it skip when Go and prebuilt binaries are both missing, unless
-``FASTOBS_REQUIRE_CLUSTER=1`` (CI) turns that, and any build failure, into a failure.
+Invariant: the cluster is started at most once per run and always stopped at the end. It
+lives in its own dir under :func:`k8s_cluster.runs_root` (never ``.dev-cluster``, never
+pytest's temp root, whose old runs any other pytest run deletes); that dir is removed after
+a clean run and kept, and named, when the start or any test failed. Tests that need it skip
+when Go and prebuilt binaries are both missing, unless ``FASTOBS_REQUIRE_CLUSTER=1`` (CI)
+turns that, and any build failure, into a failure.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import re
 import secrets
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from k8s_cluster import Cluster as _Cluster
@@ -32,12 +35,14 @@ from k8s_cluster import (
     bin_dir,
     binaries_present,
     build,
+    new_run_dir,
     start,
     stop_started,
 )
 
 CLUSTER_FIXTURES = {"k8s", "ns", "restricted", "k8s_state"}
 _availability = pytest.StashKey[tuple[str, str] | None]()
+_kept_logs = pytest.StashKey[Path]()
 
 
 def _needs_cluster(item: pytest.Item) -> bool:
@@ -84,18 +89,30 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 @pytest.fixture(scope="session")
-def k8s_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Cluster]:
+def k8s_state(request: pytest.FixtureRequest) -> Iterator[_Cluster]:
     """The running cluster's full state (ports, pids, log paths); most tests want ``k8s``."""
-    state_dir = tmp_path_factory.mktemp("k8s-cluster")
+    state_dir = new_run_dir()
     try:
         cluster = start(state_dir, die_with_parent=True)
     except ClusterError as exc:
-        pytest.fail(f"the test cluster did not start (logs in {state_dir / 'logs'}):\n{exc}", pytrace=False)
+        pytest.fail(
+            f"the test cluster did not start; its logs are kept in {state_dir / 'logs'}\n{exc}", pytrace=False
+        )
     try:
         yield cluster
     finally:
         survivors = stop_started(cluster)
-        assert not survivors, f"cluster processes survived teardown: {survivors}"
+        if survivors or request.session.testsfailed:
+            request.config.stash[_kept_logs] = cluster.log_dir
+        else:
+            shutil.rmtree(state_dir, ignore_errors=True)
+        assert not survivors, f"cluster processes survived teardown: {survivors} (logs in {cluster.log_dir})"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    kept = terminalreporter.config.stash.get(_kept_logs, None)
+    if kept is not None:
+        terminalreporter.write_line(f"the test cluster's logs are kept in {kept}")
 
 
 @pytest.fixture(scope="session")
