@@ -128,7 +128,7 @@ FORMATS = [
     "%-5d|", "%05d", "%+d", "% d", "%#x", "%#o", "%o", "%O", "%b", "%c", "%U", "%#U", "%8.3f",
     "%-8.3e|", "%+.3g", "%#v", "%+v", "%10s|", "%-10s|", "%.2s", "%5.1q", "%#q", "%+q", "% x",
     "%#X", "%x %x", "%[2]v %[1]v", "%*d", "%.*f", "%!", "%z", "%", "%[5]d", "%v %v %v", "%#g",
-    "%.0f", "%.3x", "%10.4v|", "%08.3f", "%-08d|", "%p", "%w", "%F", "%.1e", "%6.2G",
+    "%.0f", "%.3x", "%10.4v|", "%08.3f", "%-08d|", "%w", "%F", "%.1e", "%6.2G",
 ]
 # What a range walks: lists, maps, small numbers and things it cannot walk (never a huge number,
 # which would make Go loop for ever).

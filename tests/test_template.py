@@ -257,17 +257,6 @@ def test_unreadable_template_file(tmp_path: Path, kubectl_env: dict[str, str], n
     assert caught.value.message == err.removeprefix("error: ").rstrip("\n")
 
 
-@pytest.mark.parametrize("fmt", ["go-template", "go-template-file", "template", "templatefile"])
-def test_go_templates_are_refused(fmt: str) -> None:
-    """Go templates fail at start-up with one line that points to JSONPath."""
-    with pytest.raises(TemplateError) as caught:
-        compile_template("{{.metadata.name}}", fmt)
-    assert caught.value.message == (
-        f"{fmt} output is not supported by fastobs; use a JSONPath template (-o jsonpath, the default)"
-    )
-    assert "\n" not in caught.value.message
-
-
 @pytest.mark.parametrize(("fmt", "quoted"), [
     ("json", '"json"'), ("yaml", '"yaml"'), ("name", '"name"'), ("jsonpath={.x}", '"jsonpath={.x}"'),
     ("gotemplate", '"gotemplate"'),  # the CLI rewrites oc's old spelling before this check

@@ -7,14 +7,9 @@ template argument oc appends to the command's argv. This package only dispatches
 output format (``-o``) and reads template files; each language is one module:
 
 * ``jsonpath`` -- kubectl's JSONPath (``jsonpath``, ``jsonpath-as-json``, ``jsonpath-file``).
-* Go templates (``go-template``, ``template`` and their ``-file`` forms) are not supported yet:
-  no maintained Python library implements kubectl's Go templates faithfully. The PyPI
-  candidates are thin bindings with a single or stale release (``go-template`` 0.0.3 of 2019,
-  ``py-go-template`` 1.0.0 of 2023, which adds sprig functions kubectl lacks, and
-  ``cognihub-pygotemplate`` 0.0.2 without a wheel for this platform); none has kubectl's
-  ``exists`` and ``base64decode`` functions or its float-only numbers. A near-miss would
-  silently change what user commands receive, so these formats are rejected at start-up with
-  a message naming JSONPath instead.
+* ``gotemplate`` -- Go's text/template as kubectl's go-template printer runs it
+  (``go-template``, ``template``, ``go-template-file``, ``templatefile``); it parses with
+  ``gotemplate_parse`` and prints values with ``gofmt``.
 
 In: template text and output format; then decoded JSON objects. Out: a :class:`Template`
 whose ``render`` gives the text kubectl's printer for that format would write for one object
@@ -59,10 +54,11 @@ def compile_template(text: str, output_format: str = "jsonpath", *, allow_missin
         return _Constant("")
     check_output_format(output_format)
     if output_format in GO_TEMPLATE_FORMATS:
-        raise TemplateError(
-            f"{output_format} output is not supported by fastobs; "
-            "use a JSONPath template (-o jsonpath, the default)"
-        )
+        if output_format in ("go-template-file", "templatefile"):
+            text = _read_template_file(text)
+        from fastobs.templates.gotemplate import compile_go_template
+
+        return compile_go_template(text, allow_missing=allow_missing)
     if output_format == "jsonpath-file":
         text = _read_template_file(text)
     from fastobs.templates.jsonpath import compile_jsonpath

@@ -13,9 +13,9 @@ integers decode), :class:`GoInt` (int: template constants, lengths, indexes), :c
 Invariants: a port of Go 1.26's fmt/print.go and fmt/format.go and the float formatting of
 strconv (shortest digits, fixed precision, ``%b``, ``%x``), flag by flag, including the
 ``%!verb(type=value)``, ``%!(EXTRA ...)``, ``(MISSING)`` and ``(BADINDEX)`` notes. Map keys
-print sorted. The one verb that cannot agree is ``%p`` on a map or a list: Go prints a memory
-address; here it prints ``0x0``-style nonsense is avoided by printing the same ``%!p`` note Go
-gives for values without an address (documented limit).
+print sorted. The one verb that cannot agree is ``%p`` on a map or a list: Go prints the
+address of the value in its own memory, which nobody can reproduce; fastobs prints an address
+of its own in the same spelling (a documented limit).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import math
 import struct
 from typing import Any, Final
 
-from fastobs.encoding import go_json_float, shortest_digits
+from fastobs.gocompat import go_json_float, shortest_digits
 from fastobs.templates.gotemplate_parse import go_is_print, go_quote, go_quote_rune
 
 __all__ = ["GoInt", "Uint8", "go_type", "json_number", "sprint", "sprint_value", "sprintf", "sprintln"]
@@ -450,10 +450,13 @@ class _Printer:
         self.buf.append("]")
 
     def fmt_pointer(self, value: Any, verb: str) -> None:
-        # Maps and slices have an address in Go, which no other process can predict; every
-        # other kind gets Go's bad-verb note.
+        # Maps and slices have an address in Go, which no other process can predict: print
+        # this process's address of the object, in Go's spelling. Other kinds get Go's note.
         if type(value) in (dict, list):
-            self.pad("0x0")
+            sharp = self.sharp
+            self.sharp = not sharp
+            self.fmt_integer(id(value), 16, False, "v", _LDIGITS)
+            self.sharp = sharp
             return
         self.bad_verb(verb, value)
 

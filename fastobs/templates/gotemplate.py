@@ -1053,88 +1053,127 @@ def _value_string(value: Any) -> str:
 # The printer: kubectl's GoTemplatePrinter as oc observe uses it.
 
 
-def _has_template_cycle(trees: dict[str, Tree]) -> bool:
-    """Whether some template can invoke itself (then Go's depth limit, not Python's, must apply)."""
-    calls: dict[str, set[str]] = {}
-    for name, tree in trees.items():
-        found: set[str] = set()
-        _collect_calls(tree.root, found)
-        calls[name] = found
-    state: dict[str, int] = {}
-
-    def visit(name: str) -> bool:
-        state[name] = 1
-        for callee in calls.get(name, ()):
-            mark = state.get(callee, 0)
-            if mark == 1 or (mark == 0 and callee in calls and visit(callee)):
-                return True
-        state[name] = 2
-        return False
-
-    return any(state.get(name, 0) == 0 and visit(name) for name in calls)
+DEEP_RECURSION_LIMIT: Final = 1_500_000
 
 
-def _collect_calls(node: Node | None, found: set[str]) -> None:
-    if node is None:
-        return
-    if isinstance(node, ListNode):
-        for child in node.nodes:
-            _collect_calls(child, found)
-    elif isinstance(node, TemplateNode):
-        found.add(node.name)
-    elif isinstance(node, (IfNode, RangeNode, WithNode)):
-        _collect_calls(node.list, found)
-        _collect_calls(node.else_list, found)
+def _deeply(work: Callable[[], Any]) -> Any:
+    """Run ``work``; if Python's recursion limit stops it, run it again with a far higher one.
+
+    Go's stacks grow as needed: templates nested thousands deep, objects nested as deep, and
+    recursive templates (which Go stops at depth 100000) all work there. Python 3.11 keeps
+    Python frames off the C stack, so a higher limit is safe; it is raised only for the
+    rare template that needs it, and put back afterwards.
+    """
+    try:
+        return work()
+    except RecursionError:
+        pass
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, DEEP_RECURSION_LIMIT))
+    try:
+        return work()
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+_Plan = list[str | tuple[str, ...]]
+
+
+def _simple_plan(trees: dict[str, Tree]) -> _Plan | None:
+    """Text and ``{{.a.b.c}}`` actions only (what most templates are): a flat plan, else None."""
+    if len(trees) != 1:
+        return None
+    root = trees["output"].root
+    assert root is not None
+    plan: _Plan = []
+    for node in root.nodes:
+        if type(node) is TextNode:
+            plan.append(node.text)
+            continue
+        if type(node) is not ActionNode or node.pipe.decl or len(node.pipe.cmds) != 1:
+            return None
+        args = node.pipe.cmds[0].args
+        if len(args) != 1 or type(args[0]) is not FieldNode:
+            return None
+        plan.append(tuple(args[0].ident))
+    return plan
+
+
+def _fast_text(value: Any) -> str | None:
+    """What an action prints for a value read from the object; None: ask the general path."""
+    kind = type(value)
+    if kind is str:
+        return value  # type: ignore[no-any-return]
+    if value is None:
+        return "<no value>"
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int and _INT64_MIN <= value <= _INT64_MAX:
+        return str(value)
+    return sprint_value(json_number(value) if kind is float or kind is int else value)
 
 
 class GoTemplate:
     """A parsed Go template; ``render`` runs it on one object as kubectl's printer would."""
 
-    __slots__ = ("_deep", "_root", "_trees", "allow_missing", "text")
+    __slots__ = ("_plan", "_root", "_trees", "allow_missing", "text")
 
     def __init__(self, text: str, trees: dict[str, Tree], *, allow_missing: bool) -> None:
         self.text = text
         self._trees = trees
         self._root = trees["output"]
         self.allow_missing = allow_missing
-        self._deep = _has_template_cycle(trees)
+        self._plan = _simple_plan(trees)
 
     def render(self, obj: Any) -> str:
-        state = _State(self._root, self._trees, not self.allow_missing, obj)
-        root = self._root.root
-        assert root is not None
+        if self._plan is not None and type(obj) is dict:
+            out = self._render_simple(obj, self._plan)
+            if out is not None:
+                return out
         try:
-            if self._deep:
-                self._walk_deep(state, obj, root)
-            else:
-                state.walk(obj, root)
+            return _deeply(lambda: self._execute(obj))  # type: ignore[no-any-return]
         except ExecError as exc:
             raise TemplateError(
                 f"unable to write arguments: error executing template {go_quote(self.text)}: {exc.message}"
             ) from None
-        return "".join(state.out)
 
-    @staticmethod
-    def _walk_deep(state: _State, obj: Any, root: Node) -> None:
-        # Go stops a recursive template at depth 100000; a few Python frames per level need a
-        # higher recursion limit than Python's default for the same answer.
-        limit = sys.getrecursionlimit()
-        sys.setrecursionlimit(max(limit, 12 * MAX_EXEC_DEPTH))
-        try:
-            state.walk(obj, root)
-        finally:
-            sys.setrecursionlimit(limit)
+    def _render_simple(self, obj: dict[str, Any], plan: _Plan) -> str | None:
+        """The plan on dicts only; None whenever Go would fail, so the general path says how."""
+        parts = []
+        missing = _MISSING
+        for step in plan:
+            if type(step) is str:
+                parts.append(step)
+                continue
+            value: Any = obj
+            for name in step:
+                if type(value) is not dict:
+                    if value is missing and not self.allow_missing:
+                        return None
+                    if value is missing:
+                        continue  # a missing key stays missing further down (default mode)
+                    return None  # nil, or a field of a non-map: an error in Go
+                value = value.get(name, missing)
+            if value is missing:
+                if not self.allow_missing:
+                    return None
+                parts.append("<no value>")
+                continue
+            parts.append(_fast_text(value))  # type: ignore[arg-type]
+        return "".join(parts)
+
+    def _execute(self, obj: Any) -> str:
+        state = _State(self._root, self._trees, not self.allow_missing, obj)
+        root = self._root.root
+        assert root is not None
+        state.walk(obj, root)
+        return "".join(state.out)
 
 
 def compile_go_template(text: str, *, allow_missing: bool = True) -> GoTemplate:
     """Parse ``text`` as kubectl's printer does; raise TemplateError with oc's message."""
-    limit = sys.getrecursionlimit()
-    # Parenthesised pipelines may nest 10000 deep in Go; each level costs a few Python frames.
-    sys.setrecursionlimit(max(limit, 100000))
     try:
-        trees = parse(text, FUNCS.keys())
+        trees = _deeply(lambda: parse(text, FUNCS.keys()))
     except ParseError as exc:
         raise TemplateError(f"error parsing template {text}, {exc.message}") from None
-    finally:
-        sys.setrecursionlimit(limit)
     return GoTemplate(text, trees, allow_missing=allow_missing)
