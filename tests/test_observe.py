@@ -88,6 +88,71 @@ def test_template_argument_and_strict_mode(k8s, ns, tmp_path: Path) -> None:
     assert "Traceback" not in strict.stderr
 
 
+GO_TEMPLATE = (
+    "{{.metadata.name}} {{if .data}}{{len .data}}{{else}}-{{end}}"
+    '{{range $k, $v := .data}} {{$k}}={{printf "%q" $v}}{{end}} {{.metadata.missing}}'
+    " {{with .metadata.labels}}{{.}}{{end}}{{range .spec.ports}} {{.port}}/{{.protocol}}{{end}}"
+    ' {{.metadata.resourceVersion | len | printf "%T"}}'
+)
+
+
+@pytest.mark.parametrize("fmt", ["go-template", "templatefile"])
+def test_go_template_argument_is_what_kubectl_prints(k8s, ns, tmp_path: Path, fmt: str) -> None:
+    """-o go-template: the argument is byte for byte kubectl's go-template printer output."""
+    k8s.apply(configmap("a", ns, data={"x": "hello world", "q": 'say "hi"\n\tthere', "u.key": "üñí €"},
+                        labels={"app": "web"}))
+    k8s.apply(configmap("b", ns))
+    k8s.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "svc", "namespace": ns},
+               "spec": {"ports": [{"name": "http", "port": 80}, {"name": "dns", "port": 53,
+                                                                   "protocol": "UDP"}]}})
+    template = GO_TEMPLATE
+    if fmt == "templatefile":
+        path = tmp_path / "argument.gotmpl"
+        path.write_text(GO_TEMPLATE)
+        template = str(path)
+    for resource, names in (("cm", ["a", "b"]), ("svc", ["svc"])):
+        rec = recorder(tmp_path, f"record-{resource}")
+        res = run_fastobs(k8s.env, resource, "-n", ns, "--once", NO_METRICS, "-o", fmt, "--template",
+                          template, "--", str(rec.path))
+        assert res.returncode == 0, res.stderr
+        got = {argv[1]: argv[2] for argv in rec.argvs()}
+        assert sorted(got) == names
+        for name in names:
+            want = k8s.kubectl("get", resource, name, "-n", ns, "-o", f"go-template={GO_TEMPLATE}").stdout
+            print(f"{resource}/{name}: {got[name]!r}")
+            assert got[name] == want
+
+
+def test_go_template_strict_error_is_ocs(k8s, ns, tmp_path: Path) -> None:
+    """--allow-missing-template-keys=false: oc's wrapping around kubectl's missingkey error, exit 1."""
+    k8s.apply(configmap("nox", ns, data={"y": "1"}))
+    rec = recorder(tmp_path)
+    res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "-o", "go-template", "--template",
+                      "{{.data.x}}", "--allow-missing-template-keys=false", "--", str(rec.path))
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr
+    kubectl = k8s.kubectl("get", "cm", "nox", "-n", ns, "-o", "go-template={{.data.x}}",
+                          "--allow-missing-template-keys=false", check=False)
+    assert kubectl.returncode == 1
+    kubectl_error = kubectl.stderr.strip().splitlines()[-1].removeprefix("error: ")
+    assert kubectl_error.endswith('map has no entry for key "x"')
+    assert res.stderr.strip().splitlines()[-1] == "error: unable to write arguments: " + kubectl_error
+    assert rec.calls() == []
+    default = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "-o", "go-template", "--template",
+                          "{{.data.x}}", "--", str(rec.path))
+    assert default.returncode == 0, default.stderr
+    assert rec.argvs() == [[ns, "nox", "<no value>"]]
+
+
+def test_go_template_parse_error_at_startup(k8s, ns) -> None:
+    res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "-o", "go-template", "--template",
+                      "{{.metadata.name", "--", "true")
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1] == (
+        "error: error parsing template {{.metadata.name, template: output:1: unclosed action"
+    )
+
+
 def test_template_parse_error_at_startup(k8s, ns, tmp_path: Path) -> None:
     res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "--template", "{.metadata.name",
                       "--", "true")
