@@ -26,6 +26,7 @@ from fastobs.errors import TemplateError
 from fastobs.templates import compile_template
 from fastobs.templates.gofmt import go_type, json_number
 from fastobs.templates.gotemplate import compile_go_template, go_list_cap
+from fastobs.templates.gotemplate_parse import go_is_print, is_alphanumeric
 
 ORACLE = DATA / "oracle"
 OBJECTS = load_objects()
@@ -329,6 +330,21 @@ def test_decoded_list_capacity_matches_go(oracle: Path) -> None:
     for (text, _, strict), want in zip(cases, wants, strict=True):
         assert fastobs_outcome(text, obj, strict) == want, text
     print("capacities:", {n: go_list_cap(n) for n in lengths})
+
+
+def test_unicode_classes_are_gos(oracle: Path) -> None:
+    """Every code point is printable, a letter or a digit for fastobs exactly when it is for Go."""
+    done = subprocess.run([str(oracle), "unicode"], capture_output=True, text=True, timeout=60, check=True)
+    want: dict[int, tuple[bool, bool]] = {}
+    for line in done.stdout.splitlines():
+        first, last, printable, alnum = line.split()
+        for code in range(int(first), int(last) + 1):
+            want[code] = (printable == "true", alnum == "true")
+    differ = [hex(code) for code in range(0x110000) if not 0xD800 <= code <= 0xDFFF
+              and (go_is_print(chr(code)), is_alphanumeric(chr(code)) and code != 0x5F)
+              != want.get(code, (False, False))]
+    print(f"{len(want)} code points printable or alphanumeric in Go; {len(differ)} differ")
+    assert differ == []
 
 
 def test_worker_side_modules_stay_light() -> None:

@@ -18,6 +18,7 @@ anything.
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 import unicodedata
@@ -86,8 +87,39 @@ def is_alphanumeric(ch: str) -> bool:
         return False
     if ch.isascii():
         return ch.isalnum()
-    category = unicodedata.category(ch)
+    category = _go_category(ch)
     return category[0] == "L" or category == "Nd"
+
+
+# Characters Unicode 15.0 (Go 1.26's tables) assigned that Python 3.11's tables (Unicode 14.0)
+# do not know: (first, last, kind) with kind L (letter), N (decimal digit) or P (printable).
+_UNICODE_15_ADDED: Final = (
+    (0xCF3, 0xCF3, "P"), (0xECE, 0xECE, "P"), (0x10EFD, 0x10EFF, "P"), (0x1123F, 0x11240, "L"),
+    (0x11241, 0x11241, "P"), (0x11B00, 0x11B09, "P"), (0x11F00, 0x11F01, "P"), (0x11F02, 0x11F02, "L"),
+    (0x11F03, 0x11F03, "P"), (0x11F04, 0x11F10, "L"), (0x11F12, 0x11F33, "L"), (0x11F34, 0x11F3A, "P"),
+    (0x11F3E, 0x11F4F, "P"), (0x11F50, 0x11F59, "N"), (0x1342F, 0x1342F, "L"), (0x13440, 0x13440, "P"),
+    (0x13441, 0x13446, "L"), (0x13447, 0x13455, "P"), (0x1B132, 0x1B132, "L"), (0x1B155, 0x1B155, "L"),
+    (0x1D2C0, 0x1D2D3, "P"), (0x1DF25, 0x1DF2A, "L"), (0x1E030, 0x1E06D, "L"), (0x1E08F, 0x1E08F, "P"),
+    (0x1E4D0, 0x1E4EB, "L"), (0x1E4EC, 0x1E4EF, "P"), (0x1E4F0, 0x1E4F9, "N"), (0x1F6DC, 0x1F6DC, "P"),
+    (0x1F774, 0x1F776, "P"), (0x1F77B, 0x1F77F, "P"), (0x1F7D9, 0x1F7D9, "P"), (0x1FA75, 0x1FA77, "P"),
+    (0x1FA87, 0x1FA88, "P"), (0x1FAAD, 0x1FAAF, "P"), (0x1FABB, 0x1FABD, "P"), (0x1FABF, 0x1FABF, "P"),
+    (0x1FACE, 0x1FACF, "P"), (0x1FADA, 0x1FADB, "P"), (0x1FAE8, 0x1FAE8, "P"), (0x1FAF7, 0x1FAF8, "P"),
+    (0x2B739, 0x2B739, "L"), (0x31350, 0x323AF, "L"),
+)
+_UNICODE_15_STARTS: Final = [first for first, _, _ in _UNICODE_15_ADDED]
+_OLD_TABLES: Final = tuple(map(int, unicodedata.unidata_version.split("."))) < (15, 0, 0)
+_KIND_CATEGORY: Final = {"L": "Lo", "N": "Nd", "P": "So"}
+
+
+def _go_category(ch: str) -> str:
+    """The general category as Go's Unicode 15.0 tables give it (close enough for L, Nd, printable)."""
+    category = unicodedata.category(ch)
+    if category == "Cn" and _OLD_TABLES:
+        code = ord(ch)
+        i = bisect.bisect_right(_UNICODE_15_STARTS, code) - 1
+        if i >= 0 and code <= _UNICODE_15_ADDED[i][1]:
+            return _KIND_CATEGORY[_UNICODE_15_ADDED[i][2]]
+    return category
 
 
 def _has_left_trim_marker(s: str, at: int) -> bool:
@@ -820,6 +852,11 @@ class TemplateNode(Node):
         out.append("}}")
 
 
+# unicode.IsSpace, which bytes.TrimSpace uses (Python's str.strip() also strips \x1c-\x1f).
+_GO_SPACE: Final = (" \t\n\v\f\r\x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
+                    "\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+
+
 def is_empty_tree(node: Node | None) -> bool:
     """Go's IsEmptyTree: nothing but space (and comments, which are never kept here)."""
     if node is None:
@@ -827,7 +864,7 @@ def is_empty_tree(node: Node | None) -> bool:
     if isinstance(node, ListNode):
         return all(is_empty_tree(n) for n in node.nodes)
     if isinstance(node, TextNode):
-        return not node.text.strip(" \t\n\v\f\r\x85\xa0")
+        return not node.text.strip(_GO_SPACE)
     return False
 
 
@@ -1618,8 +1655,7 @@ def go_is_print(ch: str) -> bool:
         return True
     if "\udc80" <= ch <= "\udcff":
         return False
-    category = unicodedata.category(ch)
-    return category[0] in "LMNPS"
+    return _go_category(ch)[0] in "LMNPS"
 
 
 def _escape_rune(ch: str, quote: str, ascii_only: bool = False) -> str:

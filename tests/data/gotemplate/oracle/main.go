@@ -8,7 +8,9 @@
 // whole message oc prints after "error: "; both are bytes (base64 in JSON), so output that is
 // not UTF-8 (base64decode can make such) compares byte for byte.
 //
-// With the single argument "version" it prints the Go version it was built with.
+// With the single argument "version" it prints the Go version it was built with; with "unicode"
+// it prints, as "first last print alnum" lines, the runs of code points that Go's
+// strconv.IsPrint or unicode.IsLetter/IsDigit accept (what the lexer and the quoting use).
 package main
 
 import (
@@ -18,6 +20,8 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strconv"
+	"unicode"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	kruntime "k8s.io/apimachinery/pkg/runtime"
@@ -61,6 +65,10 @@ func main() {
 		fmt.Println(runtime.Version())
 		return
 	}
+	if len(os.Args) > 1 && os.Args[1] == "unicode" {
+		printUnicode()
+		return
+	}
 	sc := bufio.NewScanner(os.Stdin)
 	sc.Buffer(make([]byte, 1<<20), 1<<26)
 	out := bufio.NewWriter(os.Stdout)
@@ -77,5 +85,23 @@ func main() {
 	}
 	if err := sc.Err(); err != nil {
 		panic(err)
+	}
+}
+
+func printUnicode() {
+	out := bufio.NewWriter(os.Stdout)
+	defer out.Flush()
+	start, last := rune(-1), [2]bool{}
+	for r := rune(0); r <= unicode.MaxRune+1; r++ {
+		cur := [2]bool{}
+		if r <= unicode.MaxRune {
+			cur = [2]bool{strconv.IsPrint(r), unicode.IsLetter(r) || unicode.IsDigit(r)}
+		}
+		if cur != last || r > unicode.MaxRune {
+			if start >= 0 && (last[0] || last[1]) {
+				fmt.Fprintf(out, "%d %d %t %t\n", start, r-1, last[0], last[1])
+			}
+			start, last = r, cur
+		}
 	}
 }
