@@ -114,6 +114,17 @@ PRINTF_CASES = [
 ]
 
 
+# Templates that are not UTF-8 (a --template argument is bytes): bad bytes in text, in quoted and
+# raw strings, in identifiers and in parse errors.
+BYTES_CASES = [
+    b"\xff{{.metadata.name}}\xfe", b'{{"a\xffb"}}', b"{{`a\xffb`}}", b"{{printf \"%q|%x\" \"\xe9\"}}",
+    b"{{.metadata.name\xff}}", b"{{\xff}}", b"{{.metadata.name", b"\xe9\xe9{{len \"\xe9\"}}",
+    b"{{'\xff'}}", b"{{define \"\xff\"}}x{{end}}{{template \"\xff\"}}", b"{{.missing}}\xc3",
+    b"\xed\xa0\x80{{\"\xed\xa0\x80\" | printf \"%q %+q %x\"}}",
+    b'{{js "\xff<"}}{{html "\xff"}}{{urlquery "\xff"}}',
+]
+
+
 def all_groups() -> dict[str, list[Case]]:
     groups = {
         "go": [(t, o, s) for t in go_cases() for o in ("gotest", "pod") for s in (False, True)],
@@ -122,6 +133,8 @@ def all_groups() -> dict[str, list[Case]]:
         "odd-keys": odd_key_cases(),
         "edges": edge_cases(),
         "printf": [(t, o, False) for t in PRINTF_CASES for o in ("pod", "numbers")],
+        "bytes": [(t.decode("utf-8", "surrogateescape"), "pod", strict) for t in BYTES_CASES
+                  for strict in (False, True)],
     }
     for seed in GENERATED_SEEDS:
         groups[f"generated-{seed}"] = generated_cases(seed, GENERATED_PER_SEED, sorted(OBJECTS))
@@ -148,7 +161,11 @@ def oracle(request: pytest.FixtureRequest) -> Path:
 
 def ask_oracle(binary: Path, cases: list[Case], objects: dict[str, Any] = OBJECTS) -> list[dict[str, Any]]:
     """Run every case through one oracle process; answers as {"out"|"err": str, "parse": bool}."""
-    lines = b"".join(orjson.dumps({"tmpl": t, "obj": objects[o], "strict": s}) + b"\n" for t, o, s in cases)
+    lines = b"".join(
+        orjson.dumps({"tmpl": base64.b64encode(t.encode("utf-8", "surrogateescape")).decode(),
+                      "obj": objects[o], "strict": s}) + b"\n"
+        for t, o, s in cases
+    )
     done = subprocess.run([str(binary)], input=lines, capture_output=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     answers = []

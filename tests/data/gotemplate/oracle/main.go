@@ -3,7 +3,8 @@
 // k8s.io/cli-runtime's GoTemplatePrinter (the printer behind -o go-template, with kubectl's
 // extra functions, its JSON round trip and its missingkey option). One JSON request per line.
 //
-// request:  {"tmpl": "...", "obj": {...}, "strict": false}
+// request:  {"tmpl": base64, "obj": {...}, "strict": false} - the template as bytes (base64 in
+// JSON), so templates that are not UTF-8 reach the printer unchanged.
 // response: {"out": base64, "err": base64, "parse": bool} - out is what the printer wrote, err the
 // whole message oc prints after "error: "; both are bytes (base64 in JSON), so output that is
 // not UTF-8 (base64decode can make such) compares byte for byte.
@@ -29,7 +30,7 @@ import (
 )
 
 type req struct {
-	Tmpl   string          `json:"tmpl"`
+	Tmpl   []byte          `json:"tmpl"`
 	Obj    json.RawMessage `json:"obj"`
 	Strict bool            `json:"strict"`
 }
@@ -47,7 +48,7 @@ func run(r req) resp {
 		return resp{Err: []byte("decode: " + err.Error())}
 	}
 	// genericclioptions.GoTemplatePrintFlags.ToPrinter, minus the file handling.
-	p, err := printers.NewGoTemplatePrinter([]byte(r.Tmpl))
+	p, err := printers.NewGoTemplatePrinter(r.Tmpl)
 	if err != nil {
 		return resp{Err: fmt.Appendf(nil, "error parsing template %s, %v", r.Tmpl, err), Parse: true}
 	}
