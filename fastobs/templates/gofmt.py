@@ -379,6 +379,16 @@ class _Printer:
         else:
             self.bad_verb(verb, v)
 
+    def print_verb(self, arg: Any, verb: str) -> None:
+        """One verb of Printf: %v and %w turn # and + into Go-syntax and field flags."""
+        if verb in ("v", "w"):
+            self.sharp_v, self.sharp = self.sharp, False
+            self.plus_v, self.plus = self.plus, False
+        if verb == "w":
+            self.bad_verb("w", arg)  # %w only means something to Errorf
+        else:
+            self.print_arg(arg, verb)
+
     def print_arg(self, arg: Any, verb: str) -> None:
         if arg is None:
             if verb in ("T", "v"):
@@ -796,13 +806,7 @@ def sprintf(fmt: str, args: list[Any]) -> str:
                 p.space = True
             else:
                 if "a" <= c <= "z" and arg_num < len(args):
-                    if c in ("v", "w"):
-                        p.sharp_v, p.sharp = p.sharp, False
-                        p.plus_v, p.plus = p.plus, False
-                    if c == "w":
-                        p.bad_verb("w", args[arg_num])
-                    else:
-                        p.print_arg(args[arg_num], c)
+                    p.print_verb(args[arg_num], c)
                     arg_num += 1
                     i += 1
                     simple_done = True
@@ -860,13 +864,7 @@ def sprintf(fmt: str, args: list[Any]) -> str:
         elif arg_num >= len(args):
             p.buf.append("%!" + verb + "(MISSING)")
         else:
-            if verb in ("v", "w"):
-                p.sharp_v, p.sharp = p.sharp, False
-                p.plus_v, p.plus = p.plus, False
-            if verb == "w":
-                p.bad_verb("w", args[arg_num])
-            else:
-                p.print_arg(args[arg_num], verb)
+            p.print_verb(args[arg_num], verb)
             arg_num += 1
     if not reordered and arg_num < len(args):
         p.clearflags()

@@ -433,20 +433,22 @@ class _Lexer:
         return None
 
     def lex_char(self) -> _State:
+        return self._lex_quoted("'", CHAR_CONSTANT, "unterminated character constant")
+
+    def _lex_quoted(self, quote: str, typ: int, unterminated: str) -> _State:
+        """A quoted string or character constant; the opening quote is already scanned."""
         while True:
             ch = self.next()
             if ch == "\\":
-                after = self.next()
-                if after not in ("", "\n"):
+                if self.next() not in ("", "\n"):
                     continue
-                self.errorf("unterminated character constant")
-                return None
+                ch = ""
             if ch in ("", "\n"):
-                self.errorf("unterminated character constant")
+                self.errorf(unterminated)
                 return None
-            if ch == "'":
+            if ch == quote:
                 break
-        self.emit(CHAR_CONSTANT)
+        self.emit(typ)
         return None
 
     def lex_number(self) -> _State:
@@ -489,21 +491,7 @@ class _Lexer:
         return True
 
     def lex_quote(self) -> _State:
-        while True:
-            ch = self.next()
-            if ch == "\\":
-                after = self.next()
-                if after not in ("", "\n"):
-                    continue
-                self.errorf("unterminated quoted string")
-                return None
-            if ch in ("", "\n"):
-                self.errorf("unterminated quoted string")
-                return None
-            if ch == '"':
-                break
-        self.emit(STRING)
-        return None
+        return self._lex_quoted('"', STRING, "unterminated quoted string")
 
     def lex_raw_quote(self) -> _State:
         while True:
@@ -1554,6 +1542,9 @@ def _scan_complex(text: str) -> complex:
 
 # ---------------------------------------------------------------------------------------------
 # Quoting: strconv.Unquote, strconv.UnquoteChar and the quoting used in messages.
+# TODO: strconv.Quote also lives in fastobs.quoting (header lines) with Python's idea of
+# printable; the Go-compatible helpers are being gathered in one module, and this quoter (Go's
+# Unicode tables, QuoteToASCII, QuoteRune) should replace both there.
 
 _SIMPLE_ESCAPES: Final = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t",
                           "v": "\v", "\\": "\\"}
