@@ -25,6 +25,16 @@ Invariants:
   ``reflect.Value`` (a missing key: :data:`INVALID`); ``{{.x}}`` prints ``<no value>`` for
   both, but functions and error messages tell them apart, and so does this port.
 * Each render starts from a clean state; a template is safe to render again and again.
+
+Why a port and not a library: the PyPI bindings (``go-template`` 0.0.3, ``py-go-template``
+1.0.0, ``cognihub-pygotemplate`` 0.0.2) load a Go shared library built at install time, have
+one or two stale releases and none of kubectl's functions or number handling. The one pure
+Python implementation, ``gotpl`` 0.1.0 (one release, "Planning" status, 27k lines, four
+dependencies), was measured on this module's differential corpus: its output matched for
+most successful renders, but only 41% of Go's own test templates, 52% of kubectl's and 27%
+of the generated ones came out identical (positions and wording of its errors differ from
+Go's, and its values are not kubectl's), and it rendered 10 to 40 times slower
+(27 us for ``{{.metadata.name}}``, 256 us for a range with ``if eq``).
 """
 
 from __future__ import annotations
@@ -131,15 +141,20 @@ _ANY: Final = "interface {}"
 _STRING: Final = "string"
 
 
+_PLAIN, _AND_OR, _SLICE, _CALL = range(4)
+
+
 class _Func:
-    __slots__ = ("builtin", "fn", "params", "variadic")
+    """A function as evalCall sees it: parameter kinds, variadic or not, special handling."""
+
+    __slots__ = ("fn", "params", "special", "variadic")
 
     def __init__(self, fn: Callable[..., Any], params: tuple[str, ...], variadic: bool,
-                 builtin: bool = True) -> None:
+                 special: int = _PLAIN) -> None:
         self.fn = fn
         self.params = params
         self.variadic = variadic
-        self.builtin = builtin
+        self.special = special
 
 
 def _indirect_interface(value: Any) -> Any:
@@ -561,15 +576,15 @@ def _decode_quantum(src: bytes, si: int) -> tuple[int, bytes, int | None]:
 
 
 FUNCS: Final[dict[str, _Func]] = {
-    "and": _Func(_fn_unreachable, (_VALUE, _VALUE), True),
-    "call": _Func(_fn_unreachable, (_VALUE, _VALUE), True),
+    "and": _Func(_fn_unreachable, (_VALUE, _VALUE), True, _AND_OR),
+    "call": _Func(_fn_call, (_VALUE, _VALUE), True, _CALL),
     "html": _Func(_fn_html, (_ANY,), True),
     "index": _Func(_fn_index, (_VALUE, _VALUE), True),
-    "slice": _Func(_fn_slice, (_VALUE, _VALUE), True),
+    "slice": _Func(_fn_slice, (_VALUE, _VALUE), True, _SLICE),
     "js": _Func(_fn_js, (_ANY,), True),
     "len": _Func(_fn_len, (_VALUE,), False),
     "not": _Func(_fn_not, (_VALUE,), False),
-    "or": _Func(_fn_unreachable, (_VALUE, _VALUE), True),
+    "or": _Func(_fn_unreachable, (_VALUE, _VALUE), True, _AND_OR),
     "print": _Func(_fn_print, (_ANY,), True),
     "printf": _Func(_fn_printf, (_STRING, _ANY), True),
     "println": _Func(_fn_println, (_ANY,), True),
@@ -580,9 +595,9 @@ FUNCS: Final[dict[str, _Func]] = {
     "le": _Func(_fn_le, (_VALUE, _VALUE), False),
     "lt": _Func(_fn_lt, (_VALUE, _VALUE), False),
     "ne": _Func(_fn_ne, (_VALUE, _VALUE), False),
-    # kubectl's additions: not builtins, so and/or/call special cases never apply to them.
-    "exists": _Func(_fn_exists, (_ANY, _ANY), True, builtin=False),
-    "base64decode": _Func(_fn_base64decode, (_STRING,), False, builtin=False),
+    # kubectl's additions (k8s.io/cli-runtime printers).
+    "exists": _Func(_fn_exists, (_ANY, _ANY), True),
+    "base64decode": _Func(_fn_base64decode, (_STRING,), False),
 }
 
 
@@ -910,59 +925,51 @@ class _State:
 
     def eval_call(self, dot: Any, fn: _Func, node: Node, name: str, args: list[Node] | None,
                   final: Any) -> Any:
-        call_args = args[1:] if args is not None else []
+        n_args = len(args) - 1 if args is not None else 0  # args[0] is the function itself
+        has_final = final is not _MISSING
         params = fn.params
-        num_in = len(call_args) + (final is not _MISSING)
-        num_fixed = len(call_args)
+        num_in = n_args + has_final
+        num_fixed = n_args
         if fn.variadic:
             num_fixed = len(params) - 1
             if num_in < num_fixed:
                 raise self.errorf(f"wrong number of args for {name}: want at least {len(params) - 1} "
-                                  f"got {len(call_args)}")
+                                  f"got {n_args}")
         elif num_in != len(params):
             raise self.errorf(f"wrong number of args for {name}: want {len(params)} got {num_in}")
-
-        if fn.builtin and name in ("and", "or"):
+        special = fn.special
+        if special == _AND_OR:
             value: Any = INVALID
-            for arg in call_args:
-                value = self.eval_arg(dot, _VALUE, arg)
+            for i in range(1, n_args + 1):
+                value = self.eval_arg(dot, _VALUE, args[i])  # type: ignore[index]
                 if _truth(value) == (name == "or"):
                     return value
-            if final is not _MISSING:
+            if has_final:
                 value = self.validate_type(final, _VALUE)
             return value
 
-        argv: list[Any] = []
-        i = 0
-        while i < num_fixed and i < len(call_args):
-            argv.append(self.eval_arg(dot, params[i], call_args[i]))
-            i += 1
+        eval_arg = self.eval_arg
+        argv = [eval_arg(dot, params[i - 1], args[i])  # type: ignore[index]
+                for i in range(1, min(num_fixed, n_args) + 1)]
         if fn.variadic:
-            while i < len(call_args):
-                argv.append(self.eval_arg(dot, params[-1], call_args[i]))
-                i += 1
-        if final is not _MISSING:
+            rest = params[-1]
+            argv += [eval_arg(dot, rest, args[i]) for i in range(num_fixed + 1, n_args + 1)]  # type: ignore[index]
+        if has_final:
             param = params[-1]
             if fn.variadic and num_in - 1 < num_fixed:
                 param = params[num_in - 1]
             argv.append(self.validate_type(final, param))
 
-        if fn.builtin and name == "slice":
-            for j in range(1, min(len(argv), len(call_args))):
-                if self.arg_wrapped(call_args[j], argv[j]):
+        function = fn.fn
+        if special == _SLICE:
+            for j in range(1, min(len(argv), n_args)):
+                if self.arg_wrapped(args[j + 1], argv[j]):  # type: ignore[index]
                     argv[j] = _Wrapped(argv[j])
-        if fn.builtin and name == "call":
-            if not call_args:
-                callee = _value_string(final)
-            else:
-                callee = str(call_args[0])
-            try:
-                return _fn_call(callee, *argv)
-            except _FuncError as exc:
-                self.node = node
-                raise self.errorf(f"error calling {name}: {exc.message}") from None
+        elif special == _CALL:
+            # The callee's name for messages: its node, or the piped value's reflect String().
+            argv.insert(0, str(args[1]) if n_args else _value_string(final))  # type: ignore[index]
         try:
-            return fn.fn(*argv)
+            return function(*argv)
         except _FuncError as exc:
             self.node = node
             raise self.errorf(f"error calling {name}: {exc.message}") from None
