@@ -1134,7 +1134,10 @@ class GoTemplate:
 
     def render(self, obj: Any) -> str:
         if self._plan is not None and type(obj) is dict:
-            out = self._render_simple(obj, self._plan)
+            try:
+                out = self._render_simple(obj, self._plan)
+            except RecursionError:  # printing a deeply nested value: the general path copes
+                out = None
             if out is not None:
                 return out
         try:
