@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import pods  # noqa: E402
 
 from fastobs.errors import TemplateError  # noqa: E402
-from fastobs.template import compile_template  # noqa: E402
+from fastobs.templates import compile_template  # noqa: E402
 
 TEMPLATES = [
     ("name", "jsonpath", "{.metadata.name}"),

@@ -6,24 +6,30 @@ Where it sits: under every stage that must read or print a value exactly as ``oc
 ``selector``, ``header`` and the templates quote with :func:`go_quote`; the daemon prints
 durations with :func:`format_go_duration`; the templates print floats with
 :func:`go_format_float`, ``encoding`` with :func:`go_json_float`, ``metrics`` (beside its
-exposition's own zero rule) with :func:`go_format_float`.
+exposition's own zero rule) with :func:`go_format_float`. The Go template parser reads
+numbers with :func:`parse_go_int`, :func:`parse_go_uint` and :func:`parse_go_float`, and
+classifies characters with :func:`go_unicode_category` and :func:`go_is_print`.
 
 In: strings (flag values, user input; bytes that were not UTF-8 arrive as surrogate
 escapes, as ``os.fsdecode`` makes them) and numbers. Out: Python values, or Go's text.
 
 Invariant: each function is one Go function, reproduced exactly -- ``strconv.Quote``,
-``strconv.ParseInt``, ``strconv.ParseBool``, ``strconv.FormatFloat(v, 'g', -1, 64)`` (which
-is ``fmt``'s ``%v``), ``encoding/json``'s float spelling, ``time.ParseDuration`` and
+``QuoteToASCII``, ``QuoteRune``, ``IsPrint``, ``strconv.ParseInt``, ``ParseUint``,
+``ParseFloat``, ``strconv.ParseBool``, ``strconv.FormatFloat(v, 'g', -1, 64)`` (which is
+``fmt``'s ``%v``), ``encoding/json``'s float spelling, ``time.ParseDuration`` and
 ``time.Duration.String`` -- with Go's error messages, and each is checked against the Go
 toolchain (``tests/test_quoting.py``, ``test_encoding.py``, ``test_durations.py``,
-``test_cli.py``'s pflag comparison). There is one implementation of each here; no other
-module spells these values itself.
+``test_cli.py``'s pflag comparison, ``test_gotemplate.py``). Character classes follow Go's
+Unicode 15.0 tables, also on Python 3.11 (Unicode 14.0). There is one implementation of each
+here; no other module spells these values itself.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
+import unicodedata
 
 __all__ = [
     "DurationError",
@@ -31,16 +37,21 @@ __all__ = [
     "format_go_duration_ns",
     "go_format_float",
     "go_json_float",
+    "go_is_print",
     "go_quote",
+    "go_quote_rune",
+    "go_unicode_category",
     "parse_go_bool",
     "parse_go_duration",
     "parse_go_duration_ns",
+    "parse_go_float",
     "parse_go_int",
+    "parse_go_uint",
     "shortest_digits",
 ]
 
 
-# --- strconv: quoting ----------------------------------------------------------------------
+# --- strconv: quoting, and Go's Unicode classes -------------------------------------------
 
 
 _SHORT_ESCAPES = {
@@ -51,14 +62,53 @@ _SHORT_ESCAPES = {
     "\r": "\\r",
     "\t": "\\t",
     "\v": "\\v",
-    '"': '\\"',
-    "\\": "\\\\",
 }
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
+# Characters Unicode 15.0 (the tables of Go 1.25 and 1.26) assigned that Python 3.11's tables
+# (Unicode 14.0) do not know: (first, last, kind), kind L (letter), N (decimal digit) or P
+# (printable). Listed from Go's own unicode package; tests/test_gotemplate.py checks every
+# code point against it.
+_UNICODE_15_ADDED = (
+    (0xCF3, 0xCF3, "P"), (0xECE, 0xECE, "P"), (0x10EFD, 0x10EFF, "P"), (0x1123F, 0x11240, "L"),
+    (0x11241, 0x11241, "P"), (0x11B00, 0x11B09, "P"), (0x11F00, 0x11F01, "P"), (0x11F02, 0x11F02, "L"),
+    (0x11F03, 0x11F03, "P"), (0x11F04, 0x11F10, "L"), (0x11F12, 0x11F33, "L"), (0x11F34, 0x11F3A, "P"),
+    (0x11F3E, 0x11F4F, "P"), (0x11F50, 0x11F59, "N"), (0x1342F, 0x1342F, "L"), (0x13440, 0x13440, "P"),
+    (0x13441, 0x13446, "L"), (0x13447, 0x13455, "P"), (0x1B132, 0x1B132, "L"), (0x1B155, 0x1B155, "L"),
+    (0x1D2C0, 0x1D2D3, "P"), (0x1DF25, 0x1DF2A, "L"), (0x1E030, 0x1E06D, "L"), (0x1E08F, 0x1E08F, "P"),
+    (0x1E4D0, 0x1E4EB, "L"), (0x1E4EC, 0x1E4EF, "P"), (0x1E4F0, 0x1E4F9, "N"), (0x1F6DC, 0x1F6DC, "P"),
+    (0x1F774, 0x1F776, "P"), (0x1F77B, 0x1F77F, "P"), (0x1F7D9, 0x1F7D9, "P"), (0x1FA75, 0x1FA77, "P"),
+    (0x1FA87, 0x1FA88, "P"), (0x1FAAD, 0x1FAAF, "P"), (0x1FABB, 0x1FABD, "P"), (0x1FABF, 0x1FABF, "P"),
+    (0x1FACE, 0x1FACF, "P"), (0x1FADA, 0x1FADB, "P"), (0x1FAE8, 0x1FAE8, "P"), (0x1FAF7, 0x1FAF8, "P"),
+    (0x2B739, 0x2B739, "L"), (0x31350, 0x323AF, "L"),
+)
+_UNICODE_15_STARTS = [first for first, _, _ in _UNICODE_15_ADDED]
+_OLD_TABLES = tuple(map(int, unicodedata.unidata_version.split("."))) < (15, 0, 0)
+_KIND_CATEGORY = {"L": "Lo", "N": "Nd", "P": "So"}
 
-def go_quote(s: str) -> str:
-    """Return Go's ``strconv.Quote(s)`` (the ``%q`` verb): a double-quoted literal with Go escapes.
+
+def go_unicode_category(ch: str) -> str:
+    """The general category of ``ch`` as Go's Unicode tables have it (for L*, Nd and printable)."""
+    category = unicodedata.category(ch)
+    if category == "Cn" and _OLD_TABLES:
+        code = ord(ch)
+        i = bisect.bisect_right(_UNICODE_15_STARTS, code) - 1
+        if i >= 0 and code <= _UNICODE_15_ADDED[i][1]:
+            return _KIND_CATEGORY[_UNICODE_15_ADDED[i][2]]
+    return category
+
+
+def go_is_print(ch: str) -> bool:
+    """Go's ``strconv.IsPrint``: letters, marks, numbers, punctuation, symbols and U+0020."""
+    if ch == " ":
+        return True
+    if "\udc80" <= ch <= "\udcff":
+        return False  # a byte that is not UTF-8: Go's RuneError of width one
+    return go_unicode_category(ch)[0] in "LMNPS"
+
+
+def go_quote(s: str, *, ascii_only: bool = False) -> str:
+    """Return Go's ``strconv.Quote(s)`` (the ``%q`` verb), or ``QuoteToASCII`` (``%+q``).
 
     Text that came from bytes that are not UTF-8 (surrogate escapes, as ``os.fsdecode`` makes
     them) is quoted as Go quotes those bytes.
@@ -68,7 +118,14 @@ def go_quote(s: str) -> str:
             return '"' + s + '"'
     elif _SURROGATES.search(s) is not None:
         s = _as_go_sees_it(s)
-    return '"' + "".join(map(_escape_char, s)) + '"'
+    return '"' + "".join([_escape_char(ch, '"', ascii_only) for ch in s]) + '"'
+
+
+def go_quote_rune(code: int, *, ascii_only: bool = False) -> str:
+    """Return Go's ``strconv.QuoteRune`` (or ``QuoteRuneToASCII``); invalid code points are U+FFFD."""
+    if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:
+        code = 0xFFFD
+    return "'" + _escape_char(chr(code), "'", ascii_only) + "'"
 
 
 def _as_go_sees_it(s: str) -> str:
@@ -83,12 +140,15 @@ def _as_go_sees_it(s: str) -> str:
         return s  # a lone surrogate that no byte string produces; quoted as U+FFFD
 
 
-def _escape_char(ch: str) -> str:
+def _escape_char(ch: str, quote: str, ascii_only: bool) -> str:
+    """Go's appendEscapedRune for one character of a quoted string or rune literal."""
+    if ch == quote or ch == "\\":
+        return "\\" + ch
+    if (ch.isascii() or not ascii_only) and go_is_print(ch):
+        return ch
     short = _SHORT_ESCAPES.get(ch)
     if short is not None:
         return short
-    if ch.isprintable():
-        return ch
     code = ord(ch)
     if code < 0x20 or code == 0x7F:
         return f"\\x{code:02x}"
@@ -135,8 +195,25 @@ def parse_go_int(text: str, *, base: int = 0, bits: int = 64) -> int:
     digits, negative = text, False
     if digits[:1] in ("+", "-"):
         negative, digits = digits[0] == "-", digits[1:]
+    value = _parse_magnitude("ParseInt", text, digits, base)
+    limit = 1 << (bits - 1)
+    if value > limit - (0 if negative else 1):
+        raise _num_error("ParseInt", text, "value out of range")
+    return -value if negative else value
+
+
+def parse_go_uint(text: str, *, base: int = 0, bits: int = 64) -> int:
+    """Go's ``strconv.ParseUint(text, base, bits)``: no sign, up to ``2**bits - 1``."""
+    value = _parse_magnitude("ParseUint", text, text, base)
+    if value > (1 << bits) - 1:
+        raise _num_error("ParseUint", text, "value out of range")
+    return value
+
+
+def _parse_magnitude(func: str, text: str, digits: str, base: int) -> int:
+    """The digits of ``text`` (its sign, if any, already removed into ``digits``) as a uint64."""
     if not digits:
-        raise _num_error("ParseInt", text, "invalid syntax")
+        raise _num_error(func, text, "invalid syntax")
     if base == 0:
         base = 10
         if digits[0] == "0":
@@ -148,7 +225,6 @@ def parse_go_int(text: str, *, base: int = 0, bits: int = 64) -> int:
         underscores_allowed = True
     else:
         underscores_allowed = False
-    limit = 1 << (bits - 1)
     value, saw_underscore = 0, False
     for char in digits:
         if char == "_" and underscores_allowed:
@@ -156,15 +232,50 @@ def parse_go_int(text: str, *, base: int = 0, bits: int = 64) -> int:
             continue
         digit = int(char, 36) if char.isascii() and char.isalnum() else 99
         if digit >= base:
-            raise _num_error("ParseInt", text, "invalid syntax")
+            raise _num_error(func, text, "invalid syntax")
         value = value * base + digit
         if value > (1 << 64) - 1:
-            raise _num_error("ParseInt", text, "value out of range")
+            raise _num_error(func, text, "value out of range")
     if saw_underscore and not _underscores_ok(text):
-        raise _num_error("ParseInt", text, "invalid syntax")
-    if value > limit - (0 if negative else 1):
-        raise _num_error("ParseInt", text, "value out of range")
-    return -value if negative else value
+        raise _num_error(func, text, "invalid syntax")
+    return value
+
+
+_DEC_FLOAT = re.compile(r"[+-]?(?:[0-9_]*[0-9][0-9_]*\.?[0-9_]*|[0-9_]*\.[0-9_]*[0-9][0-9_]*)"
+                        r"(?:[eE][+-]?[0-9][0-9_]*)?")
+_HEX_FLOAT = re.compile(r"[+-]?0[xX](?:[0-9a-fA-F_]*[0-9a-fA-F][0-9a-fA-F_]*\.?[0-9a-fA-F_]*"
+                        r"|[0-9a-fA-F_]*\.[0-9a-fA-F_]*[0-9a-fA-F][0-9a-fA-F_]*)[pP][+-]?[0-9][0-9_]*")
+def _special_float(text: str) -> float | None:
+    """Go's ``special``: ``inf``/``infinity`` with an optional sign, or ``nan``, in any case."""
+    if text[:1] in ("+", "-"):
+        sign = -1.0 if text[0] == "-" else 1.0
+        return sign * math.inf if text[1:].lower() in ("inf", "infinity") else None
+    lowered = text.lower()
+    if lowered in ("inf", "infinity"):
+        return math.inf
+    return math.nan if lowered == "nan" else None
+
+
+def parse_go_float(text: str) -> float:
+    """Go's ``strconv.ParseFloat(text, 64)``: decimal and hexadecimal forms, ``_`` only between
+    digits, ``inf``/``nan`` in any case; a value beyond float64 is "value out of range"."""
+    special = _special_float(text)
+    if special is not None:
+        return special
+    if _HEX_FLOAT.fullmatch(text) is not None:
+        try:
+            value = float.fromhex(text.replace("_", ""))
+        except OverflowError:
+            value = math.inf
+    elif _DEC_FLOAT.fullmatch(text) is not None:
+        value = float(text.replace("_", ""))
+    else:
+        raise _num_error("ParseFloat", text, "invalid syntax")
+    if "_" in text and not _underscores_ok(text):
+        raise _num_error("ParseFloat", text, "invalid syntax")
+    if math.isinf(value):
+        raise _num_error("ParseFloat", text, "value out of range")
+    return value
 
 
 _TRUE = {"1", "t", "T", "TRUE", "true", "True"}

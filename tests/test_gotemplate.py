@@ -24,10 +24,11 @@ import pytest
 from gotemplate_cases import DATA, KUBECTL_CASES, generated_cases, go_cases, load_objects
 
 from fastobs.errors import TemplateError
+from fastobs.gocompat import go_is_print
 from fastobs.templates import compile_template
 from fastobs.templates.gofmt import go_type, json_number
 from fastobs.templates.gotemplate import compile_go_template, go_list_cap
-from fastobs.templates.gotemplate_parse import go_is_print, is_alphanumeric
+from fastobs.templates.gotemplate_parse import is_alphanumeric
 
 ORACLE = DATA / "oracle"
 OBJECTS = load_objects()

@@ -24,8 +24,14 @@ import math
 import struct
 from typing import Any, Final
 
-from fastobs.gocompat import go_json_float, shortest_digits
-from fastobs.templates.gotemplate_parse import go_is_print, go_quote, go_quote_rune
+from fastobs.gocompat import (
+    go_format_float,
+    go_is_print,
+    go_json_float,
+    go_quote,
+    go_quote_rune,
+    shortest_digits,
+)
 
 __all__ = ["GoInt", "Uint8", "go_type", "json_number", "sprint", "sprint_value", "sprintf", "sprintln"]
 
@@ -534,6 +540,10 @@ def format_float(v: float, fmt: str, prec: int) -> str:
         return _fmt_x(v, prec, fmt)
     sign = "-" if neg else ""
     a = abs(v)
+    if prec < 0 and fmt in ("g", "G"):
+        # %v and %g: the shortest spelling, which gocompat owns.
+        text = go_format_float(v)
+        return text.replace("e", "E") if fmt == "G" else text
     if prec < 0:
         digits, point = shortest_digits(a)
         if a == 0:

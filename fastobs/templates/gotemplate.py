@@ -45,6 +45,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from fastobs.errors import TemplateError
+from fastobs.gocompat import go_is_print, go_quote
 from fastobs.templates.gofmt import (
     GoInt,
     Uint8,
@@ -80,8 +81,6 @@ from fastobs.templates.gotemplate_parse import (
     VariableNode,
     WithNode,
     error_location,
-    go_is_print,
-    go_quote,
     parse,
 )
 

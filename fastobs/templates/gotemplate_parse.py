@@ -18,18 +18,24 @@ anything.
 
 from __future__ import annotations
 
-import bisect
 import math
-import re
-import unicodedata
 from collections.abc import Callable, Collection
 from typing import Final, TypeAlias
+
+from fastobs.gocompat import (
+    go_is_print,
+    go_quote,
+    go_unicode_category,
+    parse_go_float,
+    parse_go_int,
+    parse_go_uint,
+)
 
 __all__ = [
     "ActionNode", "BoolNode", "BreakNode", "ChainNode", "CommandNode", "ContinueNode",
     "DotNode", "FieldNode", "IdentifierNode", "IfNode", "ListNode", "NilNode", "Node",
     "NumberNode", "ParseError", "PipeNode", "RangeNode", "StringNode", "TemplateNode",
-    "TextNode", "Tree", "VariableNode", "WithNode", "error_location", "go_quote_rune",
+    "TextNode", "Tree", "VariableNode", "WithNode", "error_location", "go_sharp_u",
     "is_empty_tree", "parse", "unquote",
 ]
 
@@ -87,39 +93,8 @@ def is_alphanumeric(ch: str) -> bool:
         return False
     if ch.isascii():
         return ch.isalnum()
-    category = _go_category(ch)
+    category = go_unicode_category(ch)
     return category[0] == "L" or category == "Nd"
-
-
-# Characters Unicode 15.0 (Go 1.26's tables) assigned that Python 3.11's tables (Unicode 14.0)
-# do not know: (first, last, kind) with kind L (letter), N (decimal digit) or P (printable).
-_UNICODE_15_ADDED: Final = (
-    (0xCF3, 0xCF3, "P"), (0xECE, 0xECE, "P"), (0x10EFD, 0x10EFF, "P"), (0x1123F, 0x11240, "L"),
-    (0x11241, 0x11241, "P"), (0x11B00, 0x11B09, "P"), (0x11F00, 0x11F01, "P"), (0x11F02, 0x11F02, "L"),
-    (0x11F03, 0x11F03, "P"), (0x11F04, 0x11F10, "L"), (0x11F12, 0x11F33, "L"), (0x11F34, 0x11F3A, "P"),
-    (0x11F3E, 0x11F4F, "P"), (0x11F50, 0x11F59, "N"), (0x1342F, 0x1342F, "L"), (0x13440, 0x13440, "P"),
-    (0x13441, 0x13446, "L"), (0x13447, 0x13455, "P"), (0x1B132, 0x1B132, "L"), (0x1B155, 0x1B155, "L"),
-    (0x1D2C0, 0x1D2D3, "P"), (0x1DF25, 0x1DF2A, "L"), (0x1E030, 0x1E06D, "L"), (0x1E08F, 0x1E08F, "P"),
-    (0x1E4D0, 0x1E4EB, "L"), (0x1E4EC, 0x1E4EF, "P"), (0x1E4F0, 0x1E4F9, "N"), (0x1F6DC, 0x1F6DC, "P"),
-    (0x1F774, 0x1F776, "P"), (0x1F77B, 0x1F77F, "P"), (0x1F7D9, 0x1F7D9, "P"), (0x1FA75, 0x1FA77, "P"),
-    (0x1FA87, 0x1FA88, "P"), (0x1FAAD, 0x1FAAF, "P"), (0x1FABB, 0x1FABD, "P"), (0x1FABF, 0x1FABF, "P"),
-    (0x1FACE, 0x1FACF, "P"), (0x1FADA, 0x1FADB, "P"), (0x1FAE8, 0x1FAE8, "P"), (0x1FAF7, 0x1FAF8, "P"),
-    (0x2B739, 0x2B739, "L"), (0x31350, 0x323AF, "L"),
-)
-_UNICODE_15_STARTS: Final = [first for first, _, _ in _UNICODE_15_ADDED]
-_OLD_TABLES: Final = tuple(map(int, unicodedata.unidata_version.split("."))) < (15, 0, 0)
-_KIND_CATEGORY: Final = {"L": "Lo", "N": "Nd", "P": "So"}
-
-
-def _go_category(ch: str) -> str:
-    """The general category as Go's Unicode 15.0 tables give it (close enough for L, Nd, printable)."""
-    category = unicodedata.category(ch)
-    if category == "Cn" and _OLD_TABLES:
-        code = ord(ch)
-        i = bisect.bisect_right(_UNICODE_15_STARTS, code) - 1
-        if i >= 0 and code <= _UNICODE_15_ADDED[i][1]:
-            return _KIND_CATEGORY[_UNICODE_15_ADDED[i][2]]
-    return category
 
 
 def _has_left_trim_marker(s: str, at: int) -> bool:
@@ -1358,111 +1333,28 @@ def _simplify_complex(n: NumberNode) -> None:
             n.uint64 = int(real)
 
 
-def _underscore_ok(s: str) -> bool:
-    saw = "^"
-    i = 0
-    if s[:1] in ("-", "+"):
-        s = s[1:]
-    hex_ = False
-    if len(s) >= 2 and s[0] == "0" and s[1].lower() in ("b", "o", "x"):
-        i = 2
-        saw = "0"
-        hex_ = s[1].lower() == "x"
-    while i < len(s):
-        ch = s[i]
-        if "0" <= ch <= "9" or (hex_ and "a" <= ch.lower() <= "f"):
-            saw = "0"
-        elif ch == "_":
-            if saw != "0":
-                return False
-            saw = "_"
-        else:
-            if saw == "_":
-                return False
-            saw = "!"
-        i += 1
-    return saw != "_"
-
-
 def _parse_uint(s: str) -> int | None:
     """strconv.ParseUint(s, 0, 64); None on a syntax or range error."""
-    if not s:
+    try:
+        return parse_go_uint(s)
+    except ValueError:
         return None
-    s0 = s
-    base = 10
-    if s[0] == "0":
-        prefix = s[1:2].lower()
-        if len(s) >= 3 and prefix in ("b", "o", "x"):
-            base = {"b": 2, "o": 8, "x": 16}[prefix]
-            s = s[2:]
-        else:
-            base = 8
-            s = s[1:]
-    underscores = False
-    n = 0
-    for ch in s:
-        if ch == "_":
-            underscores = True
-            continue
-        if "0" <= ch <= "9":
-            d = ord(ch) - 48
-        elif "a" <= ch.lower() <= "z" and ch.isascii():
-            d = ord(ch.lower()) - 87
-        else:
-            return None
-        if d >= base:
-            return None
-        n = n * base + d
-        if n > _UINT64_MAX:
-            return None
-    if underscores and not _underscore_ok(s0):
-        return None
-    return n
 
 
 def _parse_int(s: str) -> int | None:
     """strconv.ParseInt(s, 0, 64); None on a syntax or range error."""
-    if not s:
+    try:
+        return parse_go_int(s)
+    except ValueError:
         return None
-    negative = s[0] == "-"
-    body = s[1:] if s[0] in "+-" else s
-    magnitude = _parse_uint(body)
-    if magnitude is None:
-        return None
-    if negative:
-        return -magnitude if magnitude <= 2**63 else None
-    return magnitude if magnitude < 2**63 else None
-
-
-_DEC_FLOAT: Final = re.compile(r"[+-]?(?:[0-9_]+\.?[0-9_]*|\.[0-9_]+)(?:[eE][+-]?[0-9][0-9_]*)?")
-_HEX_FLOAT: Final = re.compile(
-    r"[+-]?0[xX](?:[0-9a-fA-F_]+\.?[0-9a-fA-F_]*|\.[0-9a-fA-F_]+)[pP][+-]?[0-9][0-9_]*"
-)
-_SPECIAL_FLOATS: Final = {"inf": math.inf, "+inf": math.inf, "-inf": -math.inf, "infinity": math.inf,
-                          "+infinity": math.inf, "-infinity": -math.inf, "nan": math.nan,
-                          "+nan": math.nan, "-nan": math.nan}
 
 
 def parse_float(s: str) -> float | None:
     """strconv.ParseFloat(s, 64); None on a syntax or range error."""
-    special = _SPECIAL_FLOATS.get(s.lower())
-    if special is not None:
-        return special
-    if _HEX_FLOAT.fullmatch(s) is not None:
-        if not any(c in "0123456789abcdefABCDEF" for c in s.split("0", 1)[1][1:].split("p")[0].split("P")[0]):
-            return None
-        value = float.fromhex(s.replace("_", ""))
-    elif _DEC_FLOAT.fullmatch(s) is not None:
-        if not any(c.isdigit() for c in re.split("[eE]", s)[0]):
-            return None
-        value = float(s.replace("_", ""))
-    else:
+    try:
+        return parse_go_float(s)
+    except ValueError:
         return None
-    if "_" in s and not _underscore_ok(s):
-        return None
-    if math.isinf(value):
-        return None  # ErrRange
-    return value
 
 
 class _ScanError(Exception):
@@ -1501,22 +1393,20 @@ def _float_token(s: str, pos: int) -> tuple[str, int]:
 
 
 def _convert_float(text: str) -> float:
-    p = text.find("p")
-    if p >= 0 and "x" not in text and "X" not in text:
-        mantissa = parse_float(text[:p])
-        exponent = _parse_int(text[p + 1 :]) if text[p + 1 :].lstrip("+-").isdigit() else None
-        if mantissa is None or exponent is None:
-            raise _ScanError(f"strconv.ParseFloat: parsing {go_quote(text)}: invalid syntax")
-        return math.ldexp(mantissa, exponent)
-    value = parse_float(text)
-    if value is None:
-        reason = "value out of range" if _looks_numeric(text) else "invalid syntax"
-        raise _ScanError(f"strconv.ParseFloat: parsing {go_quote(text)}: {reason}")
-    return value
-
-
-def _looks_numeric(text: str) -> bool:
-    return _DEC_FLOAT.fullmatch(text) is not None or _HEX_FLOAT.fullmatch(text) is not None
+    """fmt's convertFloat: ParseFloat, plus its own decimal mantissa with a ``p`` exponent."""
+    try:
+        p = text.find("p")
+        if p >= 0 and "x" not in text and "X" not in text:
+            try:
+                mantissa = parse_go_float(text[:p])
+                exponent = parse_go_int(text[p + 1 :], base=10)
+            except ValueError as exc:  # fmt puts the whole token into the message
+                reason = str(exc).rsplit(": ", 1)[1]
+                raise ValueError(f"strconv.ParseFloat: parsing {go_quote(text)}: {reason}") from None
+            return math.ldexp(mantissa, exponent)
+        return parse_go_float(text)
+    except ValueError as exc:
+        raise _ScanError(str(exc)) from None
 
 
 def _scan_complex(text: str) -> complex:
@@ -1542,9 +1432,6 @@ def _scan_complex(text: str) -> complex:
 
 # ---------------------------------------------------------------------------------------------
 # Quoting: strconv.Unquote, strconv.UnquoteChar and the quoting used in messages.
-# TODO: strconv.Quote also lives in fastobs.quoting (header lines) with Python's idea of
-# printable; the Go-compatible helpers are being gathered in one module, and this quoter (Go's
-# Unicode tables, QuoteToASCII, QuoteRune) should replace both there.
 
 _SIMPLE_ESCAPES: Final = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t",
                           "v": "\v", "\\": "\\"}
@@ -1636,64 +1523,9 @@ def unquote(s: str) -> str | None:
     return out.decode("utf-8", "surrogateescape")
 
 
-_SHORT_ESCAPES: Final = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
-                         "\t": "\\t", "\v": "\\v", "\\": "\\\\"}
-
-
-def go_is_print(ch: str) -> bool:
-    """Go's strconv.IsPrint: letters, marks, numbers, punctuation, symbols and U+0020."""
-    if ch == " ":
-        return True
-    if "\udc80" <= ch <= "\udcff":
-        return False
-    return _go_category(ch)[0] in "LMNPS"
-
-
-def _escape_rune(ch: str, quote: str, ascii_only: bool = False) -> str:
-    if ch == quote or ch == "\\":
-        return "\\" + ch
-    if "\udc80" <= ch <= "\udcff":
-        return f"\\x{ord(ch) - 0xDC00:02x}"
-    if (ch.isascii() or not ascii_only) and go_is_print(ch):
-        return ch
-    short = _SHORT_ESCAPES.get(ch)
-    if short is not None:
-        return short
-    code = ord(ch)
-    if code < 0x20 or code == 0x7F:
-        return f"\\x{code:02x}"
-    if 0xD800 <= code <= 0xDFFF:
-        return "\\ufffd"
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    return f"\\U{code:08x}"
-
-
-def _as_go_runes(s: str) -> str:
-    """Re-split surrogate escapes the way Go decodes the same bytes (valid runs become characters)."""
-    if any("\udc80" <= ch <= "\udcff" for ch in s):
-        try:
-            return s.encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape")
-        except UnicodeEncodeError:
-            return s
-    return s
-
-
-def go_quote(s: str, ascii_only: bool = False) -> str:
-    """strconv.Quote (or QuoteToASCII) of a Go string."""
-    return '"' + "".join(_escape_rune(ch, '"', ascii_only) for ch in _as_go_runes(s)) + '"'
-
-
 def _go_quote_prefix(s: str, runes: int) -> str:
     """fmt's ``%.Nq``: quote the first N runes."""
-    return go_quote(_as_go_runes(s)[:runes])
-
-
-def go_quote_rune(code: int, ascii_only: bool = False) -> str:
-    """strconv.QuoteRune (or QuoteRuneToASCII)."""
-    if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:
-        code = 0xFFFD
-    return "'" + _escape_rune(chr(code), "'", ascii_only) + "'"
+    return go_quote(s[:runes])
 
 
 def go_sharp_u(ch: str) -> str:
