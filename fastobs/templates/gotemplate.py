@@ -13,7 +13,8 @@ start-up, ``unable to write arguments: error executing template ...`` per event)
 
 Invariants:
 
-* Semantics are Go 1.26's text/template (exec.go, funcs.go), ported node for node, with
+* Semantics are Go 1.26's text/template (exec.go, funcs.go; the same as Go 1.25, which oc
+  is built with, including ``range`` over integers), ported node for node, with
   kubectl's extra functions ``exists`` and ``base64decode`` (k8s.io/cli-runtime printers), its
   template name ``output`` and its ``missingkey=error`` under
   ``--allow-missing-template-keys=false``. Error messages are Go's text.
