@@ -73,7 +73,7 @@ def odd_key_cases() -> list[Case]:
 
 def edge_cases() -> list[Case]:
     """Limits: deep nesting, long ranges, slice capacities of decoded lists."""
-    cases: list[Case] = []
+    cases: list[Case] = [("", "pod", False), (" \n", "pod", True), ("{{/* only a comment */}}", "pod", False)]
     deep_if = "{{if .}}" * 300 + "x" + "{{end}}" * 300
     cases.append((deep_if, "pod", False))
     cases.append(("{{" + "(" * 2000 + "1" + ")" * 2000 + "}}", "pod", False))
