@@ -1074,7 +1074,10 @@ def _deeply(work: Callable[[], Any]) -> Any:
     try:
         return work()
     except RecursionError:
-        pass
+        return _with_deep_limit(work)
+
+
+def _with_deep_limit(work: Callable[[], Any]) -> Any:
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, DEEP_RECURSION_LIMIT))
     try:
@@ -1123,7 +1126,7 @@ def _fast_text(value: Any) -> str | None:
 class GoTemplate:
     """A parsed Go template; ``render`` runs it on one object as kubectl's printer would."""
 
-    __slots__ = ("_plan", "_root", "_trees", "allow_missing", "text")
+    __slots__ = ("_deep", "_plan", "_root", "_trees", "allow_missing", "text")
 
     def __init__(self, text: str, trees: dict[str, Tree], *, allow_missing: bool) -> None:
         self.text = text
@@ -1131,6 +1134,7 @@ class GoTemplate:
         self._root = trees["output"]
         self.allow_missing = allow_missing
         self._plan = _simple_plan(trees)
+        self._deep = False
 
     def render(self, obj: Any) -> str:
         if self._plan is not None and type(obj) is dict:
@@ -1141,7 +1145,13 @@ class GoTemplate:
             if out is not None:
                 return out
         try:
-            return _deeply(lambda: self._execute(obj))  # type: ignore[no-any-return]
+            if self._deep:
+                return _with_deep_limit(lambda: self._execute(obj))  # type: ignore[no-any-return]
+            try:
+                return self._execute(obj)
+            except RecursionError:
+                self._deep = True  # this template (or its objects) nests deeper than Python's default
+                return _with_deep_limit(lambda: self._execute(obj))  # type: ignore[no-any-return]
         except ExecError as exc:
             raise TemplateError(
                 f"unable to write arguments: error executing template {go_quote(self.text)}: {exc.message}"
