@@ -67,7 +67,6 @@ class WorkerProc:
         self.ready = False
         self.last_tick = 0.0
         self.spawned_at = time.monotonic()
-        self.maxrss_kib = 0
         self.running = 0
         """Commands running, from the worker's last heartbeat."""
         self.oldest_start = 0.0
@@ -89,14 +88,13 @@ class Pool:
         run: RunSettings,
         queues: list[KeyQueue],
         handler: PoolHandler,
-        prefetch: int | None = None,
     ) -> None:
         self.run_settings = run
         self.queues = queues
         self.handler = handler
-        # No prefetch by default: a queued job stays in the parent, where metrics and
-        # readiness can see it; the idle slot costs one round trip on the socket.
-        self.capacity = run.concurrency + (prefetch or 0)
+        # Never more jobs in a worker than it has slots: a queued job stays in the parent,
+        # where metrics and readiness can see it; an idle slot costs one round trip.
+        self.capacity = run.concurrency
         self.workers = [WorkerProc(i) for i in range(len(queues))]
         self._ids = itertools.count(1)
         self.adopts_orphans = False
@@ -294,7 +292,6 @@ class Pool:
             w.oldest_start = tick.get("oldest", 0.0)
             if w.index == 0:
                 self.reap_orphans()  # once a second is plenty for stray zombies
-            w.maxrss_kib = tick["maxrss_kib"]
         elif kind == protocol.FATAL:
             self.handler.on_fatal(TemplateError(protocol.decode_fatal(payload)["message"]))
 

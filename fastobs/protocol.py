@@ -35,7 +35,7 @@ import orjson
 
 from .settings import RunSettings
 
-VERSION = 1
+VERSION = 2
 """Bumped whenever a message changes; HELLO carries it and the parent checks it."""
 
 HELLO = b"H"
@@ -156,9 +156,6 @@ class Tick(TypedDict):
     running: int
     oldest: float
     """Monotonic start of the oldest running command (0: none)."""
-    spawned: int
-    maxrss_kib: int
-    t: float
 
 
 class Stop(TypedDict):

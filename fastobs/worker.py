@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import resource
 import signal
 import socket
 import sys
-import time
 
 from . import protocol, spawn
 from .errors import FastobsError, TemplateError
@@ -37,7 +35,6 @@ class Worker:
         self.tasks: set[asyncio.Task[None]] = set()
         self.running: set[asyncio.Task[None]] = set()
         """Tasks holding a slot: their command has started (or is about to)."""
-        self.spawned = 0
         self.stopping = False
         self.started: dict[int, float] = {}
         """Running jobs: id -> monotonic start time (reported in heartbeats)."""
@@ -110,7 +107,6 @@ class Worker:
             assert task is not None
             self.running.add(task)
             task.add_done_callback(self.running.discard)
-            self.spawned += 1
             job_id = job["id"]
 
             def begun(t: float, header: str) -> None:
@@ -133,13 +129,9 @@ class Worker:
     async def _heartbeat(self) -> None:
         while True:
             spawn.reap_strays(keep=set())
-            rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             tick: protocol.Tick = {
                 "running": len(self.started),
                 "oldest": min(self.started.values(), default=0.0),
-                "spawned": self.spawned,
-                "maxrss_kib": rss_kib,
-                "t": time.monotonic(),
             }
             self.send(protocol.encode_tick(tick))
             await asyncio.sleep(HEARTBEAT_SECONDS)
