@@ -41,12 +41,6 @@ class QueueStatistics:
 
     depth: int
     """Keys waiting to be handed out (not counting delayed retries)."""
-    processing: int
-    """Keys in flight."""
-    pending_events: int
-    """Events held (more than ``depth`` with --no-coalesce)."""
-    delayed: int
-    """Keys waiting for a backoff retry."""
     oldest_pending_seconds: float
     """Age of the oldest waiting key (since its first pending event arrived)."""
 
@@ -245,9 +239,6 @@ class KeyQueue:
                 oldest = max(oldest, now - self._since[dq[0]])
         return QueueStatistics(
             depth=len(self._ready),
-            processing=len(self._processing),
-            pending_events=self.pending_events,
-            delayed=len(self._delayed),
             oldest_pending_seconds=oldest,
         )
 

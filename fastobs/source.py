@@ -182,13 +182,6 @@ class Source:
         """List, then watch from the list's resourceVersion, forever."""
         await self._loop(need_list=True)
 
-    async def _run_from(self, rv: str) -> None:
-        """Watch from ``rv`` as if a list had already been delivered (resuming a
-        previous run); an expired ``rv`` turns into a relist."""
-        self._rv = self.stats.resource_version = rv
-        self._listed = True
-        await self._loop(need_list=False)
-
     async def _loop(self, need_list: bool) -> None:
         while True:
             if need_list or self._relist_requested:

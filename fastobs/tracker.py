@@ -60,7 +60,6 @@ class Tracker:
         self.records: dict[ObjectKey, Record] = {}
         self.gen = 0
         self.resync = False
-        self.listed: set[ObjectKey] | None = None
 
     # ------------------------------------------------------------------ source events
 

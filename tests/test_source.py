@@ -128,6 +128,14 @@ async def running(coro: Coroutine[Any, Any, None]) -> AsyncIterator[asyncio.Task
             await task
 
 
+async def resume_from(src: Source, rv: str) -> None:
+    """Watch from ``rv`` as if a list had already been delivered, as a restarted watch
+    resumes; an expired ``rv`` must turn into a relist."""
+    src._rv = src.stats.resource_version = rv
+    src._listed = True
+    await src._loop(need_list=False)
+
+
 @contextlib.asynccontextmanager
 async def source_for(k8s: Any, resource: str, ns: str | None,
                      **kw: Any) -> AsyncIterator[tuple[Source, Recorder]]:
@@ -329,7 +337,7 @@ async def test_expired_resource_version_relists_and_loses_nothing(k8s: Any, ns: 
                             "-p", '{"spec": {"n": 2}}')
     w2 = await kubectl(k8s, "create", "-n", ns, "-o", "json", "-f", "-", input=widget("w2", {"n": 1}))
     # Resume with a resourceVersion the server no longer has.
-    async with source_for(k8s, widgets, ns) as (src, sink), running(src._run_from("1")):
+    async with source_for(k8s, widgets, ns) as (src, sink), running(resume_from(src, "1")):
         await sink.wait_for(lambda: sink.count("end") == 1 and src.stats.watch_up, "relist and watch")
         await kubectl(k8s, "create", "-n", ns, "-f", "-", input=widget("w3", {"n": 1}))
         await sink.wait_for(lambda: len(sink.events()) == 1, "Added w3")
