@@ -97,6 +97,7 @@ class Pool:
         self.capacity = run.concurrency
         self.workers = [WorkerProc(i) for i in range(len(queues))]
         self._ids = itertools.count(1)
+        self._restarts: set[asyncio.Task[None]] = set()
         self.adopts_orphans = False
         """Set once this process is a child subreaper whose only other children are
         orphans of dead workers (the daemon): then strays are killed and reaped. Off when
@@ -164,7 +165,9 @@ class Pool:
             if not first.done():
                 first.set_exception(asyncio.IncompleteReadError(b"", None))
             elif generation == w.generation:
-                asyncio.ensure_future(self._worker_exited(w))
+                restart = asyncio.ensure_future(self._worker_exited(w))
+                self._restarts.add(restart)  # the loop keeps only a weak reference to a task
+                restart.add_done_callback(self._restarts.discard)
 
         writer = await protocol.connect(parent_sock, on_frame, on_eof)
         writer.write(self._config)

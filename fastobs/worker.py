@@ -20,6 +20,8 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from . import protocol, spawn
 from .errors import FastobsError, TemplateError
@@ -38,6 +40,8 @@ class Worker:
         self.stopping = False
         self.started: dict[int, float] = {}
         """Running jobs: id -> monotonic start time (reported in heartbeats)."""
+        self._background: set[asyncio.Task[None]] = set()
+        """Drain and cancel tasks: the loop keeps only a weak reference to a task."""
         self._outbox = bytearray()
         self._flush_scheduled = False
         loop = asyncio.get_running_loop()
@@ -93,13 +97,18 @@ class Worker:
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
         elif kind == protocol.STOP and not self.stopping:
-            asyncio.ensure_future(self._drain(protocol.decode_stop(payload)))
+            self._in_background(self._drain(protocol.decode_stop(payload)))
 
     def _on_eof(self) -> None:
         """The parent is gone (even SIGKILLed): stop everything we started, then exit."""
         if not self._config.done():
             self._config.set_exception(ConnectionError("the parent went away"))
-        asyncio.ensure_future(self._cancel_all())
+        self._in_background(self._cancel_all())
+
+    def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _job(self, job: protocol.Job, obj: bytes | None) -> None:
         async with self.slots:
