@@ -197,8 +197,8 @@ async def _supervise(
             raise error
         return code
     finally:
-        for t in timers:
-            t.cancel()
+        for handle in timers.values():
+            handle.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 
@@ -211,24 +211,26 @@ def _task_ended(task: asyncio.Task[None], engine: Engine) -> None:
         engine.fail(exc)
 
 
-def _start_timers(settings: Settings, engine: Engine, source: Source) -> list[asyncio.TimerHandle]:
+def _start_timers(settings: Settings, engine: Engine, source: Source) -> dict[str, asyncio.TimerHandle]:
+    """``--exit-after`` and ``--resync-period``: the pending handle of each, by name, for
+    cancelling at the end (the periodic one replaces its own entry each time it fires)."""
     loop = asyncio.get_running_loop()
-    timers: list[asyncio.TimerHandle] = []
+    timers: dict[str, asyncio.TimerHandle] = {}
     if settings.exit_after > 0:
 
         def exit_after() -> None:
             engine.exit_after_fired = True
             engine.finish(0)
 
-        timers.append(loop.call_later(settings.exit_after, exit_after))
+        timers["exit-after"] = loop.call_later(settings.exit_after, exit_after)
     if settings.resync_period > 0:
 
         def resync() -> None:
             engine.request_resync()
             source.request_relist()
-            timers.append(loop.call_later(settings.resync_period, resync))
+            timers["resync"] = loop.call_later(settings.resync_period, resync)
 
-        timers.append(loop.call_later(settings.resync_period, resync))
+        timers["resync"] = loop.call_later(settings.resync_period, resync)
     return timers
 
 
