@@ -36,16 +36,26 @@ class JsonFormatter(logging.Formatter):
                 data[name] = value
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            data["stack"] = self.formatStack(record.stack_info)
         return orjson.dumps(data).decode()
 
 
 class TextFormatter(logging.Formatter):
+    """``<L> fastobs: msg [key=... type=...]``, then the traceback (``exc_info``) or stack
+    (``stack_info``) on the lines below, as the standard formatter prints them."""
+
     def format(self, record: logging.LogRecord) -> str:
         extra = " ".join(
             f"{name}={record.__dict__[name]}" for name in _FIELDS if record.__dict__.get(name) is not None
         )
         msg = record.getMessage()
-        return f"{record.levelname[0]} fastobs: {msg}" + (f" [{extra}]" if extra else "")
+        text = f"{record.levelname[0]} fastobs: {msg}" + (f" [{extra}]" if extra else "")
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        if record.stack_info:
+            text += "\n" + self.formatStack(record.stack_info)
+        return text
 
 
 def setup(fmt: str, level: str, verbosity: int = 0) -> None:
