@@ -27,6 +27,9 @@ Invariants:
   as kubectl renders a single object.)
 * Where Go iterates a map in random order (``.*`` and ``..`` over maps), fastobs uses sorted
   key order, so output is stable.
+* A render error is a :class:`~fastobs.errors.TemplateError` with kubectl's message (which
+  dumps the whole object) and a ``summary`` that never quotes object data: the template,
+  the path up to the failing step and the reason (``x is not found``).
 """
 
 from __future__ import annotations
@@ -87,7 +90,11 @@ class JSONPathTemplate:
         try:
             groups = self._find(State(self.allow_missing), obj, 0)
         except ExecError as exc:
-            raise TemplateError(self._error_message(exc.message, obj)) from None
+            where = f" at {exc.path}" if exc.path else ""
+            raise TemplateError(
+                self._error_message(exc.message, obj),
+                summary=f"error executing jsonpath {go_quote(self.text)}{where}: {exc.redacted}",
+            ) from None
         if self._as_json:
             return "".join(_json_group(group) for group in groups)
         return "".join(map(_group_text, groups))

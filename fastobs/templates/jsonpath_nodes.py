@@ -52,12 +52,24 @@ class GoInt(int):
 
 
 class ExecError(Exception):
-    """An evaluation error; ``partial`` is what Go's function returned alongside the error."""
+    """An evaluation error; ``partial`` is what Go's function returned alongside the error.
 
-    def __init__(self, message: str, partial: list[Any] | None = None) -> None:
+    ``message`` is client-go's text; a message that quotes object data must also give
+    ``redacted``, the same reason without it (the object may be a Secret). ``path`` is the
+    template text up to the failing step, filled in by the enclosing action.
+    """
+
+    def __init__(self, message: str, partial: list[Any] | None = None, *, redacted: str | None = None,
+                 path: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.partial = partial if partial is not None else []
+        self.redacted = message if redacted is None else redacted
+        self.path = path
+
+    def with_partial(self, partial: list[Any]) -> ExecError:
+        """The same error, returned beside another partial result (Go's re-wrapped error)."""
+        return ExecError(self.message, partial, redacted=self.redacted, path=self.path)
 
 
 class State:
@@ -85,15 +97,25 @@ class Node:
 
 
 class ListNode(Node):
-    __slots__ = ("nodes",)
+    __slots__ = ("ends", "nodes", "text")
 
     def __init__(self) -> None:
         self.nodes: list[Node] = []
+        self.text = ""
+        """The action's text between its braces (set by the parser)."""
+        self.ends: list[int] = []
+        """Where each node's text ends in ``text``: an error names the path up to its node."""
 
     def eval(self, st: State, values: list[Any]) -> list[Any]:
         # An error propagates with the failing node's partial result, as Go's evalList returns it.
-        for node in self.nodes:
-            values = node.eval(st, values)
+        node = None
+        try:
+            for node in self.nodes:
+                values = node.eval(st, values)
+        except ExecError as exc:
+            if self.ends and node is not None:  # the outermost action names the path: it runs last
+                exc.path = self.text[: self.ends[self.nodes.index(node)]].strip()
+            raise
         return values
 
 
@@ -238,7 +260,7 @@ class UnionNode(Node):
             try:
                 result.extend(part.eval(st, values))
             except ExecError as exc:
-                raise ExecError(exc.message, values) from None
+                raise exc.with_partial(values) from None
         return result
 
 
@@ -272,7 +294,8 @@ class FilterNode(Node):
         results: list[Any] = []
         for value in values:
             if type(value) is not list:
-                raise ExecError(f"{_go_v(value)} is not array or slice and cannot be filtered", values)
+                raise ExecError(f"{_go_v(value)} is not array or slice and cannot be filtered", values,
+                                redacted=f"{_go_type(value)} is not array or slice and cannot be filtered")
             for item in value:
                 if self._keep(st, item, values, results):
                     results.append(item)
@@ -298,14 +321,14 @@ class FilterNode(Node):
         try:
             return compare(left, right)
         except ExecError as exc:
-            raise ExecError(exc.message, results) from None
+            raise exc.with_partial(results) from None
 
     @staticmethod
     def _one_side(st: State, side: ListNode, temp: list[Any], values: list[Any]) -> Any:
         try:
             found = side.eval(st, temp)
         except ExecError as exc:
-            raise ExecError(exc.message, values) from None
+            raise exc.with_partial(values) from None
         if not found:
             return MISSING
         if len(found) > 1:

@@ -111,6 +111,8 @@ class Parser:
             action = ListNode()
             self.root.append(action)
             self._parse_inside_action(action)
+            action.text = text[brace + 1 : self.pos - 1]
+            action.ends = [end - brace - 1 for end in action.ends]
 
     # -- scanning helpers (Go's next/peek/backup/consumeText) --
 
@@ -142,6 +144,8 @@ class Parser:
 
     def _parse_inside_action(self, cur: ListNode) -> None:
         while True:
+            # Where each node's text ends (absolute here; made relative to the action by parse).
+            cur.ends += [self.pos] * (len(cur.nodes) - len(cur.ends))
             if self._rest_startswith("}"):
                 self.pos += 1
                 self._consume()
