@@ -33,7 +33,7 @@ from fastobs.gocompat import (
     parse_go_duration,
     parse_go_int,
 )
-from fastobs.settings import RunSettings, Settings
+from fastobs.settings import QUOTE_OBJECT_VERBOSITY, RunSettings, Settings
 
 __all__ = ["ParseError", "ShowHelp", "main", "parse_args"]
 
@@ -264,6 +264,7 @@ def _settings(resource: str, command: tuple[str, ...], values: dict[str, Any]) -
         concurrency=values["concurrency"],
         output_mode=values["output_mode"],
         quiet=values["quiet"],
+        template_errors_quote_object=values["verbosity"] >= QUOTE_OBJECT_VERBOSITY,
     )
     copied = ("kubeconfig", "context", "namespace", "all_namespaces", "selector", "field_selector",
               "request_timeout", "server", "token", "insecure_skip_tls_verify", "maximum_errors", "once",

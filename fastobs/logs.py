@@ -16,6 +16,8 @@ import time
 
 import orjson
 
+from .settings import DEBUG_VERBOSITY
+
 _FIELDS = ("key", "type", "rv", "result", "reason", "code", "worker")
 
 
@@ -65,5 +67,5 @@ def setup(fmt: str, level: str, verbosity: int = 0) -> None:
     root = logging.getLogger("fastobs")
     root.handlers[:] = [handler]
     root.propagate = False
-    lvl = logging.DEBUG if verbosity >= 4 else getattr(logging, level.upper(), logging.INFO)
+    lvl = logging.DEBUG if verbosity >= DEBUG_VERBOSITY else getattr(logging, level.upper(), logging.INFO)
     root.setLevel(lvl)

@@ -12,7 +12,9 @@ Invocation (oc-compatible, see docs/usage.md): argv is ``[cmd args...] [namespac
 Invariants: the command is executed directly, never through a shell, so object data can
 only ever become single argv elements; every command runs in its own process group and is
 killed as a group on timeout; output is captured into memfds (grouped mode), so a
-grandchild that keeps the output open cannot hold the worker up.
+grandchild that keeps the output open cannot hold the worker up; a template that fails for
+an object (any language) stops fastobs with an error that names the object's key but does
+not quote the object below ``--loglevel 8`` (:func:`template_failure`).
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ import orjson
 
 from . import spawn
 from .encoding import kubectl_json
+from .errors import TemplateError
 from .gocompat import go_quote
 from .header import header_line, rfc3339_local
 from .protocol import Done, Job
-from .settings import RunSettings
+from .settings import QUOTE_OBJECT_VERBOSITY, RunSettings
 
 if TYPE_CHECKING:
     from .templates import Template
@@ -82,10 +85,19 @@ class Runner:
         base = [job["ns"], job["name"]] if self.settings.namespaced else [job["name"]]
         arg: str | None = job.get("cached_arg")
         if arg is None and self.template is not None and parsed is not None:
-            arg = self.template.render(parsed)
+            arg = self._render(self.template, job, parsed)
         if arg is not None:
             base.append(arg)
         return base, arg
+
+    def _render(self, template: Template, job: Job, parsed: Any) -> str:
+        """The template argument for one object. Every template language's render errors
+        pass here, so one rule decides whether they may quote the object."""
+        try:
+            return template.render(parsed)
+        except TemplateError as exc:
+            quote = self.settings.template_errors_quote_object
+            raise template_failure(exc, job, quote_object=quote) from None
 
     def _environment(self, job: Job, parsed: Any, obj: bytes | None) -> dict[str, str] | None:
         if not self._needs_env:
@@ -128,7 +140,8 @@ class Runner:
     ) -> tuple[Done, bytes, bytes]:
         """Run one job with oc's retry rule; returns (result header, stdout, stderr).
 
-        Raises :class:`~fastobs.errors.TemplateError` when a strict template cannot render.
+        Raises :class:`~fastobs.errors.TemplateError` when the template fails for the object
+        (:func:`template_failure` words it).
         """
         s = self.settings
         cmd = s.delete_command if job["type"] == "Deleted" else s.command
@@ -247,6 +260,25 @@ class Runner:
             return _Status(True, "", "0", 0, seconds)
         reason, label = spawn.describe_status(code)
         return _Status(False, reason, label, code if code > 0 else -1, seconds)
+
+
+def template_failure(error: TemplateError, job: Job, *, quote_object: bool) -> TemplateError:
+    """The error fastobs stops with when a template fails for one object.
+
+    oc's message quotes the whole object, Secret data included. Unless ``quote_object``
+    (``--loglevel`` 8 or more), fastobs prints the object's key and the language's summary
+    (the template, the failing path, the reason) instead; a language that gives no summary
+    might quote object data in its reason, so then only the key is printed.
+    """
+    if quote_object:
+        return error
+    key = f"{job['ns']}/{job['name']}" if job["ns"] else job["name"]
+    level = QUOTE_OBJECT_VERBOSITY
+    if error.summary:
+        what = f"{error.summary} (--loglevel {level} or more prints the object too)"
+    else:
+        what = f"the template failed for this object (--loglevel {level} or more prints why, with the object)"
+    return TemplateError(f"unable to write arguments for {key}: {what}")
 
 
 class _Status:

@@ -19,6 +19,13 @@ OutputMode = Literal["grouped", "stream"]
 ObjectChannel = Literal["env", "stdin", "file"]
 LogFormat = Literal["text", "json"]
 
+DEBUG_VERBOSITY = 4
+"""``--loglevel`` from which fastobs's debug log lines show (klog's debug level)."""
+QUOTE_OBJECT_VERBOSITY = 8
+"""``--loglevel`` from which a template that fails for an object quotes the whole object,
+as oc always does. Below it only the object's key and what failed: the object may be a
+Secret. 8 is where kubectl starts printing HTTP bodies, objects included."""
+
 
 @dataclass(frozen=True, slots=True)
 class RunSettings:
@@ -54,6 +61,9 @@ class RunSettings:
     quiet: bool = False
     namespaced: bool = True
     """Whether the resource is namespaced (argv gets the namespace before the name)."""
+    template_errors_quote_object: bool = False
+    """Whether a template that fails for an object prints the whole object (oc always
+    does; fastobs from ``--loglevel`` :data:`QUOTE_OBJECT_VERBOSITY`)."""
 
     def to_json_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -125,7 +135,8 @@ class Settings:
     log_format: LogFormat = "text"
     log_level: str = "info"
     verbosity: int = 0
-    """``--loglevel``/``-v`` of oc (klog verbosity), accepted for compatibility."""
+    """``--loglevel``/``-v`` of oc (klog verbosity): debug logs from :data:`DEBUG_VERBOSITY`,
+    objects in template errors from :data:`QUOTE_OBJECT_VERBOSITY`."""
 
     @property
     def deletion_tracking(self) -> bool:

@@ -153,6 +153,29 @@ def test_go_template_parse_error_at_startup(k8s, ns) -> None:
     )
 
 
+def test_strict_template_error_keeps_secret_data_out(k8s, ns) -> None:
+    """oc's strict-template error prints the whole object, a Secret's data included; fastobs
+    names the object's key and the missing path, and prints the object only at --loglevel 8."""
+    password = "c3VwZXItc2VjcmV0LXBhc3N3b3Jk"
+    k8s.apply({"apiVersion": "v1", "kind": "Secret", "data": {"password": password},
+               "metadata": {"name": "db", "namespace": ns, "labels": {"app": "strict"}}})
+    args = ["secrets", "-n", ns, "-l", "app=strict", "--once", NO_METRICS, "--template", "{.data.user}",
+            "--allow-missing-template-keys=false"]
+    res = run_fastobs(k8s.env, *args, "--", "true")
+    print(res.stderr)
+    assert res.returncode == 1
+    assert res.stderr.splitlines()[-1] == (
+        f"error: unable to write arguments for {ns}/db: "
+        'error executing jsonpath "{.data.user}" at .data.user: user is not found '
+        "(--loglevel 8 or more prints the object too)"
+    )
+    assert password not in res.stderr + res.stdout
+    loud = run_fastobs(k8s.env, *args, "--loglevel=8", "--", "true")
+    assert loud.returncode == 1
+    assert "error: unable to write arguments: error executing jsonpath" in loud.stderr
+    assert f'"password":"{password}"' in loud.stderr
+
+
 def test_template_parse_error_at_startup(k8s, ns, tmp_path: Path) -> None:
     res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "--template", "{.metadata.name",
                       "--", "true")
