@@ -139,6 +139,9 @@ async def _run(settings: Settings, client: KubeClient, resource: Resource) -> in
     # worker says HELLO, so start-up costs max(boot, first list), not their sum.
     # A dead worker's commands come to us, to be stopped before their keys run again.
     engine.pool.adopts_orphans = spawn.become_subreaper()
+    # Back-pressure from stdout: while the output cannot keep up, nothing new is dispatched.
+    engine.pool.may_dispatch = output.has_room
+    output.on_room = engine.pool.pump_all
     boot = asyncio.create_task(engine.pool.start())
     boot.add_done_callback(lambda t: _task_ended(t, engine))
     try:
@@ -165,7 +168,7 @@ async def _supervise(
         else:
             logger.warning("received a second signal: killing running commands now")
             engine.pool.kill()
-            output.flush()
+            output.close(timeout=1.0)  # what the reader takes at once; a stuck stdout is left
             os._exit(128 + sig)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -197,6 +200,9 @@ async def _supervise(
             raise error
         return code
     finally:
+        # Everything printed reaches stdout before fastobs exits (or cli prints an error);
+        # a second signal still ends fastobs while a stuck stdout holds this up.
+        await output.drain()
         for handle in timers.values():
             handle.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):

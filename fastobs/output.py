@@ -10,16 +10,37 @@ event follows them (and at ``--once`` exit); ``-q`` drops every ``#`` line.
 Invariants: output of different commands never mixes within a line. In grouped mode
 (default) a command's header and all its output are written together when it ends; in
 stream mode each line is written as it comes, prefixed with the object key. Writes are
-buffered and flushed once per event-loop turn, not once per line.
+buffered and handed over once per event-loop turn, not once per line.
+
+A slow or stuck stdout never blocks the event loop (``/livez`` and ``/metrics`` keep
+answering): one writer thread does the blocking writes, in order, nothing dropped. Past
+:data:`HIGH_WATER` bytes waiting, :meth:`Output.has_room` turns false and ``pool`` stops
+dispatching (running commands finish, their output waits too); below :data:`LOW_WATER`
+``on_room`` resumes it. A thread rather than a non-blocking fd: ``O_NONBLOCK`` would be set on
+the open file that the shell, the workers and every other process sharing the terminal or
+pipe use too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
+import select
+import threading
 import time
+from collections import deque
+from collections.abc import Callable
 
 from .header import rfc3339_local
+
+logger = logging.getLogger(__name__)
+
+HIGH_WATER = 1 << 20
+"""Bytes waiting for stdout/stderr from which dispatch stops."""
+LOW_WATER = 1 << 18
+"""Bytes waiting below which dispatch resumes."""
 
 
 class Output:
@@ -34,6 +55,10 @@ class Output:
         self._err = bytearray()
         self._scheduled = False
         self.syncing = False
+        self._writer = _Writer()
+        self._full = False
+        self.on_room: Callable[[], None] = lambda: None
+        """Called (on the loop) when output that had reached HIGH_WATER is below LOW_WATER."""
 
     # ------------------------------------------------------------------ oc lines
 
@@ -98,22 +123,121 @@ class Output:
         loop.call_soon(self.flush)
 
     def flush(self) -> None:
+        """Hand everything buffered to the writer thread; never waits for the write."""
         self._scheduled = False
         for fd, buf in ((self.out_fd, self._out), (self.err_fd, self._err)):
             if buf:
-                _write_all(fd, bytes(buf))
+                self._writer.put(fd, bytes(buf))
                 buf.clear()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-        except BlockingIOError:
-            # A non-blocking stdout (rare: inherited from a parent that set O_NONBLOCK).
-            time.sleep(0.001)
-            continue
-        except BrokenPipeError:
+        if self._full:
             return
-        view = view[n:]
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop to keep responsive: write it now
+            self._writer.wait_written(None)
+            return
+        self._full = self._writer.wake_below(HIGH_WATER, LOW_WATER, lambda: _call_soon(loop, self._room))
+
+    def has_room(self) -> bool:
+        """False while too much output waits for stdout: dispatch nothing new."""
+        return not self._full
+
+    def _room(self) -> None:
+        self._full = False
+        self.on_room()
+
+    async def drain(self) -> None:
+        """Flush, then wait until every byte is written, keeping the loop responsive."""
+        self.flush()
+        while not await asyncio.to_thread(self._writer.wait_written, 0.5):
+            pass
+
+    def close(self, timeout: float | None) -> bool:
+        """Flush and wait (blocking) up to ``timeout`` seconds for the writes; True if all done."""
+        self.flush()
+        return self._writer.wait_written(timeout)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+        loop.call_soon_threadsafe(callback)
+
+
+class _Writer:
+    """One thread writing queued chunks to their fds, in order; it starts with the first."""
+
+    def __init__(self) -> None:
+        self._chunks: deque[tuple[int, bytes]] = deque()
+        self._cond = threading.Condition()
+        self._pending = 0
+        """Bytes queued or being written."""
+        self._wake: Callable[[], None] | None = None
+        self._wake_at = 0
+        self._broken: set[int] = set()
+        self._thread: threading.Thread | None = None
+
+    def put(self, fd: int, data: bytes) -> None:
+        with self._cond:
+            self._chunks.append((fd, data))
+            self._pending += len(data)
+            if self._thread is None:
+                # A daemon thread: a stdout nobody reads must not keep fastobs from exiting
+                # once it gave up waiting (a second signal).
+                self._thread = threading.Thread(target=self._run, name="fastobs-output", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def wake_below(self, high: int, low: int, wake: Callable[[], None]) -> bool:
+        """If ``high`` bytes or more wait: call ``wake`` (from the writer thread) once fewer
+        than ``low`` do, and return True."""
+        with self._cond:
+            if self._pending < high:
+                return False
+            self._wake, self._wake_at = wake, low
+            return True
+
+    def wait_written(self, timeout: float | None) -> bool:
+        """Block until every queued byte is written (or ``timeout``); True if all done."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._pending == 0, timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._chunks:
+                    self._cond.wait()
+                fd, data = self._chunks.popleft()
+                # Consecutive chunks for one fd go out in one write.
+                parts = [data]
+                while self._chunks and self._chunks[0][0] == fd:
+                    parts.append(self._chunks.popleft()[1])
+            written = b"".join(parts) if len(parts) > 1 else data
+            if fd not in self._broken:
+                self._write_all(fd, written)
+            wake = None
+            with self._cond:
+                self._pending -= len(written)
+                if self._wake is not None and self._pending < self._wake_at:
+                    wake, self._wake = self._wake, None
+                if self._pending == 0:
+                    self._cond.notify_all()
+            if wake is not None:
+                wake()
+
+    def _write_all(self, fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(fd, view)
+            except BlockingIOError:
+                # An fd inherited with O_NONBLOCK: wait until it takes more (no spinning).
+                select.select([], [fd], [])
+                continue
+            except OSError as exc:
+                # The reader went away (EPIPE, as `fastobs ... | head`), or the fd is unusable:
+                # nothing more can be written to it; the rest of the output still is.
+                self._broken.add(fd)
+                if not isinstance(exc, BrokenPipeError):
+                    logger.warning("cannot write to fd %d: %s; its output is dropped", fd, exc)
+                return
+            view = view[n:]

@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from . import protocol, spawn
@@ -103,6 +104,9 @@ class Pool:
         orphans of dead workers (the daemon): then strays are killed and reaped. Off when
         the pool runs inside a process with children of its own (tests)."""
         self.stopping = False
+        self.may_dispatch: Callable[[], bool] = lambda: True
+        """False while results cannot be printed fast enough: queued events wait (daemon
+        wires it to ``output``, which calls :meth:`pump_all` when there is room again)."""
         self.worker_command: tuple[str, ...] = (sys.executable, "-m", "fastobs.worker")
         """How a worker starts (its socket's fd is appended); tests start other programs."""
         self._stop_frame = protocol.encode_stop(0)
@@ -248,7 +252,7 @@ class Pool:
     def pump(self, i: int) -> None:
         """Send worker ``i`` as many queued events as its in-flight budget allows."""
         w = self.workers[i]
-        if not w.ready or self.stopping or w.writer is None:
+        if not w.ready or self.stopping or w.writer is None or not self.may_dispatch():
             return
         q = self.queues[i]
         frames: list[bytes] = []
@@ -270,6 +274,10 @@ class Pool:
             frames.append(protocol.encode_run(job, ev.obj or b""))
         if frames:
             w.writer.write(b"".join(frames))
+
+    def pump_all(self) -> None:
+        for w in self.workers:
+            self.pump(w.index)
 
     # ------------------------------------------------------------------ frames from a worker
 

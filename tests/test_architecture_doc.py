@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import fastobs
-from fastobs import errors, pool, protocol, spawn, worker
+from fastobs import errors, output, pool, protocol, spawn, worker
 from fastobs.flags import BY_NAME
 from fastobs.sharder import Sharder
 from fastobs.source import Source
@@ -88,6 +88,8 @@ def test_the_documented_protocol_version_is_the_code_s() -> None:
     (r"\| 3 \| workers failed to start (\d+) times in a row", lambda: pool.MAX_BOOT_FAILURES),
     (r"\| (\d+) \| workers failed to start", lambda: errors.EXIT_WORKER_BOOT),
     (r"\| (\d+) \| more list failures than", lambda: errors.EXIT_FATAL),
+    (r"more than (\d+) MiB of\s+output waits", lambda: f"{output.HIGH_WATER / 2**20:g}"),
+    (r"until less than (\d+) KiB does", lambda: f"{output.LOW_WATER / 2**10:g}"),
     (r"`T` tick \| worker → parent \| every (second):",
      lambda: "second" if worker.HEARTBEAT_SECONDS == 1 else f"{worker.HEARTBEAT_SECONDS} s"),
 ])
