@@ -52,15 +52,17 @@ class ResourceError(FastobsError):
 class TemplateError(FastobsError):
     """Raised when a template cannot be parsed, or (strict mode) cannot be rendered.
 
-    A render error's ``message`` is oc's text, which may quote the whole object (the
-    resource may be Secrets); ``summary`` says what failed and where in the template without
-    quoting object data, or is empty when the language cannot promise that. The worker's
-    ``runner`` decides which of the two the user sees.
+    A render error's ``message`` is oc's text, which may quote object data (JSONPath's dumps
+    the whole object; the resource may be Secrets); ``summary`` says what failed and where in
+    the template without quoting object data, or is empty when the language cannot promise
+    that; ``withheld`` says whether ``message`` has object data that ``summary`` leaves out.
+    The worker's ``runner`` decides which of the two the user sees.
     """
 
-    def __init__(self, message: str, *, summary: str = "") -> None:
+    def __init__(self, message: str, *, summary: str = "", withheld: bool = True) -> None:
         super().__init__(message)
         self.summary = summary
+        self.withheld = withheld
 
 
 class CommandLimitError(FastobsError):

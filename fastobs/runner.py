@@ -265,19 +265,22 @@ class Runner:
 def template_failure(error: TemplateError, job: Job, *, quote_object: bool) -> TemplateError:
     """The error fastobs stops with when a template fails for one object.
 
-    oc's message quotes the whole object, Secret data included. Unless ``quote_object``
-    (``--loglevel`` 8 or more), fastobs prints the object's key and the language's summary
-    (the template, the failing path, the reason) instead; a language that gives no summary
-    might quote object data in its reason, so then only the key is printed.
+    oc's message may quote object data (JSONPath's quotes the whole object, Secret data
+    included). Unless ``quote_object`` (``--loglevel`` 8 or more: oc's message word for
+    word), fastobs prints the object's key and the language's summary (the template, the
+    failing path, the reason) instead, saying when it withheld object data; a language that
+    gives no summary might quote object data anywhere, so then only the key is printed.
     """
     if quote_object:
         return error
     key = f"{job['ns']}/{job['name']}" if job["ns"] else job["name"]
     level = QUOTE_OBJECT_VERBOSITY
-    if error.summary:
-        what = f"{error.summary} (--loglevel {level} or more prints the object too)"
+    if not error.summary:
+        what = f"the template failed for this object; --loglevel {level} or more prints why"
+    elif error.withheld:
+        what = f"{error.summary} (object data withheld; --loglevel {level} or more prints it)"
     else:
-        what = f"the template failed for this object (--loglevel {level} or more prints why, with the object)"
+        what = error.summary
     return TemplateError(f"unable to write arguments for {key}: {what}")
 
 

@@ -124,19 +124,25 @@ def test_go_template_argument_is_what_kubectl_prints(k8s, ns, tmp_path: Path, fm
 
 
 def test_go_template_strict_error_is_ocs(k8s, ns, tmp_path: Path) -> None:
-    """--allow-missing-template-keys=false: oc's wrapping around kubectl's missingkey error, exit 1."""
+    """--allow-missing-template-keys=false: kubectl's missingkey error, exit 1; oc's wrapping
+    word for word at --loglevel 8, the object's key in its place below."""
     k8s.apply(configmap("nox", ns, data={"y": "1"}))
     rec = recorder(tmp_path)
-    res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "-o", "go-template", "--template",
-                      "{{.data.x}}", "--allow-missing-template-keys=false", "--", str(rec.path))
-    assert res.returncode == 1
-    assert "Traceback" not in res.stderr
+    args = ["cm", "-n", ns, "--once", NO_METRICS, "-o", "go-template", "--template", "{{.data.x}}",
+            "--allow-missing-template-keys=false"]
     kubectl = k8s.kubectl("get", "cm", "nox", "-n", ns, "-o", "go-template={{.data.x}}",
                           "--allow-missing-template-keys=false", check=False)
     assert kubectl.returncode == 1
     kubectl_error = kubectl.stderr.strip().splitlines()[-1].removeprefix("error: ")
     assert kubectl_error.endswith('map has no entry for key "x"')
+    res = run_fastobs(k8s.env, *args, "--loglevel=8", "--", str(rec.path))
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines()[-1] == "error: unable to write arguments: " + kubectl_error
+    res = run_fastobs(k8s.env, *args, "--", str(rec.path))
+    assert res.returncode == 1
+    last = res.stderr.strip().splitlines()[-1]
+    assert last == f"error: unable to write arguments for {ns}/nox: {kubectl_error}"
     assert rec.calls() == []
     default = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "-o", "go-template", "--template",
                           "{{.data.x}}", "--", str(rec.path))
@@ -167,7 +173,7 @@ def test_strict_template_error_keeps_secret_data_out(k8s, ns) -> None:
     assert res.stderr.splitlines()[-1] == (
         f"error: unable to write arguments for {ns}/db: "
         'error executing jsonpath "{.data.user}" at .data.user: user is not found '
-        "(--loglevel 8 or more prints the object too)"
+        "(object data withheld; --loglevel 8 or more prints it)"
     )
     assert password not in res.stderr + res.stdout
     loud = run_fastobs(k8s.env, *args, "--loglevel=8", "--", "true")

@@ -1,7 +1,8 @@
-"""A template that fails for an object: oc's error quotes the whole object, fastobs's does not.
+"""A template that fails for an object: oc's error quotes object data, fastobs's does not.
 
+JSONPath's error dumps the whole object, and some Go template errors quote a value of it.
 Every language's render errors pass through the worker's runner, which prints the object's
-key and what failed, and the object itself only from --loglevel 8 (``template_errors_quote_object``).
+key and what failed, and oc's message only from --loglevel 8 (``template_errors_quote_object``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ PASSWORD = "c3VwZXItc2VjcmV0LXBhc3N3b3Jk"  # base64 of super-secret-password
 SECRET: dict[str, Any] = {
     "apiVersion": "v1",
     "kind": "Secret",
-    "metadata": {"name": "db", "namespace": "prod"},
+    "metadata": {"name": "db", "namespace": "prod", "finalizers": [PASSWORD]},
     "data": {"password": PASSWORD},
 }
 
@@ -75,7 +76,7 @@ def test_runner_error_names_the_key_and_path_not_the_object() -> None:
     message = _failure(_runner("{.data.missing}"))
     assert message == (
         'unable to write arguments for prod/db: error executing jsonpath "{.data.missing}" at .data.missing: '
-        "missing is not found (--loglevel 8 or more prints the object too)"
+        "missing is not found (object data withheld; --loglevel 8 or more prints it)"
     )
 
 
@@ -95,8 +96,7 @@ def test_runner_error_quotes_the_object_when_asked() -> None:
 
 
 class _ErrorWithoutSummary:
-    """A template language whose errors may quote object data and give no summary (Go's
-    text/template says ``range can't iterate over <value>``)."""
+    """A template language whose errors may quote object data and that gives no summary."""
 
     def render(self, obj: Any) -> str:
         raise TemplateError(f"unable to write arguments: error executing template: range can't iterate "
@@ -107,8 +107,56 @@ def test_runner_error_without_a_summary_names_only_the_key() -> None:
     runner = _runner("")
     runner.template = _ErrorWithoutSummary()
     message = _failure(runner)
-    assert message == ("unable to write arguments for prod/db: the template failed for this object "
-                       "(--loglevel 8 or more prints why, with the object)")
+    assert message == ("unable to write arguments for prod/db: the template failed for this object; "
+                       "--loglevel 8 or more prints why")
     runner = _runner("", quote_object=True)
     runner.template = _ErrorWithoutSummary()
     assert PASSWORD in _failure(runner)
+
+
+# ----------------------------------------------------------------------------- Go templates
+
+
+def _go_runner(template: str, *, quote_object: bool = False) -> Runner:
+    return Runner(RunSettings(command=("true",), template=template, output_format="go-template",
+                              allow_missing_template_keys=False, template_errors_quote_object=quote_object))
+
+
+def test_go_missing_key_names_the_key_and_withholds_nothing() -> None:
+    """Go's missing-key error quotes no object data: fastobs adds the object's key to it."""
+    message = _failure(_go_runner("{{.data.user}}"))
+    assert message == (
+        'unable to write arguments for prod/db: error executing template "{{.data.user}}": '
+        'template: output:1:7: executing "output" at <.data.user>: map has no entry for key "user"'
+    )
+    assert _failure(_go_runner("{{.data.user}}", quote_object=True)) == (
+        'unable to write arguments: error executing template "{{.data.user}}": '
+        'template: output:1:7: executing "output" at <.data.user>: map has no entry for key "user"'
+    )
+
+
+@pytest.mark.parametrize(
+    ("template", "reason", "withheld"),
+    [
+        ("{{range .data.password}}{{end}}", "range can't iterate over a value of type string", True),
+        ("{{if eq .data .data}}{{end}}",
+         "error calling eq: non-comparable type map[string]interface {}", True),
+        ("{{if eq .data .metadata.finalizers}}{{end}}",
+         "error calling eq: non-comparable types map[string]interface {}, []interface {}", True),
+        ("{{.data.password | call}}", "error calling call: non-function of type string", True),
+        # The index may come from the object too.
+        ("{{index .data.password 99}}", "error calling index: index out of range", True),
+        # Go quotes types only here: nothing to withhold.
+        ("{{if eq .data .data.password}}{{end}}",
+         "error calling eq: incompatible types for comparison: map[string]interface {} and string", False),
+    ],
+)
+def test_go_errors_that_quote_object_values_are_redacted(template: str, reason: str, withheld: bool) -> None:
+    with pytest.raises(TemplateError) as caught:
+        compile_template(template, "go-template").render(SECRET)
+    error = caught.value
+    print(f"oc: {error.message}\nsummary: {error.summary}")
+    assert error.summary.endswith(reason)
+    assert PASSWORD not in error.summary
+    assert error.withheld is withheld
+    assert PASSWORD not in _failure(_go_runner(template))

@@ -26,6 +26,9 @@ Invariants:
   ``reflect.Value`` (a missing key: :data:`INVALID`); ``{{.x}}`` prints ``<no value>`` for
   both, but functions and error messages tell them apart, and so does this port.
 * Each render starts from a clean state; a template is safe to render again and again.
+* A render error also carries a ``summary`` that quotes no object data: where Go's message
+  quotes a value of the object (``range can't iterate over <value>``, ``eq``'s
+  ``non-comparable type <value>``...), the summary names its type; ``withheld`` says so.
 
 Why a port and not a library: the PyPI bindings (``go-template`` 0.0.3, ``py-go-template``
 1.0.0, ``cognihub-pygotemplate`` 0.0.2) load a Go shared library built at install time, have
@@ -112,17 +115,22 @@ def _norm(value: Any) -> Any:
 
 
 class ExecError(Exception):
-    def __init__(self, message: str) -> None:
+    """Go's execution error; ``redacted`` is the same without the object values Go quotes."""
+
+    def __init__(self, message: str, redacted: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.redacted = message if redacted is None else redacted
 
 
 class _FuncError(Exception):
-    """An error a function returned; evalCall reports it as ``error calling NAME: ...``."""
+    """An error a function returned; evalCall reports it as ``error calling NAME: ...``.
+    A message that quotes a value from the object also gives ``redacted``, without it."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, redacted: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.redacted = message if redacted is None else redacted
 
 
 class _Break(Exception):
@@ -203,7 +211,7 @@ def _index_arg(index: Any, cap: int) -> int:
     else:
         raise _FuncError(f"cannot index slice/array with type {go_type(index)}")
     if x < 0 or x > cap:
-        raise _FuncError(f"index out of range: {x}")
+        raise _FuncError(f"index out of range: {x}", "index out of range")
     return x  # type: ignore[no-any-return]
 
 
@@ -365,20 +373,22 @@ def _fn_eq(arg1: Any, *arg2: Any) -> bool:
             # Maps, slices and invalid values: only nil compares.
             if arg1 is INVALID or arg is INVALID:
                 if type(arg1) is not type(arg) and arg1 is not INVALID and arg is not INVALID:
-                    raise _FuncError(_non_comparable_types(arg1, arg))
+                    raise _non_comparable_types(arg1, arg)
                 truth = (arg is INVALID) == (arg1 is INVALID)
             elif type(arg1) is not type(arg):
-                raise _FuncError(_non_comparable_types(arg1, arg))
+                raise _non_comparable_types(arg1, arg)
             else:
-                raise _FuncError(f"non-comparable type {sprintf('%s', [arg])}: {go_type(arg)}")
+                raise _FuncError(f"non-comparable type {sprintf('%s', [arg])}: {go_type(arg)}",
+                                 f"non-comparable type {go_type(arg)}")
         if truth:
             return True
     return False
 
 
-def _non_comparable_types(arg1: Any, arg: Any) -> str:
-    return (f"non-comparable types {sprintf('%s', [arg1])}: {go_type(arg1)}, "
-            f"{go_type(arg)}: {sprint_value(arg)}")
+def _non_comparable_types(arg1: Any, arg: Any) -> _FuncError:
+    return _FuncError(f"non-comparable types {sprintf('%s', [arg1])}: {go_type(arg1)}, "
+                      f"{go_type(arg)}: {sprint_value(arg)}",
+                      f"non-comparable types {go_type(arg1)}, {go_type(arg)}")
 
 
 def _fn_ne(arg1: Any, arg2: Any) -> bool:
@@ -482,7 +492,7 @@ def _fn_call(name: str, fn: Any, *args: Any) -> Any:
     if fn is INVALID:
         raise _FuncError("call of nil")
     # No value decoded from JSON is a function.
-    raise _FuncError(f"non-function {name} of type {go_type(fn)}")
+    raise _FuncError(f"non-function {name} of type {go_type(fn)}", f"non-function of type {go_type(fn)}")
 
 
 def _fn_unreachable(*args: Any) -> Any:  # pragma: no cover - and/or/call are special-cased
@@ -631,14 +641,15 @@ class _State:
 
     # -- errors --
 
-    def errorf(self, message: str) -> ExecError:
+    def errorf(self, message: str, redacted: str | None = None) -> ExecError:
+        """Go's located error; ``redacted``: ``message`` without the object's values in it."""
         name = self.tmpl.name
         if self.node is None:
-            return ExecError(f"template: {name}: {message}")
-        location = error_location(self.tmpl.text, self.tmpl.parse_name, self.node.pos)
-        return ExecError(
-            f"template: {location}: executing {go_quote(name)} at <{self.node}>: {message}"
-        )
+            where = f"template: {name}: "
+        else:
+            location = error_location(self.tmpl.text, self.tmpl.parse_name, self.node.pos)
+            where = f"template: {location}: executing {go_quote(name)} at <{self.node}>: "
+        return ExecError(where + message, None if redacted is None else where + redacted)
 
     # -- variables --
 
@@ -726,7 +737,8 @@ class _State:
             if kind is int or kind is GoInt or kind is Uint8:
                 if len(node.pipe.decl) > 1:
                     raise self.errorf(
-                        f"can't use {sprint_value(value)} to iterate over more than one variable"
+                        f"can't use {sprint_value(value)} to iterate over more than one variable",
+                        f"can't use a value of type {go_type(value)} to iterate over more than one variable",
                     )
                 for i in range(value):
                     ran = True
@@ -740,7 +752,8 @@ class _State:
                     ran = True
                     self._one_iteration(node, mark, key, _norm(value[key]), True)
             elif value is not INVALID:
-                raise self.errorf(f"range can't iterate over {sprint_value(value)}")
+                raise self.errorf(f"range can't iterate over {sprint_value(value)}",
+                                  f"range can't iterate over a value of type {go_type(value)}")
             if ran:
                 return
             if node.else_list is not None:
@@ -972,7 +985,8 @@ class _State:
             return function(*argv)
         except _FuncError as exc:
             self.node = node
-            raise self.errorf(f"error calling {name}: {exc.message}") from None
+            raise self.errorf(f"error calling {name}: {exc.message}",
+                              f"error calling {name}: {exc.redacted}") from None
 
     def arg_wrapped(self, node: Node, value: Any) -> bool:
         """Whether an argument evaluated to an interface{} element rather than a concrete value."""
@@ -1153,9 +1167,10 @@ class GoTemplate:
                 self._deep = True  # this template (or its objects) nests deeper than Python's default
                 return _with_deep_limit(lambda: self._execute(obj))  # type: ignore[no-any-return]
         except ExecError as exc:
-            raise TemplateError(
-                f"unable to write arguments: error executing template {go_quote(self.text)}: {exc.message}"
-            ) from None
+            executing = f"error executing template {go_quote(self.text)}: "
+            raise TemplateError(f"unable to write arguments: {executing}{exc.message}",
+                                summary=executing + exc.redacted,
+                                withheld=exc.redacted != exc.message) from None
 
     def _render_simple(self, obj: dict[str, Any], plan: _Plan) -> str | None:
         """The plan on dicts only; None whenever Go would fail, so the general path says how."""
