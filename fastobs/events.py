@@ -45,7 +45,9 @@ class Event:
     """Raw JSON of the object (with apiVersion and kind); None for synthesized deletes
     that have no cached state."""
     received: float
-    """time.monotonic() when the parent received it (lag metrics start here)."""
+    """time.monotonic() when the parent received it; the lag metrics start here. An event
+    that replaces a pending one (coalescing) takes over that one's receipt time, so the
+    lag counts from the first change still waiting for a command."""
     backlog: bool = False
     """True for items of a list, relist or resync; live watch events go first."""
     cached_arg: str | None = None

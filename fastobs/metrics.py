@@ -162,10 +162,12 @@ class Metrics:
             "Pending events replaced by a newer event of the same object before they ran.", registry=r)
         self._start_lag = Histogram(
             "fastobs_command_start_lag_seconds",
-            "Time from receiving an event to starting its command.", buckets=LAG_BUCKETS, registry=r)
+            "Time from receiving the first change a command sees (the oldest one it coalesces) "
+            "to starting the command.", buckets=LAG_BUCKETS, registry=r)
         self._end_lag = Histogram(
             "fastobs_command_end_lag_seconds",
-            "Time from receiving an event to the end of its command (all attempts).",
+            "Time from receiving the first change a command sees to the end of the command "
+            "(all attempts).",
             buckets=LAG_BUCKETS, registry=r)
         self._duration = Histogram(
             "fastobs_command_duration_seconds", "Run time of a command, all attempts, by result.",
@@ -220,7 +222,7 @@ class Metrics:
         self._coalesced_total.inc(n)
 
     def command_started(self, *, lag_seconds: float) -> None:
-        """Observe the time from the event's receipt to its command's start."""
+        """Observe the time from the receipt of the first change the command sees to its start."""
         self._start_lag.observe(lag_seconds)
 
     def command_finished(

@@ -11,6 +11,9 @@ key keeps its pending events in order:
 * coalescing on (default): a newer event of the same object (same uid) replaces the
   pending one; a ``Deleted`` replaces its object's pending update but is never replaced
   itself; an event of a new object (new uid) queues behind the delete of the old one.
+  The replacing event takes over the receipt time of the one it replaces, so the lag
+  metrics count from the first change still waiting, not from the newest one (a key
+  that changes faster than its command runs would otherwise report a lag near zero).
 * coalescing off (``--no-coalesce``): every event is kept, in order.
 
 Invariants (property-tested in tests/test_queue.py):
@@ -21,7 +24,9 @@ Invariants (property-tested in tests/test_queue.py):
 3. after the last ``add`` of a key, its newest event is handed out (unless it is
    processing at that moment with exactly that state);
 4. a ``Deleted`` is never dropped;
-5. keys with live events go before keys that only have backlog (list/resync) events.
+5. keys with live events go before keys that only have backlog (list/resync) events;
+6. a handed-out event's ``received`` is the earliest receipt among the changes it stands
+   for (itself and every pending event it replaced).
 """
 
 from __future__ import annotations
@@ -93,13 +98,13 @@ class KeyQueue:
             # that carries the object, which is the more informative.
             if ev.type is EventType.DELETED and _same_object(last, ev):
                 if last.obj is None and ev.obj is not None:
-                    pending[-1] = _keep_live(ev, last)
+                    pending[-1] = _replacing(ev, last)
                 self.coalesced += 1
                 return True
             return False
         if not self.coalesce or not _same_object(last, ev):
             return False
-        pending[-1] = _keep_live(ev, last)
+        pending[-1] = _replacing(ev, last)
         self.coalesced += 1
         return True
 
@@ -205,7 +210,10 @@ class KeyQueue:
         for key in keys:
             ev = self._processing.pop(key)
             pending = self._pending.setdefault(key, deque())
-            if not (pending and self._supersedes(pending[0], ev)):
+            if pending and self._supersedes(pending[0], ev):
+                # The killed command never completed: its change still waits.
+                pending[0].received = min(pending[0].received, ev.received)
+            else:
                 pending.appendleft(ev)
                 self.pending_events += 1
             self._make_ready(key, live=True)
@@ -248,8 +256,13 @@ def _same_object(a: Event, b: Event) -> bool:
     return a.uid == b.uid or not a.uid or not b.uid
 
 
-def _keep_live(new: Event, old: Event) -> Event:
-    """The merged event keeps live priority if either was live."""
+def _replacing(new: Event, old: Event) -> Event:
+    """``new`` as it replaces the pending ``old``: live if either was, received when ``old`` was.
+
+    The receipt time is what the lag metrics measure from: the replaced change has waited
+    since ``old`` arrived, and the command that will see it is the one ``new`` starts.
+    """
     if new.backlog and not old.backlog:
         new.backlog = False
+    new.received = min(new.received, old.received)
     return new

@@ -384,6 +384,61 @@ def test_lag_histograms_count_every_command_once_and_include_its_run_time(
         s.value("fastobs_command_end_lag_seconds_sum") or 0)
 
 
+def test_a_key_kept_busy_by_churn_reports_the_lag_of_its_first_waiting_change(
+    k8s: Any, ns: str, tmp_path: Path
+) -> None:
+    """One key changes every 0.1 s while its command takes 1 s: each run starts with the newest
+    state, but the change it is the first to see has waited since the previous run started.
+    The start lag must count from that first waiting change (coalescing must not reset it),
+    or a starving key reports a lag near zero and the lag alert never fires."""
+    slow, interval, churn = 1.0, 0.1, 4.5
+    k8s.apply(configmap("hot", ns, data={"v": "0"}))
+    log = tmp_path / "starts"
+    cmd = script(tmp_path / "slow.sh", f'echo "$(date +%s.%N) $3" >> "{log}"\nsleep {slow}\n')
+    fo = launch(k8s.env, "configmaps", "-n", ns, "--template", "{.data.v}", "--", str(cmd))
+
+    def starts() -> list[tuple[float, int]]:
+        text = log.read_text() if log.exists() else ""
+        return [(float(t), int(v)) for t, v in (line.split() for line in text.splitlines())]
+
+    try:
+        s = fo.wait("the Sync run ended", lambda s: s.total("fastobs_commands_total") == 1
+                    and settled(s) and s.value("fastobs_watch_up") == 1)
+        api = api_client(k8s)
+        sent: list[float] = []
+        end = time.monotonic() + churn
+        while time.monotonic() < end:
+            sent.append(time.time())
+            api.patch_namespaced_config_map("hot", ns, {"data": {"v": str(len(sent))}})
+            time.sleep(interval)
+        wait_until("the last state's run", lambda: starts()[-1][1] == len(sent), timeout=20)
+        s = fo.wait("every run ended", lambda s: settled(s)
+                    and s.total("fastobs_commands_total") == len(starts()))
+    finally:
+        stop(fo)
+    runs = starts()[1:]  # the Updated runs (the first line is the Sync run)
+    # The test's own account: run k sees first the earliest patch sent after run k-1 started
+    # (patches sent while a run runs wait for the next one).
+    own = []
+    previous = starts()[0][0]
+    for t, _ in runs:
+        first_waiting = min((p for p in sent if p > previous), default=t)
+        own.append(max(0.0, t - first_waiting))
+        previous = t
+    start = _buckets(s, "fastobs_command_start_lag_seconds")
+    observed = s.value("fastobs_command_start_lag_seconds_count")
+    total = s.value("fastobs_command_start_lag_seconds_sum") or 0.0
+    late = start[float("inf")] - start[0.5]
+    print(f"\n{len(runs)} runs of a key patched every {interval} s with a {slow} s command: start lag "
+          f"sum {total:.2f} s (mean {total / max(1, len(runs)):.2f} s), {late:g} runs over 0.5 s; "
+          f"the test's own account: sum {sum(own):.2f} s, per run {[round(x, 2) for x in own]}")
+    assert observed == len(runs) + 1
+    assert 3 <= len(runs) < len(sent), "the churn was not coalesced"
+    # Every run after the first Updated one waited most of a command's run time.
+    assert late >= len(runs) - 1, f"only {late:g} of {len(runs)} runs report the wait: {start}"
+    assert abs(total - sum(own)) <= 0.15 * len(runs) + 0.1 * sum(own), (total, own)
+
+
 # ----------------------------------------------------------------------------- 4. worker restarts
 
 

@@ -176,3 +176,56 @@ def test_requeue_processing_after_worker_death() -> None:
         got[ev.key] = ev.rv
         q.done(ev.key)
     assert got == {"ns/a": "3", "ns/b": "2"}
+
+
+def received_at(seq: int, key: str, t: float, type_: EventType = EventType.UPDATED, uid: int = 1) -> Event:
+    ev = make_event(seq, key, uid, type_, False)
+    ev.received = t
+    return ev
+
+
+def test_a_key_busy_while_it_churns_keeps_its_first_pending_receipt() -> None:
+    """The key's command runs while three changes arrive: the next run starts with the newest
+    state, and its receipt time (the lag metrics' start) is the first change's, not the newest's."""
+    q = KeyQueue(coalesce=True, clock=Clock())
+    q.add(received_at(1, "ns/a", 1.0))
+    running = q.pop()
+    assert running is not None
+    for seq, t in ((2, 2.0), (3, 3.0), (4, 4.0)):
+        q.add(received_at(seq, "ns/a", t))
+    q.done(running.key)
+    nxt = q.pop()
+    assert nxt is not None and nxt.rv == "4"
+    assert nxt.received == 2.0, "the lag would count from the newest change and hide the wait"
+
+
+def test_a_waiting_key_keeps_its_first_receipt_and_deletes_do_too() -> None:
+    q = KeyQueue(coalesce=True, clock=Clock())
+    q.add(received_at(1, "ns/a", 1.0))
+    q.add(received_at(2, "ns/a", 5.0))
+    q.add(received_at(3, "ns/a", 9.0, EventType.DELETED))
+    ev = q.pop()
+    assert ev is not None and (ev.type, ev.rv, ev.received) == (EventType.DELETED, "3", 1.0)
+
+
+def test_without_coalescing_every_event_keeps_its_own_receipt() -> None:
+    q = KeyQueue(coalesce=False, clock=Clock())
+    for seq, t in ((1, 1.0), (2, 2.0), (3, 3.0)):
+        q.add(received_at(seq, "ns/a", t))
+    got = []
+    while (ev := q.pop()) is not None:
+        got.append((ev.rv, ev.received))
+        q.done(ev.key)
+    assert got == [("1", 1.0), ("2", 2.0), ("3", 3.0)]
+
+
+def test_a_rerun_after_a_worker_death_counts_from_the_killed_commands_receipt() -> None:
+    """The killed command never completed, so the newer state that replaces it has waited
+    since the killed one's change arrived."""
+    q = KeyQueue(coalesce=True, clock=Clock())
+    q.add(received_at(1, "ns/a", 1.0))
+    assert q.pop() is not None
+    q.add(received_at(2, "ns/a", 7.0))
+    q.requeue_processing()
+    ev = q.pop()
+    assert ev is not None and (ev.rv, ev.received) == ("2", 1.0)
