@@ -8,6 +8,7 @@ command received. ``run_fastobs`` runs ``python -m fastobs`` as a subprocess.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -157,3 +158,20 @@ def http_get(port: int, path: str) -> tuple[int, str]:
     except OSError:
         return 0, ""
 
+
+def worker_pids(parent: int) -> list[int]:
+    """Pids of the fastobs worker processes whose parent is ``parent``."""
+    pids = []
+    for task in os.listdir(f"/proc/{parent}/task"):
+        try:
+            children = Path(f"/proc/{parent}/task/{task}/children").read_text().split()
+        except OSError:
+            continue
+        for pid in map(int, children):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"fastobs.worker" in cmdline:
+                pids.append(pid)
+    return pids

@@ -3,14 +3,14 @@
 promtool checks and unit-tests the rules and parses every dashboard query. Every metric
 and label a rule or panel names must be a series :class:`fastobs.metrics.Metrics` really
 exposes, so renaming a metric without updating the dashboards fails here.
-promtool comes from scripts/get-promtool; without it these tests skip, unless
-FASTOBS_REQUIRE_CLUSTER=1 (then they fail).
+promtool comes from scripts/get-prometheus; without it these tests skip, unless
+FASTOBS_REQUIRE_CLUSTER=1 (then they fail). tests/test_monitoring.py runs the rules and the
+dashboard's queries on a real Prometheus server.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import time
@@ -21,13 +21,11 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_run import DASHBOARD, ROOT, RULES, get_tool, grafana_to_promql, panel_queries
 
 from fastobs.metrics import EngineState, Metrics
 
-ROOT = Path(__file__).resolve().parent.parent
-RULES = ROOT / "deploy" / "prometheus" / "fastobs-rules.yaml"
 RULES_TEST = ROOT / "deploy" / "prometheus" / "fastobs-rules-test.yaml"
-DASHBOARD = ROOT / "deploy" / "grafana" / "fastobs-dashboard.json"
 METRICS_DOC = ROOT / "docs" / "metrics.md"
 
 TARGET_LABELS = {"job", "instance"}
@@ -44,14 +42,7 @@ REQUIRED_ALERTS = {
 
 @pytest.fixture(scope="session")
 def promtool() -> str:
-    proc = subprocess.run([str(ROOT / "scripts" / "get-promtool")], capture_output=True, text=True,
-                          timeout=300)
-    if proc.returncode != 0:
-        reason = f"promtool could not be obtained: {proc.stderr.strip()[-500:]}"
-        if os.environ.get("FASTOBS_REQUIRE_CLUSTER") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return proc.stdout.strip().splitlines()[-1]
+    return get_tool("promtool")
 
 
 def run_promtool(promtool: str, *args: str) -> str:
@@ -171,22 +162,7 @@ def rule_exprs() -> Iterator[tuple[str, str]]:
 
 
 def dashboard_exprs() -> list[str]:
-    def walk(node: Any) -> Iterator[str]:
-        if isinstance(node, dict):
-            if isinstance(node.get("expr"), str):
-                yield node["expr"]
-            for value in node.values():
-                yield from walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                yield from walk(value)
-
-    return list(walk(json.loads(DASHBOARD.read_text(encoding="utf-8"))["panels"]))
-
-
-def grafana_to_promql(expr: str) -> str:
-    """Replace Grafana's variables with what they expand to."""
-    return expr.replace("$__rate_interval", "1m").replace("$job", ".*").replace("$instance", ".*")
+    return [q.expr for q in panel_queries()]
 
 
 def check_uses(where: str, expr: str, exposed: dict[str, set[str]]) -> None:

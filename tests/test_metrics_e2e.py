@@ -38,6 +38,7 @@ from fastobs_run import (
     run_fastobs,
     start_fastobs,
     wait_until,
+    worker_pids,
 )
 from watch_proxy import WatchProxy
 
@@ -147,23 +148,6 @@ def stop(fo: Fastobs) -> tuple[str, str]:
     except subprocess.TimeoutExpired:
         fo.proc.kill()
         return fo.proc.communicate()
-
-
-def worker_pids(parent: int) -> list[int]:
-    pids = []
-    for task in os.listdir(f"/proc/{parent}/task"):
-        try:
-            children = Path(f"/proc/{parent}/task/{task}/children").read_text().split()
-        except OSError:
-            continue
-        for pid in map(int, children):
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"fastobs.worker" in cmdline:
-                pids.append(pid)
-    return pids
 
 
 def script(path: Path, body: str) -> Path:
