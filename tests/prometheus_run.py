@@ -259,6 +259,11 @@ class PrometheusServer:
         assert data["resultType"] == "matrix", data
         return list(data["result"])
 
+    def first_up(self, instance: str) -> float | None:
+        """The time of the first successful scrape of ``instance`` (its raw samples of ``up``)."""
+        result = self.api("query", query=f'up{{instance="{instance}"}}[1h]')["result"]
+        return next((float(t) for series in result for t, v in series["values"] if v == "1"), None)
+
     def alerts(self) -> list[dict[str, Any]]:
         return list(self.api("alerts")["alerts"])
 

@@ -21,9 +21,14 @@ dashboard panel is then evaluated over the run through Prometheus's HTTP API: ea
 return data, and the values must say what the run did (failures by the reasons caused,
 the starving keys' lag above the threshold, the limit equal to workers x concurrency...).
 
-Scaling caveat: the API server's watch bookmarks (about one a minute) are not scaled, so
-with the watch-silence threshold at 10 s every scenario keeps its watch busy with churn;
-at full scale the bookmarks do that.
+Scaling caveats: what is not scaled can look 60 times bigger. The API server's watch
+bookmarks (about one a minute) are not, so with the watch-silence threshold at 10 s every
+scenario keeps its watch busy with churn (at full scale the bookmarks do that). Nor is a
+worker's boot (a second or more with eight fastobs starting at once), which exceeds the
+lag threshold scaled to 1 s: alerts active during start-up (until the alert's rate window
+has moved past it) are printed, not failed, and a worker restart loop may also fire the lag
+alert. Under a heavy foreign load (a load average many times the core count) the healthy
+scenario itself falls behind by more than the scaled thresholds, and this test says so.
 """
 
 from __future__ import annotations
@@ -91,6 +96,8 @@ exit 0
 
 @dataclass
 class Scenario:
+    """One fastobs process under test: its objects, its churn, its fault, and what it fires."""
+
     name: str
     expect: frozenset[str]
     fault: str
@@ -107,8 +114,6 @@ class Scenario:
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
-    serving: float | None = None
-    """When its /metrics first answered."""
     fault_at: float | None = None
     patches: int = 0
     patch_errors: int = 0
@@ -238,7 +243,6 @@ def gauge(sc: Scenario, name: str) -> float | None:
     status, body = http_get(sc.port, "/metrics")
     if status != 200:
         return None
-    sc.serving = sc.serving or time.time()
     values = [float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
               if line.startswith((name + " ", name + "{"))]
     return sum(values) if values else None
@@ -398,14 +402,13 @@ def run(k8s: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                 launch(sc)
                 procs.callback(stop_fastobs, sc)
                 thread.start()
-            for sc in scs:
-                wait_until(f"{sc.name} ready", lambda sc=sc: ready(sc), timeout=90)
+            wait_until("every fastobs started", lambda: all([ready(sc) for sc in scs]), timeout=120)
             wait_until("every target scraped", lambda: all(
                 t["health"] == "up" for t in prom.targets()) and len(prom.targets()) == len(scs), timeout=30)
             ready_at = time.time()
             # Its fault is there from the start, but visible from its first scrape on.
             initsync = next(sc for sc in scs if sc.name == "initsync")
-            initsync.fault_at = initsync.serving
+            initsync.fault_at = prom.first_up(initsync.instance)
             time.sleep(QUIET)
             faults = Faults(proxy, cluster)
             inject_and_wait(scs, prom, alerts, faults)
@@ -492,15 +495,17 @@ def test_every_alert_fires_for_its_fault_and_only_then(run: Run) -> None:
                 what = (f"{alert} {'fired' if ep.fired else 'pending'} for {sc.name} "
                         f"{ep.start - run.ready_at:+.1f} s after all were ready, "
                         f"for {ep.last_seen - ep.start:.1f} s")
-                if ep.start < settle[alert] and not after_fault:
-                    notes.append(f"start-up: {what}")
-                elif alert in sc.may and after_fault:
+                if alert in sc.expect and after_fault:
+                    continue  # timed below
+                if alert in sc.may and after_fault:
                     notes.append(f"{what}: allowed at the test's scale")
-                elif alert not in sc.expect and ep.fired is not None:
-                    problems.append(f"{what}, whose only fault is: {sc.fault}")
-                elif alert in sc.expect and not after_fault:
+                elif ep.start < settle[alert]:
+                    notes.append(f"start-up: {what}")
+                elif alert in sc.expect:
                     problems.append(f"{what}, before its fault")
-                elif alert not in sc.expect:
+                elif ep.fired is not None:
+                    problems.append(f"{what}, whose only fault is: {sc.fault}")
+                else:
                     notes.append(what)
         for alert in sorted(sc.expect):
             ep = next((e for e in run.episodes.get((alert, sc.instance), [])
@@ -774,8 +779,8 @@ def _api(p: Panels, run: Run) -> None:
     assert max(p.values(title, "A", "silent")) > 0
     assert ("watch", "expired") in p.labels(title, "B", "silent", "op", "kind")
     assert not p.labels(title, "B", "control", "op", "kind"), "the healthy fastobs had API errors"
-    # One list and one long watch at start-up (before the first scrape), nothing since.
-    assert max(p.values(title, "C", "control")) == 0
+    # One list and one long watch at start-up; at most a watch resumed now and then since.
+    assert max(p.values(title, "C", "control", after=settled(run))) < 1
 
 
 @check("Parent memory")
