@@ -38,6 +38,7 @@ import math
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import threading
@@ -50,7 +51,7 @@ from typing import Any
 import pytest
 import yaml
 from fastobs_run import configmap, fastobs_argv, free_port, http_get, wait_until, worker_pids
-from k8s_cluster import KubeCluster, start, stop_started
+from k8s_cluster import KubeCluster, new_run_dir, start, stop_started
 from prometheus_run import (
     AlertLog,
     Episode,
@@ -306,16 +307,22 @@ class Faults:
             self.last_kill = time.monotonic()
 
 
-def own_cluster(stack: contextlib.ExitStack, base: Path) -> Any:
+def own_cluster(stack: contextlib.ExitStack) -> Any:
     """A second dev cluster, for the scenario that kills its API server (no other test may
-    lose its server). Started in this thread: the servers are tied to the thread that starts
-    them, and stopped with ``stack``."""
-    state = base / "own-cluster"
+    lose its server), stopped with ``stack``; its state dir (and logs) is removed only when
+    it stopped cleanly."""
+    state = new_run_dir()
     try:
         cluster = start(state, die_with_parent=True)
     except Exception as exc:  # noqa: BLE001 -- any failure to start is this test's failure
-        pytest.fail(f"the second test cluster did not start (logs in {state / 'logs'}):\n{exc}")
-    stack.callback(stop_started, cluster)
+        pytest.fail(f"the second test cluster did not start (logs kept in {state / 'logs'}):\n{exc}")
+
+    def stop() -> None:
+        survivors = stop_started(cluster)
+        assert not survivors, f"the second cluster's servers survived (logs in {cluster.log_dir})"
+        shutil.rmtree(state, ignore_errors=True)
+
+    stack.callback(stop)
     return cluster
 
 
@@ -386,7 +393,7 @@ def run(k8s: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     with contextlib.ExitStack() as server:
         with contextlib.ExitStack() as procs:
             proxy = procs.enter_context(WatchProxy(k8s.server, k8s.ca_file))
-            cluster = prepare_all(scs, k8s, proxy, base, lambda: own_cluster(procs, base))
+            cluster = prepare_all(scs, k8s, proxy, base, lambda: own_cluster(procs))
             for sc in scs:
                 sc.port = free_port()
             prom = PrometheusServer(binary, base / "prometheus", port=free_port(), rules=scaled_rules(FACTOR),
