@@ -639,8 +639,10 @@ def fault(run: Run, name: str) -> float:
 def _events(p: Panels, run: Run) -> None:
     control = run.scenario("control")
     updated = p.values("Events by type", "A", "control", type="Updated")
-    # The churn thread patches every 0.2 s: about 5 events a second.
-    assert 2.5 <= max(updated) <= 10 / control.interval, max(updated)
+    # The churn thread patched every 0.2 s (less often on a busy machine): the panel's peak is
+    # at least the run's mean patch rate, and not far above one patch per interval.
+    mean = control.patches / (run.t_end - run.t0)
+    assert mean <= max(updated) <= 2 / control.interval, (max(updated), mean)
     # The Sync events of the first list came before the first scrape: a counter's first
     # sample is its start, so rate() shows them as nothing. The series is there all the same.
     assert {s["metric"]["type"] for s in p.get("Events by type", "A", "control")} >= {"Sync", "Updated"}
@@ -651,8 +653,11 @@ def _events(p: Panels, run: Run) -> None:
 
 @check("Commands by result and type")
 def _commands(p: Panels, run: Run) -> None:
+    # As for events: the first list's commands may all end before the first scrape.
     assert p.labels("Commands by result and type", "A", "control", "result", "type") >= {
-        ("success", "Updated"), ("failure", "Updated"), ("success", "Sync")}
+        ("success", "Updated"), ("failure", "Updated")}
+    assert {(s["metric"]["result"], s["metric"]["type"])
+            for s in p.get("Commands by result and type", "A", "control")} >= {("success", "Sync")}
     title, failing = "Commands by result and type", fault(run, "failing")
     assert max(p.values(title, "A", "failing", before=failing, result="failure"), default=0) == 0
     assert max(p.values(title, "A", "failing", after=failing, result="failure")) > 0
@@ -671,7 +676,8 @@ def _start_lag(p: Panels, run: Run) -> None:
     assert late > threshold, f"the starving keys' p99 start lag is {late:.2f} s"
     # With every instance selected, each has its own lines, as the alert sees it.
     lines = {i for (i,) in p.labels(title, "C", None, "instance")}
-    assert lines == {sc.instance for sc in run.scenarios} - {run.scenario("initsync").instance}, lines
+    # (The initial-sync scenario may have one: an object created after the list can run first.)
+    assert lines >= {sc.instance for sc in run.scenarios} - {run.scenario("initsync").instance}, lines
     own = p.values(title, "C", None, after=lagging, instance=run.scenario("lagging").instance)
     assert max(own) > threshold
     for q in ("A", "B"):
@@ -751,7 +757,8 @@ def _restarts(p: Panels, run: Run) -> None:
     assert max(p.values("Worker restarts", "A", "crashloop", after=fault(run, "crashloop"))) > 0.5
     assert max(p.values("Worker restarts", "A", "control")) == 0
     assert max(p.values("Worker restarts", "B", "control", after=settled(run))) == 0
-    assert max(p.values("Worker restarts", "B", "control")) == 2, "both workers booting at start"
+    # Its one worker is missing for a moment after each kill (a scrape may or may not see it).
+    assert set(p.values("Worker restarts", "B", "crashloop", after=fault(run, "crashloop"))) <= {0, 1}
 
 
 @check("Tracked objects")
