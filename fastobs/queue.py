@@ -16,7 +16,7 @@ key keeps its pending events in order:
   that changes faster than its command runs would otherwise report a lag near zero).
 * coalescing off (``--no-coalesce``): every event is kept, in order.
 
-Invariants (property-tested in tests/test_queue.py):
+Invariants (tested in tests/test_queue.py: 1-5 by a property test, 6 case by case):
 
 1. a key is never handed out while it is processing;
 2. a key's events leave in the order they were added (coalesced ones are dropped, never
