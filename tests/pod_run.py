@@ -133,14 +133,27 @@ class PodRun:
         raise PodRunError(f"no {comm} process under buildah run (pid {self.proc.pid})")
 
     def close(self) -> None:
+        """Kill whatever still runs (every process of the container, then buildah), wait
+        until it is gone, and remove the buildah container."""
         if self._closed:
             return
         self._closed = True
         if self.proc.poll() is None:
+            # tini starts its child in a new process group, and fastobs does the same for
+            # every command: killing buildah's group alone would leave them running.
+            inside = self.processes()
+            for pid in inside:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(os.getpgid(pid), signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=10)
+            deadline = time.monotonic() + 10
+            while any(proc_stat(pid) for pid in inside) and time.monotonic() < deadline:
+                time.sleep(0.05)
         with contextlib.suppress(PodRunError, subprocess.TimeoutExpired):
             buildah("rm", self.container, timeout=60)
 
