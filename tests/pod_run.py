@@ -34,8 +34,6 @@ import secrets
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,19 +312,9 @@ def _volumes(
     return volumes
 
 
-def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
-    """(status, body); status 0 when nothing answers."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
-
-
 def wait_for(check: Callable[[], bool], timeout: float, what: str, run: PodRun | None = None) -> float:
-    """Poll ``check`` until true; returns the seconds it took. Fails with the run's output."""
+    """Poll ``check`` until true; returns the seconds it took. Unlike fastobs_run.wait_until,
+    it stops as soon as the container exits, and the failure carries the container's output."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if check():

@@ -46,7 +46,8 @@ from chart_helm import (
     resource_table,
     value_args,
 )
-from k8s_cluster import Cluster, KubeCluster, free_ports
+from fastobs_run import free_port, http_get
+from k8s_cluster import Cluster, KubeCluster
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.cluster
@@ -229,7 +230,7 @@ def release(helm: Helm, k8s: KubeCluster, tmp_path_factory: pytest.TempPathFacto
     work = tmp_path_factory.mktemp("release")
     script, values = work / "act.sh", work / "values.yaml"
     script.write_text(RELEASE_SCRIPT)
-    port = free_ports(1)[0]
+    port = free_port()
     values.write_text(yaml.safe_dump(release_values(port)))
     out = install(helm, k8s, "obs", ns, script=script, values=(values,))
     return Release("obs", ns, "obs-fastobs", port, out.split("NOTES:", 1)[1])
@@ -394,12 +395,12 @@ def test_the_chart_pod_runs_from_the_image(
         k8s.apply(labelled_configmap(name, color), namespace=ns)
     k8s.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "unlabelled"}}, namespace=ns)
     run, manifest = start_chart_pod(helm, k8s, k8s_state, image, release, tmp_path / "pod")
-    base = f"http://127.0.0.1:{release.metrics_port}"
+    port = release.metrics_port
     try:
         print(f"buildah run {run.container}: {' '.join(run.argv)}")
-        took = pod_run.wait_for(lambda: pod_run.http_get(f"{base}/readyz")[0] == 200, 60, "/readyz", run)
+        took = pod_run.wait_for(lambda: http_get(port, "/readyz")[0] == 200, 60, "/readyz", run)
         print(f"/readyz 200 after {took:.1f} s")
-        assert pod_run.http_get(f"{base}/livez")[0] == 200
+        assert http_get(port, "/livez")[0] == 200
 
         # Changes while running: a new object, an update, and the one whose script leaves an orphan.
         k8s.apply(labelled_configmap("delta", "black"), namespace=ns)
@@ -423,7 +424,7 @@ def test_the_chart_pod_runs_from_the_image(
         keys = {p["key"] for p in processed(run)}
         assert keys == {f"{ns}/{n}" for n in want}, "only labelled objects, each through the script"
 
-        status, text = pod_run.http_get(f"{base}/metrics")
+        status, text = http_get(port, "/metrics")
         assert status == 200
         ok = metric(text, "fastobs_commands_total", result="success")
         failed = metric(text, "fastobs_commands_total", result="failure")
