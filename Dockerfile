@@ -20,7 +20,7 @@ RUN python3 -m venv /opt/fastobs \
 # app: fastobs itself, installed into that virtualenv under a staging root, so the final
 # stage copies only fastobs's own files (a small layer) on top of the dependencies.
 FROM deps AS app
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml README.md LICENSE /src/
 COPY fastobs /src/fastobs
 RUN /opt/fastobs/bin/pip install --no-cache-dir --no-deps --no-build-isolation --no-compile \
         --root /opt/stage /src
