@@ -18,11 +18,12 @@ they expire), and a 401 reloads the credentials from scratch and retries once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import ssl
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,14 @@ _SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 _DISCOVERY_TIMEOUT = 30.0
 """Discovery is a start-up step: a server that does not answer it in 30 s is down."""
 _CONNECT_TIMEOUT = 30.0
+HEADERS_TIMEOUT = 30.0
+"""The wait for a response's headers when the caller names none (discovery): without a
+deadline, a request sent into a path that stopped forwarding (a half-open connection, a
+middlebox that completes handshakes and forwards nothing) waits forever."""
+
+
+class ResponseTimeout(TimeoutError):
+    """A request got no response headers within its deadline."""
 
 
 @dataclass(frozen=True)
@@ -249,6 +258,8 @@ class KubeClient:
         self._server_hostname: str | None = creds.cfg.tls_server_name or None
         self._proxy: str | None = creds.cfg.proxy or None
         self._request_timeout = request_timeout
+        self.headers_timeout = min(HEADERS_TIMEOUT, request_timeout or HEADERS_TIMEOUT)
+        """The deadline up to the response headers of requests that name none."""
         self._served: list[_Served] | None = None
         self._reload_lock = asyncio.Lock()
         self.namespace = namespace
@@ -285,32 +296,40 @@ class KubeClient:
 
     async def request(self, method: str, path: str, params: dict[str, str] | None = None, *,
                       timeout: aiohttp.ClientTimeout | None = None,  # noqa: ASYNC109 - per-request HTTP timeouts
+                      headers_timeout: float = 0.0,
                       ) -> aiohttp.ClientResponse:
         """Send one request with fresh credentials; on 401 reload them and retry once.
 
-        The caller reads and closes the response. Connection errors propagate as
-        ``aiohttp.ClientError`` / ``asyncio.TimeoutError``.
+        The response headers must arrive within ``headers_timeout`` seconds of sending (0:
+        :attr:`headers_timeout`; ``--request-timeout`` caps either), however the connection
+        behaves, else :class:`ResponseTimeout`: aiohttp's own timeouts leave a streaming
+        request without any bound until its headers come. The caller reads and closes the
+        response. Connection errors propagate as ``aiohttp.ClientError`` / ``TimeoutError``.
         """
-        resp = await self._send(method, path, params, timeout)
+        deadline = headers_timeout or self.headers_timeout
+        if self._request_timeout:
+            deadline = min(deadline, self._request_timeout)
+        resp = await self._send(method, path, params, timeout, deadline)
         if resp.status != 401:
             return resp
         resp.release()
         await self._reload_credentials()
-        return await self._send(method, path, params, timeout)
+        return await self._send(method, path, params, timeout, deadline)
 
     async def _send(self, method: str, path: str, params: dict[str, str] | None,
                     timeout: aiohttp.ClientTimeout | None,  # noqa: ASYNC109
-                    ) -> aiohttp.ClientResponse:
+                    deadline: float) -> aiohttp.ClientResponse:
         creds = self._creds
         auth = await creds.authorization_async()
         headers = {"Accept": "application/json"}
         if auth:
             headers["Authorization"] = auth
-        return await self._session.request(
-            method, self._host + path, params=params, headers=headers, ssl=creds.ssl,
-            server_hostname=self._server_hostname, proxy=self._proxy,
-            timeout=timeout or self.default_timeout(),
-        )
+        async with _headers_deadline(deadline):
+            return await self._session.request(
+                method, self._host + path, params=params, headers=headers, ssl=creds.ssl,
+                server_hostname=self._server_hostname, proxy=self._proxy,
+                timeout=timeout or self.default_timeout(),
+            )
 
     async def _reload_credentials(self) -> None:
         """A 401 means the credentials went stale (rotated token, expired plugin output)."""
@@ -388,9 +407,11 @@ class KubeClient:
         if auth:
             headers["Authorization"] = auth
         timeout = aiohttp.ClientTimeout(total=self._request_timeout or _DISCOVERY_TIMEOUT)
-        async with self._session.get(self._host + path, headers=headers, ssl=creds.ssl,
-                                     server_hostname=self._server_hostname, proxy=self._proxy,
-                                     timeout=timeout) as resp:
+        async with _headers_deadline(self.headers_timeout):
+            resp = await self._session.get(self._host + path, headers=headers, ssl=creds.ssl,
+                                           server_hostname=self._server_hostname, proxy=self._proxy,
+                                           timeout=timeout)
+        async with resp:
             body = await resp.read()
             if resp.status == 401 and not tolerate:
                 await self._reload_credentials()
@@ -405,6 +426,18 @@ class KubeClient:
         except orjson.JSONDecodeError:
             raise ResourceError(f"discovery of {path} returned invalid JSON") from None
         return doc
+
+
+@contextlib.asynccontextmanager
+async def _headers_deadline(seconds: float) -> AsyncIterator[None]:
+    """Turn the expiry of ``seconds`` into :class:`ResponseTimeout`."""
+    try:
+        async with asyncio.timeout(seconds) as cm:
+            yield
+    except TimeoutError:
+        if cm.expired():
+            raise ResponseTimeout(f"no response headers within {seconds:g}s") from None
+        raise
 
 
 def status_message(status: int, body: bytes) -> str:

@@ -21,9 +21,11 @@ Retry policy (client-go's reflector, as oc observe behaves):
 * watch ended normally (server timeout) -> resume from the last resourceVersion;
 * 410 / expired -> relist at once; any other in-stream ``ERROR`` event, 403, 404 ->
   relist after the backoff;
-* connection error, 429, 5xx, 401 -> resume after the backoff (0.8 s doubling to 30 s,
-  at least ``Retry-After``); a connection that had delivered events, or a read timeout
-  (no byte for ``read_timeout`` s, e.g. a half-open connection) -> resume at once;
+* connection error, 429, 5xx, 401, no response headers in time (every request has a
+  deadline up to its headers, see ``_WATCH_HEADERS_TIMEOUT``) -> resume after the backoff
+  (0.8 s doubling to 30 s, at least ``Retry-After``); a connection that had delivered
+  events, or a read timeout (no byte for ``read_timeout`` s, e.g. a half-open connection)
+  -> resume at once;
 * a failed list -> one error line, counted run-wide, retried about a second later;
   more than ``maximum_errors`` failures raise ListErrorLimit.
 """
@@ -72,6 +74,15 @@ _SHORT_WATCH = 1.0
 treated as a failure (client-go's "very short watch"), so a broken server cannot
 make the source spin."""
 _INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+_WATCH_HEADERS_TIMEOUT = (5.0, 30.0)
+"""The apiserver answers a watch (a streamed list too) with its headers once the watch is
+registered, before any event: a watch still without headers after the read timeout, kept
+within 5..30 s, went into a path that stopped forwarding, and only a new connection gets
+through (the floor spares a merely busy server when the read timeout is very short)."""
+_LIST_HEADERS_TIMEOUT = 60.0
+"""A list page's headers come once the server has built the page; by its own default
+request timeout (60 s) it answers, if only with 504. A list page otherwise gets the read
+timeout, the same bound as any silence while its body is read."""
 
 
 class Sink(Protocol):
@@ -285,26 +296,21 @@ class Source:
         self.stats.list_requests += 1
         self._initial_begun = False
         self._initial_rv = None
-        try:
-            resp = await self._client.request("GET", self._path, params, timeout=timeout)
-        except TimeoutError:
-            raise Failure("timeout", f"timed out talking to {self._client.server}") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise Failure("connection", describe(exc)) from None
+        resp = await self._open(params, timeout)
         async with resp:
             if resp.status == 403:
                 # Allowed to list but not to watch? Let the LIST say so, in oc's words
                 # ("cannot list ..."), and count it; stay with streaming for next time.
-                await resp.read()
+                await self._error_body(resp)
                 return None
             if resp.status in (400, 422):
-                body = await resp.read()
+                body = await self._error_body(resp)
                 log.info("the server cannot stream lists (%s); using paginated lists",
                          status_message(resp.status, body))
                 self._stream_list = False
                 return None
             if resp.status != 200:
-                raise http_failure(resp, await resp.read())
+                raise http_failure(resp, await self._error_body(resp))
             try:
                 await self._read_lines(resp, self._on_initial_line)
             finally:
@@ -344,12 +350,12 @@ class Source:
         self.stats.list_requests += 1
         timeout = aiohttp.ClientTimeout(total=self._client.default_timeout().total,
                                         sock_connect=CONNECT_TIMEOUT, sock_read=self._read_timeout)
+        resp = await self._open(params, timeout)
         try:
-            resp = await self._client.request("GET", self._path, params, timeout=timeout)
             async with resp:
-                body = await resp.read()
-        except TimeoutError:
-            raise Failure("timeout", f"timed out talking to {self._client.server}") from None
+                body = await resp.read()  # sock_read bounds every wait for data
+        except TimeoutError as exc:
+            raise self._timeout(exc) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise Failure("connection", describe(exc)) from None
         self.stats.bytes_received += len(body)
@@ -432,16 +438,10 @@ class Source:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=None)
         self.stats.watch_requests += 1
         started = time.monotonic()
-        try:
-            resp = await self._client.request("GET", self._path, self._watch_params(), timeout=timeout)
-        except TimeoutError:
-            raise Failure("timeout", f"timed out connecting to {self._client.server}") from None
-        except (aiohttp.ClientError, OSError) as exc:
-            raise Failure("connection", describe(exc)) from None
+        resp = await self._open(self._watch_params(), timeout)
         async with resp:
             if resp.status != 200:
-                body = await resp.read()
-                raise http_failure(resp, body)
+                raise http_failure(resp, await self._error_body(resp))
             self._set_up(True)
             try:
                 lines = await self._read_lines(resp, self._on_line)
@@ -452,6 +452,45 @@ class Source:
         elif time.monotonic() - started < _SHORT_WATCH:
             raise Failure("other", "the watch ended at once without events")
         return _Next.RESUME
+
+    # ------------------------------------------------------------------ requests
+
+    async def _open(self, params: dict[str, str],
+                    timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - aiohttp's per-request timeouts
+                    ) -> aiohttp.ClientResponse:
+        """Send one GET of the collection; raises Failure.
+
+        Its headers have a deadline too: a path that stopped forwarding accepts a new
+        connection (even its TLS handshake, at a middlebox) and answers nothing, and the
+        read timeout of the body only starts once the headers are in.
+        """
+        if "watch" in params:
+            low, high = _WATCH_HEADERS_TIMEOUT
+            deadline = min(max(self._read_timeout, low), high) if self._read_timeout else high
+        else:
+            deadline = self._read_timeout or _LIST_HEADERS_TIMEOUT
+        try:
+            return await self._client.request("GET", self._path, params, timeout=timeout,
+                                              headers_timeout=deadline)
+        except TimeoutError as exc:
+            raise self._timeout(exc) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise Failure("connection", describe(exc)) from None
+
+    def _timeout(self, exc: TimeoutError) -> Failure:
+        detail = " ".join(str(exc).split())
+        where = f"timed out talking to {self._client.server}"
+        return Failure("timeout", f"{where}: {detail}" if detail else where)
+
+    async def _error_body(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The body of an error response (a short Status), read within the read timeout."""
+        try:
+            async with asyncio.timeout(self._read_timeout or None):
+                return await resp.read()
+        except TimeoutError as exc:
+            raise self._timeout(exc) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise Failure("connection", describe(exc)) from None
 
     def _set_up(self, up: bool) -> None:
         self.stats.watch_up = up

@@ -16,8 +16,9 @@ from typing import Any
 import orjson
 import pytest
 import uvloop
+from fault_proxy import FaultProxy
 
-from fastobs.errors import ListErrorLimit
+from fastobs.errors import ListErrorLimit, ResourceError
 from fastobs.events import Event, EventType
 from fastobs.kube import KubeClient
 from fastobs.source import Source, _Next
@@ -391,6 +392,40 @@ async def test_severed_connection_resumes_without_relist(k8s: Any, ns: str) -> N
     assert [ev.name for ev in sink.events()] == ["before", "after"]
     assert src.stats.errors.get(("watch", "connection"), 0) == 1
     assert src.stats.relists == 0 and src.stats.watch_requests == 2
+
+
+@aio
+async def test_every_request_has_a_deadline_up_to_its_response_headers(k8s: Any, ns: str,
+                                                                       tmp_path: Any) -> None:
+    """A path that stops forwarding: open connections go silent, new ones complete TCP and
+    TLS and are never answered. Each request the source sends (watch, streamed list, list
+    page) and discovery must fail as a timeout instead of waiting for headers forever
+    (watches: the read timeout, but at least 5 s)."""
+    with FaultProxy.in_front_of(k8s) as proxy:
+        cfg = proxy.kubeconfig(tmp_path, k8s.token)
+        async with source_for(k8s, "configmaps", ns, kubeconfig=cfg, read_timeout=1.0) as (src, _):
+            proxy.freeze()
+            calls: dict[str, Callable[[], Coroutine[Any, Any, object]]] = {
+                "watch": src._watch_once, "streamed list": src._streamed_list,
+                "list page": lambda: src._get_page({"limit": "500"}),
+            }
+            for what, call in calls.items():
+                t0 = time.monotonic()
+                with pytest.raises(Failure) as failure:
+                    await asyncio.wait_for(call(), 10)
+                took = time.monotonic() - t0
+                print(f"{what}: {failure.value.kind} after {took:.2f} s: {failure.value.message}")
+                assert failure.value.kind == "timeout" and took < 8, (what, took)
+            src._client.headers_timeout = 1.0  # --request-timeout 1s would do this
+            src._client._served = None
+            t0 = time.monotonic()
+            with pytest.raises(ResourceError) as error:
+                await asyncio.wait_for(src._client.resolve("configmaps"), 10)
+            took = time.monotonic() - t0
+            print(f"discovery: after {took:.2f} s: {error.value.message}")
+            assert took < 5 and "no response headers within 1s" in error.value.message
+        stats = proxy.stats()
+        assert stats.frozen >= 1 and stats.blackholed >= 1, stats  # both kinds of silence were met
 
 
 class SlowSink(Recorder):
