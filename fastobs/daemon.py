@@ -260,3 +260,6 @@ class _SourceMetrics:
             for _ in range(value - seen.get((op, kind), 0)):
                 m.api_error(op, kind)
             seen[(op, kind)] = value
+        for _ in range(st.undecodable - seen.get("undecodable", 0)):
+            m.invalid_object("source")
+        seen["undecodable"] = st.undecodable

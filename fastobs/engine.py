@@ -26,7 +26,8 @@ from .events import Event, EventType, ObjectKey
 from .metrics import EngineState, Metrics
 from .output import Output
 from .pool import Pool
-from .protocol import Done
+from .protocol import INVALID_OBJECT, Done
+from .queue import KeyQueue
 from .settings import Settings
 from .sharder import Sharder
 from .tracker import Tracker
@@ -171,6 +172,11 @@ class Engine:
         queue = self.sharder.queues[i]
         queue.done(ev.key)
         self.sharder.released()
+        if result.get("reason") == INVALID_OBJECT:
+            self._invalid_object(ev, result, queue)
+            self._key_settled(ev.key)
+            self.pool.pump(i)
+            return
         self.output.command(ev.type.value, result["header"], out, err)
         ok = bool(result["ok"])
         self.tracker.handled(ev, ok=ok, arg=result.get("arg"))
@@ -187,6 +193,17 @@ class Engine:
             self._failed(ev, result, i)
         self._key_settled(ev.key)
         self.pool.pump(i)
+
+    def _invalid_object(self, ev: Event, result: Done, queue: KeyQueue) -> None:
+        """The object could not be decoded for the command: one failed event for this key,
+        logged and counted. Never retried (the same bytes fail the same way) nor counted
+        against --maximum-errors (else whoever may create such objects could stop fastobs);
+        the key's next change, or a relist, runs it normally."""
+        self.tracker.handled(ev, ok=False, arg=None)
+        queue.forget(ev.key)
+        self.metrics.invalid_object("command")
+        logger.warning("%s event of %s failed: %s", ev.type.value, ev.key, result.get("error", ""),
+                       extra=_fields(ev, result))
 
     def on_fatal(self, exc: BaseException) -> None:
         self.fail(exc)

@@ -61,6 +61,7 @@ RESULTS = ("success", "failure")
 FAILURE_REASONS = ("exit", "timeout", "signal", "spawn_error")
 RETRY_KINDS = ("immediate", "backoff")
 API_OPS = ("list", "watch")
+INVALID_OBJECT_STAGES = ("source", "command")
 API_ERROR_KINDS = (
     "expired", "forbidden", "unauthorized", "not_found", "connection", "timeout", "server", "other",
 )
@@ -189,6 +190,10 @@ class Metrics:
         self._relists_total = Counter(
             "fastobs_relists", "Full relists after the first list (expired resourceVersion, errors).",
             registry=r)
+        self._invalid_objects_total = Counter(
+            "fastobs_invalid_objects",
+            "Objects that could not be decoded: by the source (passed on by key) or for a command "
+            "(that event failed).", ["stage"], registry=r)
         self._build_info = Gauge(
             "fastobs_build_info", "Always 1; the labels name the fastobs and Python versions.",
             ["python_version", "version"], registry=r)
@@ -205,6 +210,8 @@ class Metrics:
         self._api_requests = {op: self._api_requests_total.labels(op=op) for op in API_OPS}
         self._api_errors = {(op, k): self._api_errors_total.labels(kind=k, op=op)
                             for op in API_OPS for k in API_ERROR_KINDS}
+        self._invalid_objects = {st: self._invalid_objects_total.labels(stage=st)
+                                 for st in INVALID_OBJECT_STAGES}
 
     def set_state_provider(self, provider: StateProvider) -> None:
         """Read gauges from ``provider.engine_state()`` at every scrape."""
@@ -276,6 +283,10 @@ class Metrics:
 
     def relisted(self) -> None:
         self._relists_total.inc()
+
+    def invalid_object(self, stage: str) -> None:
+        """Count an object that could not be decoded: ``source`` or ``command``."""
+        self._invalid_objects[stage].inc()
 
     # -- scrape -----------------------------------------------------------------------
 

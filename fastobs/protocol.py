@@ -143,6 +143,11 @@ class Done(TypedDict):
     """Framing: the length of stdout among the bytes after the header (set by encode_done)."""
 
 
+INVALID_OBJECT = "invalid_object"
+"""The ``reason`` of a :class:`Done` whose object could not be decoded or rendered (nested
+deeper than the JSON parser goes): no command ran, and the event failed for its key alone."""
+
+
 class OutputLine(TypedDict):
     """``O``, worker → parent, stream mode: the header of one line of output, which follows it."""
 

@@ -35,7 +35,7 @@ from .encoding import kubectl_json
 from .errors import TemplateError
 from .gocompat import go_quote
 from .header import header_line, rfc3339_local
-from .protocol import Done, Job
+from .protocol import INVALID_OBJECT, Done, Job
 from .settings import QUOTE_OBJECT_VERBOSITY, RunSettings
 
 if TYPE_CHECKING:
@@ -146,9 +146,15 @@ class Runner:
         s = self.settings
         cmd = s.delete_command if job["type"] == "Deleted" else s.command
         parsed: Any = None
-        if obj is not None and (self._needs_object or (self.template and job.get("cached_arg") is None)):
-            parsed = orjson.loads(obj)
-        args, arg = self.build_args(job, parsed)
+        try:
+            if obj is not None and (self._needs_object or (self.template and job.get("cached_arg") is None)):
+                parsed = orjson.loads(obj)
+            args, arg = self.build_args(job, parsed)
+            env = self._environment(job, parsed, obj) if cmd else None
+        except (ValueError, TypeError, RecursionError) as exc:
+            # The object cannot be decoded, encoded or rendered (nested deeper than the parser
+            # goes): this event fails for its key alone, and no command runs.
+            return self._invalid_object(job, cmd, exc), b"", b""
         started_wall = time.time()
         printed = [cmd[0] if cmd else "", *cmd[1:], *args]
         header = header_line(rfc3339_local(started_wall), job["type"], job["rv"], printed)
@@ -160,7 +166,6 @@ class Runner:
             on_begin(now, header)
             result["nocmd"], result["started"], result["ended"] = True, now, now
             return result, b"", b""
-        env = self._environment(job, parsed, obj)
         stdin, tmpfile = self._stdin_for(obj, env)
         try:
             out, err = await self._attempts([*cmd, *args], env, stdin, result, on_begin, on_line)
@@ -171,6 +176,16 @@ class Runner:
                 with contextlib.suppress(OSError):
                     os.unlink(tmpfile)
         return result, out, err
+
+    def _invalid_object(self, job: Job, cmd: tuple[str, ...], exc: BaseException) -> Done:
+        now = time.monotonic()
+        base = [job["ns"], job["name"]] if self.settings.namespaced else [job["name"]]
+        printed = [cmd[0] if cmd else "", *cmd[1:], *base]
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        header = header_line(rfc3339_local(time.time()), job["type"], job["rv"], printed)
+        return {"id": job["id"], "header": header, "arg": None, "ok": False, "started": now, "ended": now,
+                "attempts": [], "nocmd": True, "reason": INVALID_OBJECT,
+                "error": f"the object could not be decoded for the command: {detail}"}
 
     async def _attempts(
         self,

@@ -51,12 +51,16 @@ from fastobs.watchstream import (
     CONNECT_TIMEOUT,
     Failure,
     LineHandler,
+    PartialObject,
     describe,
     error_event,
     http_failure,
     object_bytes,
     parse_event,
+    parse_object,
     read_lines,
+    split_list,
+    with_type,
 )
 
 log = logging.getLogger(__name__)
@@ -127,6 +131,9 @@ class SourceStats:
     bytes_received: int = 0
     resource_version: str = ""
     """The resourceVersion the next watch resumes from."""
+    undecodable: int = 0
+    """Objects the parser gave up on (too deeply nested), passed on with their key found
+    by a fallback scan."""
 
     def count_error(self, op: str, kind: str) -> None:
         self.errors[(op, kind)] = self.errors.get((op, kind), 0) + 1
@@ -332,6 +339,8 @@ class Source:
         if etype == "ADDED":
             ns = md.get("namespace") or ""
             name = md.get("name") or ""
+            if type(obj) is PartialObject:
+                self._undecodable(obj, ns, name)
             self._sink.list_item(Event(EventType.SYNC, object_key(ns, name), ns, name, md.get("uid") or "",
                                        md.get("resourceVersion") or "", object_bytes(line, obj), received,
                                        backlog=True))
@@ -370,7 +379,10 @@ class Source:
             doc = orjson.loads(body)
             items: list[dict[str, Any]] = doc.get("items") or []
             meta = doc.get("metadata") or {}
-        except (orjson.JSONDecodeError, AttributeError):
+        except orjson.JSONDecodeError:
+            doc, items = self._page_by_item(body)
+            meta = doc
+        except AttributeError:
             raise Failure("other", "the server returned an invalid list") from None
         kind = str(doc.get("kind") or "").removesuffix("List") or self._resource.kind
         api_version = doc.get("apiVersion") or ""
@@ -381,12 +393,35 @@ class Source:
             ns = md.get("namespace") or ""
             name = md.get("name") or ""
             # List items carry no apiVersion/kind; commands expect whole objects.
-            raw = orjson.dumps({"apiVersion": api_version, "kind": kind, **item})
+            if type(item) is PartialObject:
+                self._undecodable(item, ns, name)
+                raw = with_type(item, api_version, kind)
+            else:
+                raw = orjson.dumps({"apiVersion": api_version, "kind": kind, **item})
             sink.list_item(Event(EventType.SYNC, object_key(ns, name), ns, name, md.get("uid") or "",
                                  md.get("resourceVersion") or "", raw, received, backlog=True))
         if items:
             self.stats.count_events(EventType.SYNC, len(items))
         return str(meta.get("resourceVersion") or ""), str(meta.get("continue") or "")
+
+    def _page_by_item(self, body: bytes) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """A page the parser gave up on (an item nested too deep): its fields and its items,
+        parsed one by one; the one too deep becomes a PartialObject, not a failed list."""
+        try:
+            fields, raw_items = split_list(body)
+            return fields, [parse_object(item) for item in raw_items]
+        except ValueError:
+            raise Failure("other", "the server returned an invalid list") from None
+
+    def _undecodable(self, obj: PartialObject, ns: str, name: str) -> None:
+        """One object the parser gave up on: logged with its key and counted. Its event goes
+        on (the command may not need it parsed); a stage that must parse it fails that
+        event alone."""
+        self.stats.undecodable += 1
+        key = object_key(ns, name)
+        log.warning("the object %s could not be decoded (%s); passing it on as the server sent it",
+                    key, obj.error, extra={"key": key, "rv": obj["metadata"].get("resourceVersion")})
+        self._changed()
 
     # -------------------------------------------------------------------- watch
 
@@ -523,6 +558,8 @@ class Source:
         ns = md.get("namespace") or ""
         name = md.get("name") or ""
         rv = md.get("resourceVersion") or ""
+        if type(obj) is PartialObject:
+            self._undecodable(obj, ns, name)
         self._sink.watch_event(Event(event_type, object_key(ns, name), ns, name, md.get("uid") or "",
                                      rv, object_bytes(line, obj), received))
         self.stats.count_events(event_type)

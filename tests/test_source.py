@@ -491,6 +491,49 @@ async def test_objects_larger_than_one_mebibyte(k8s: Any, ns: str, widgets: str)
     assert parsed(item)["spec"]["blob"] == big and item.rv == ev.rv
 
 
+def deep_widget(name: str, depth: int) -> str:
+    """A SourceWidget whose spec is ``depth`` levels deep (written by hand: Python's json
+    module stops at its recursion limit)."""
+    return (f'{{"apiVersion":"{CRD_GROUP}/v1","kind":"SourceWidget","metadata":{{"name":"{name}"}},'
+            f'"spec":{{"v":1,"deep":' + '{"a":' * depth + "1" + "}" * depth + "}}")
+
+
+async def create_deep(k8s: Any, ns: str, name: str, depth: int) -> tuple[str, str, str]:
+    """Create a deep widget; (name, uid, resourceVersion) as the server answered."""
+    res = await asyncio.to_thread(k8s.kubectl, "create", "-n", ns, "-f", "-", "-o",
+                                  "jsonpath={.metadata.name} {.metadata.uid} {.metadata.resourceVersion}",
+                                  input=deep_widget(name, depth))
+    name, uid, rv = res.stdout.split()
+    return name, uid, rv
+
+
+@pytest.mark.parametrize("stream_list", [True, False], ids=["streamed list", "paginated list"])
+@aio
+async def test_an_object_too_deep_to_parse_is_one_event_not_a_failed_list(
+        k8s: Any, ns: str, widgets: str, stream_list: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """Nested past orjson's 1,024 levels (the apiserver takes it): the list and the watch
+    go on; the object's event carries its key, uid, rv and the server's bytes."""
+    caplog.set_level(logging.WARNING, logger="fastobs.source")
+    await kubectl(k8s, "create", "-n", ns, "-f", "-", input=widget("before", {"v": 0}))
+    listed = await create_deep(k8s, ns, "deep1", 1100)
+    async with source_for(k8s, widgets, ns, stream_list=stream_list, page_size=1) as (src, sink), \
+            running(src.run()):
+        await sink.wait_for(lambda: src.stats.watch_up, "watch up")
+        watched = await create_deep(k8s, ns, "deep2", 2000)
+        await kubectl(k8s, "create", "-n", ns, "-f", "-", input=widget("after", {"v": 1}))
+        await sink.wait_for(lambda: len(sink.events()) == 2, "Added deep2 and after")
+    items = {ev.name: ev for ev in sink.last_list()}
+    assert sorted(items) == ["before", "deep1"] and [ev.name for ev in sink.events()] == ["deep2", "after"]
+    for ev, (name, uid, rv) in ((items["deep1"], listed), (sink.events()[0], watched)):
+        assert (ev.key, ev.uid, ev.rv) == (f"{ns}/{name}", uid, rv)
+        assert ev.obj is not None and ev.obj.startswith(b"{") and ev.obj.endswith(b"}")
+        text = ev.obj.decode()
+        assert f'"uid":"{ev.uid}"' in text and '"kind":"SourceWidget"' in text and text.count("{") > 1000
+    assert src.stats.undecodable == 2 and src.stats.errors == {} and src.stats.list_errors == 0
+    warned = [r for r in caplog.records if "could not be decoded" in r.getMessage()]
+    assert [getattr(r, "key", None) for r in warned] == [f"{ns}/deep1", f"{ns}/deep2"]
+
+
 # --------------------------------------------------------------------------- errors
 
 @aio

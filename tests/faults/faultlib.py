@@ -75,7 +75,9 @@ class Run:
 class InvocationLog:
     """A command for fastobs that records every invocation (and runs ``body`` in between)."""
 
-    def __init__(self, directory: Path, body: str = "", name: str = "record") -> None:
+    def __init__(self, directory: Path, body: str = "", name: str = "record",
+                 template: str = TEMPLATE) -> None:
+        self.template = template
         self.log = directory / f"{name}.log"
         self.path = directory / name
         self.path.write_text(_SCRIPT.format(log=self.log, body=body or ":"))
@@ -84,7 +86,7 @@ class InvocationLog:
     @property
     def argv(self) -> list[str]:
         """The fastobs arguments that make this the command: type env var and template."""
-        return ["--type-env-var", "FAULT_TYPE", "--template", TEMPLATE, "--", str(self.path)]
+        return ["--type-env-var", "FAULT_TYPE", "--template", self.template, "--", str(self.path)]
 
     def runs(self) -> list[Run]:
         if not self.log.exists():
