@@ -1,6 +1,6 @@
 """A second kube-apiserver on the test cluster's etcd, for scenarios that restart or pause one.
 
-Where it sits: used by the fault scenarios of ``tests/faults/`` that stop, restart or
+Where it sits: used by the fault scenarios of ``tests/faults/`` that kill, restart or
 SIGSTOP an API server. Restarting the session's own apiserver would disturb every later
 test; this one is a second member of an HA control plane: same etcd, same tokens and
 service-account keys, its own port and serving certificate. Writes made through the
@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -31,9 +32,9 @@ class ExtraApiserver:
         (directory / "logs").mkdir(exist_ok=True)
         for name in ("tokens.csv", "sa.pub", "sa.key"):
             shutil.copy(cluster.state_dir / name, directory / name)
-        self.cluster = dataclasses.replace(cluster, state_dir=directory, port=kc.free_ports(1)[0],
-                                           _children=[], _die_with_parent=True)
-        self.pid = 0
+        self.cluster = dataclasses.replace(cluster, state_dir=directory, _procs={}, _locks={},
+                                           _die_with_parent=True, timings={})
+        self._started = False
 
     @property
     def server(self) -> str:
@@ -51,33 +52,37 @@ class ExtraApiserver:
         return path
 
     def start(self, timeout: float = 90.0) -> float:
-        """Start it and wait for /readyz; returns the seconds that took."""
-        t0 = time.monotonic()
-        proc = kc._spawn(kc._apiserver_args(self.cluster), self.cluster.apiserver_log, True)
-        self.cluster._children.append(proc)
-        self.pid = proc.pid
-        while not kc.is_ready(self.cluster, timeout=2.0):
-            if proc.poll() is not None:
-                raise RuntimeError(f"the extra kube-apiserver exited:\n{self.cluster.log_tails()}")
-            if time.monotonic() - t0 > timeout:
-                raise RuntimeError(f"the extra kube-apiserver is not ready:\n{self.cluster.log_tails()}")
-            time.sleep(0.1)
-        return time.monotonic() - t0
+        """Start it (the first time on a new port, then on the same one) and wait for
+        /readyz; returns the seconds that took."""
+        deadline = time.monotonic() + timeout
+        if self._started:
+            return self._run(deadline)
+        self._started = True
+        with kc.reserved_ports(1) as (port,):  # held until the server binds it
+            self.cluster.port = port
+            return self._run(deadline)
+
+    def _run(self, deadline: float) -> float:
+        try:
+            return kc._run_server(self.cluster, "kube-apiserver", deadline)
+        except kc._AttemptFailed as exc:
+            raise RuntimeError(f"the extra kube-apiserver: {exc}\n{self.cluster.log_tails()}") from None
+
+    @property
+    def _proc(self) -> subprocess.Popen[bytes] | None:
+        return self.cluster._procs.get("kube-apiserver")
 
     def kill(self) -> None:
         """SIGKILL, as a crash or an OOM kill would stop it (its graceful stop takes ~10 s)."""
-        if self.pid:
-            os.kill(self.pid, signal.SIGKILL)
-            for proc in self.cluster._children:
-                proc.wait(timeout=10)
-            self.cluster._children.clear()
-            self.pid = 0
+        proc = self.cluster._procs.pop("kube-apiserver", None)
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
 
     def pause(self) -> None:
-        os.kill(self.pid, signal.SIGSTOP)
+        assert self._proc is not None
+        os.kill(self._proc.pid, signal.SIGSTOP)
 
     def resume(self) -> None:
-        os.kill(self.pid, signal.SIGCONT)
-
-    def ready(self) -> bool:
-        return kc.is_ready(self.cluster, timeout=1.0)
+        assert self._proc is not None
+        os.kill(self._proc.pid, signal.SIGCONT)
