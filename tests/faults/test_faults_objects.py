@@ -39,6 +39,11 @@ def blob(ns: str, name: str, value: str, depth: int = 0) -> str:
             f'"spec":{{"v":{json.dumps(value)},"nested":{nested}}}}}')
 
 
+def shallow_blobs(ns: str, names: list[str], value: str) -> str:
+    items = [json.loads(blob(ns, n, value)) for n in names]
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+
+
 def create(k8s: Any, text: str) -> None:
     # kubectl's own decoder stops at 10,000 levels, well past DEPTH.
     k8s.kubectl("apply", "--server-side", "-f", "-", input=text)
@@ -54,8 +59,7 @@ def blobs(k8s: Any) -> str:
 def test_deeply_nested_object_costs_one_event_not_the_watch(k8s: Any, ns: str, tmp_path: Path,
                                                            blobs: str) -> None:
     names = [f"b{i}" for i in range(20)]
-    for n in names:
-        create(k8s, blob(ns, n, "0"))
+    create(k8s, shallow_blobs(ns, names, "0"))
     create(k8s, blob(ns, "deep-listed", "0", DEPTH))
     log = InvocationLog(tmp_path, template="{.metadata.resourceVersion} {.spec.v}")
     with Fastobs(k8s.env, tmp_path, blobs, "-n", ns, "--workers", "2", *log.argv) as fo:
@@ -63,8 +67,7 @@ def test_deeply_nested_object_costs_one_event_not_the_watch(k8s: Any, ns: str, t
         log.wait_for("every shallow key's first run",
                      lambda runs: {f"{ns}/{n}" for n in names} <= {r.key for r in runs if r.end is not None})
         create(k8s, blob(ns, "deep-watched", "1", DEPTH))
-        for n in names:
-            create(k8s, blob(ns, n, "1"))
+        create(k8s, shallow_blobs(ns, names, "1"))
         # The deep object that was listed becomes an ordinary one: its key runs normally.
         create(k8s, blob(ns, "deep-listed", "2"))
         final = {f"{ns}/{n}": "1" for n in names} | {f"{ns}/deep-listed": "2"}
