@@ -140,6 +140,8 @@ class _Credentials:
     def _load_kubeconfig(self, cfg: Any, paths: str) -> None:
         from kubernetes.config.kube_config import KubeConfigLoader, KubeConfigMerger
 
+        for path in paths.split(os.pathsep):
+            _check_kubeconfig_file(path)
         merged = KubeConfigMerger(paths)  # type: ignore[no-untyped-call]
         if merged.config is None:
             raise ConfigError(f"invalid configuration: no configuration found in {paths}")
@@ -236,6 +238,31 @@ def _exec_failure(loader: Any, user: Any) -> str:
     except Exception as exc:
         return f"getting credentials: {_one_line(exc)}"
     return "getting credentials: exec plugin returned neither a token nor a client certificate"
+
+
+_GO_JSON_TYPES = {str: "string", list: "array", int: "number", float: "number", bool: "bool"}
+_TYPE_META = ('struct { APIVersion string "json:\\"apiVersion,omitempty\\""; '
+              'Kind string "json:\\"kind,omitempty\\"" }')
+"""client-go's first decode of a kubeconfig file, into apimachinery's TypeMeta."""
+
+
+def _check_kubeconfig_file(path: str) -> None:
+    """A kubeconfig file that is not YAML, or not a mapping, in kubectl's words (the
+    ``kubernetes`` loader fails on it with a Python error about item assignment)."""
+    import yaml  # type: ignore[import-untyped]  # the kubernetes package's own dependency
+
+    full = os.path.expanduser(path)
+    if not path or not os.path.exists(full):
+        return
+    try:
+        with open(full, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f'error loading config file "{path}": {_one_line(exc)}') from None
+    go_type = _GO_JSON_TYPES.get(type(doc))
+    if go_type is not None:
+        raise ConfigError(f'error loading config file "{path}": couldn\'t get version/kind; json parse '
+                          f"error: json: cannot unmarshal {go_type} into Go value of type {_TYPE_META}")
 
 
 def _any_exists(paths: str) -> bool:

@@ -257,12 +257,45 @@ def test_configuration_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.M
         ({"kubeconfig": str(k8s.kubeconfig), "context": "nope"}, 'context "nope" does not exist'),
     ]
     (tmp_path / "garbage").write_text("clusters: [\n")
-    cases.append(({"kubeconfig": str(tmp_path / "garbage")}, "invalid configuration: "))
+    garbage = f'error loading config file "{tmp_path}/garbage": '
+    cases.append(({"kubeconfig": str(tmp_path / "garbage")}, garbage))
     for kw, start in cases:
         with pytest.raises(ConfigError) as err:
             uvloop.run(KubeClient.connect(**kw))
         assert err.value.message.startswith(start), err.value.message
         assert "\n" not in err.value.message
+
+
+KUBECTL = Path(sys.executable).parent / "kubectl"
+
+
+@pytest.mark.parametrize("text", ["hello\n", '"a string"\n', "- a\n- b\n", "42\n", "4.5\n", "true\n"],
+                         ids=["bare string", "quoted string", "list", "integer", "float", "bool"])
+def test_a_kubeconfig_that_is_not_a_mapping_is_reported_as_kubectl_does(tmp_path: Path, text: str) -> None:
+    """kubectl's own words, not a Python error about item assignment."""
+    path = tmp_path / "config"
+    path.write_text(text)
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    ours = subprocess.run([sys.executable, "-m", "fastobs", "configmaps", "--kubeconfig", str(path), "--",
+                           "true"], capture_output=True, text=True, env=env, timeout=60)
+    theirs = subprocess.run([str(KUBECTL), "--kubeconfig", str(path), "get", "configmaps"],
+                            capture_output=True, text=True, env=env, timeout=60)
+    assert (ours.returncode, theirs.returncode) == (1, 1)
+    assert ours.stderr == theirs.stderr, (ours.stderr, theirs.stderr)
+    assert ours.stderr.startswith(f'error: error loading config file "{path}": ')
+
+
+def test_a_kubeconfig_that_is_not_yaml_is_reported_in_kubectls_frame(tmp_path: Path) -> None:
+    path = tmp_path / "config"
+    path.write_text("clusters: [\n")
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+    ours = subprocess.run([sys.executable, "-m", "fastobs", "configmaps", "--kubeconfig", str(path), "--",
+                           "true"], capture_output=True, text=True, env=env, timeout=60)
+    theirs = subprocess.run([str(KUBECTL), "--kubeconfig", str(path), "get", "configmaps"],
+                            capture_output=True, text=True, env=env, timeout=60)
+    frame = f'error: error loading config file "{path}": '
+    assert theirs.stderr.startswith(frame) and ours.stderr.startswith(frame), (ours.stderr, theirs.stderr)
+    assert ours.returncode == 1 and ours.stderr.count("\n") == 1
 
 
 @aio
