@@ -8,7 +8,9 @@ Life cycle: ``start`` spawns every worker and waits for its HELLO; a worker that
 (EOF on its socket) is reaped, replaced, and every event that was in flight there goes
 back to the front of its key (``KeyQueue.requeue_processing``), so nothing is lost.
 Workers that die during start-up again and again stop fastobs with ``WorkerBootError``
-instead of a restart loop. ``stop`` asks workers to drain within a grace period.
+instead of a restart loop; each failure names how the worker ended and the last lines of
+its stderr, which is relayed to ours line by line. ``stop`` asks workers to drain within a
+grace period.
 
 Invariants: worker *i* has at most ``concurrency`` jobs in flight, so a job handed to a
 worker starts at once (what is waiting is always visible in the parent's queues); an event
@@ -20,6 +22,7 @@ again, so one object's commands never overlap, not even across a crash.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -30,7 +33,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import IO, Protocol
 
 from . import protocol, spawn
 from .errors import TemplateError, WorkerBootError
@@ -42,6 +45,12 @@ logger = logging.getLogger(__name__)
 
 BOOT_TIMEOUT = 30.0
 MAX_BOOT_FAILURES = 5
+STDERR_TAIL = 3
+"""Lines of a worker's stderr quoted when it dies while starting."""
+
+
+class WorkerExited(ConnectionError):
+    """A worker ended before it said HELLO; the message says how and what it printed last."""
 HEARTBEAT_STALE = 10.0
 """A worker silent for this long is reported unhealthy on /livez."""
 
@@ -74,6 +83,9 @@ class WorkerProc:
         """Monotonic start of the oldest running command, from the last heartbeat."""
         self.boot_failures = 0
         self.restarts = 0
+        self.stderr_tail: collections.deque[bytes] = collections.deque(maxlen=STDERR_TAIL)
+        """The last lines the worker wrote on its stderr (relayed to ours as they come)."""
+        self.stderr_relay: asyncio.Future[None] | None = None
 
     @property
     def pid(self) -> int:
@@ -147,10 +159,14 @@ class Pool:
                 [*self.worker_command, str(child_sock.fileno())],
                 pass_fds=(child_sock.fileno(),),
                 stdin=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
                 close_fds=True,
             )
         finally:
             child_sock.close()
+        w.stderr_tail.clear()
+        assert w.popen.stderr is not None
+        w.stderr_relay = asyncio.ensure_future(_relay_stderr(w.popen.stderr, w.stderr_tail))
         w.generation += 1
         generation = w.generation
         loop = asyncio.get_running_loop()
@@ -167,7 +183,7 @@ class Pool:
 
         def on_eof() -> None:
             if not first.done():
-                first.set_exception(asyncio.IncompleteReadError(b"", None))
+                first.set_exception(WorkerExited())
             elif generation == w.generation:
                 restart = asyncio.ensure_future(self._worker_exited(w))
                 self._restarts.add(restart)  # the loop keeps only a weak reference to a task
@@ -177,6 +193,8 @@ class Pool:
         writer.write(self._config)
         try:
             kind, payload = await asyncio.wait_for(first, BOOT_TIMEOUT)
+        except WorkerExited:
+            raise WorkerExited(await self._how_it_ended(w, writer)) from None
         except BaseException:
             self._refuse(w, writer)
             raise
@@ -200,6 +218,26 @@ class Pool:
             writer.write(self._stop_frame)  # stop() ran while this worker was booting
         w.ready = True
         w.last_tick = time.monotonic()
+
+    async def _how_it_ended(self, w: WorkerProc, writer: asyncio.Transport) -> str:
+        """A worker closed its socket before HELLO: its exit status and last stderr lines."""
+        assert w.popen is not None
+        popen, relay = w.popen, w.stderr_relay
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.to_thread(popen.wait), 2.0)
+        code = popen.returncode
+        self._refuse(w, writer)
+        if relay is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(relay), 1.0)
+        if code is None:
+            how = "closed its connection"
+        else:
+            reason, label = spawn.describe_status(code)
+            how = f"exited with status {label}" if reason == "exit" else f"was killed by {label}"
+        lines = [line.decode("utf-8", "replace").strip() for line in w.stderr_tail]
+        tail = " | ".join(line for line in lines if line)
+        return f"{how}; its last output: {tail}" if tail else how
 
     def _refuse(self, w: WorkerProc, writer: asyncio.Transport) -> None:
         """Drop a worker that failed its start: the caller decides whether to retry, so the
@@ -357,3 +395,26 @@ class Pool:
             elif now - w.spawned_at >= BOOT_TIMEOUT + HEARTBEAT_STALE:
                 return False
         return True
+
+
+async def _relay_stderr(pipe: IO[bytes], tail: collections.deque[bytes]) -> None:
+    """Copy a worker's stderr to ours line by line (so lines of different workers never mix)
+    and keep its last lines, until the worker closes it."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 20)
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    try:
+        while True:
+            try:
+                line = await reader.readline()
+            except ValueError:  # a line longer than the limit: pass on what came
+                line = await reader.read(1 << 20)
+            if not line:
+                return
+            tail.append(line)
+            view = memoryview(line)
+            with contextlib.suppress(OSError):
+                while view:
+                    view = view[os.write(2, view):]
+    finally:
+        transport.close()

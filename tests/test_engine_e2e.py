@@ -89,8 +89,12 @@ def test_workers_failing_at_boot_stop_fastobs_with_named_exit_code(k8s, ns, tmp_
                       extra_env={"PYTHONPATH": str(site)}, timeout=120)
     assert res.returncode == 3, res.stderr
     last = res.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: worker 0 failed to start 5 times in a row"), last
-    assert "Traceback" not in res.stderr
+    # Why it failed, in words: how the worker exited and the end of what it printed.
+    assert last == ("error: worker 0 failed to start 5 times in a row; last error: exited with status 7; "
+                    "its last output: worker boot failure injected by the test"), last
+    assert "worker 0 failed to start (exited with status 7; its last output: worker boot failure injected " \
+           "by the test), attempt 1" in res.stderr
+    assert "Traceback" not in res.stderr and "bytes read" not in res.stderr
 
 
 def test_worker_sigkill_redispatches_in_flight_keys(k8s, ns, tmp_path: Path) -> None:
