@@ -299,11 +299,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except FastobsError as error:
-        _write(sys.stderr, f"error: {error.message}\n")
+        from fastobs.logs import oc_line  # a JSON record under --log-format json
+
+        _write(sys.stderr, oc_line(error.message))
         return error.exit_code
     except Exception as error:  # a bug: one line for the user, the traceback in the debug log
+        from fastobs.logs import oc_line
+
         logger.debug("unexpected error", exc_info=True)
-        _write(sys.stderr, f"error: unexpected {type(error).__name__}: {error}\n")
+        _write(sys.stderr, oc_line(f"unexpected {type(error).__name__}: {error}"))
         return EXIT_ERROR
 
 

@@ -104,11 +104,10 @@ def check_after_discovery(settings: Settings) -> None:
 
 async def _run(settings: Settings, client: KubeClient, resource: Resource) -> int:
     if settings.run.delete_command and not settings.names_command:
-        sys.stderr.write(
-            f'warning: If you are modifying resources outside of "{resource.gvr_string()}", you should '
+        sys.stderr.write(logs.oc_line(
+            f'If you are modifying resources outside of "{resource.gvr_string()}", you should '
             "use the --names command to ensure you don't miss deletions that occur while the command is "
-            "not running.\n"
-        )
+            "not running.", "warning"))
     workers = settings.workers or os.cpu_count() or 1
     output = Output(quiet=settings.run.quiet, stream=settings.run.output_mode == "stream")
     metrics = Metrics(oc_metrics=bool(settings.listen_addr))
@@ -194,7 +193,7 @@ async def _supervise(
             output.stdout(metrics.exposition())
             output.flush()
         if exit_after:
-            output.stderr(f"Shutting down after {format_go_duration(settings.exit_after)} ...\n")
+            output.notice(f"Shutting down after {format_go_duration(settings.exit_after)} ...")
             output.flush()
         if error is not None:
             raise error

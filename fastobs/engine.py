@@ -72,7 +72,6 @@ class Engine:
         self._retry_timers: dict[int, tuple[float, asyncio.TimerHandle]] = {}
         # Checked once: the event path must not pay for log calls nobody reads.
         self._debug = logger.isEnabledFor(logging.DEBUG)
-        self._log_failures = settings.log_format == "json" or self._debug
         self.watch_is_up = False
         self.exit_after_fired = False
         self.watch_activity: Callable[[], float] = lambda: 0.0
@@ -188,8 +187,6 @@ class Engine:
         if ok:
             queue.forget(ev.key)
         else:
-            if self._log_failures and not self._debug:
-                logger.warning("command failed: %s", result.get("error", ""), extra=_fields(ev, result))
             self._failed(ev, result, i)
         self._key_settled(ev.key)
         self.pool.pump(i)
@@ -227,7 +224,7 @@ class Engine:
         )
 
     def _failed(self, ev: Event, result: Done, shard: int) -> None:
-        self.output.error(str(result.get("error", "command failed")))
+        self.output.error(str(result.get("error", "command failed")), _fields(ev, result))
         s = self.settings
         queue = self.sharder.queues[shard]
         if s.backoff_base > 0 and queue.attempts(ev.key) < s.backoff_attempts:
@@ -282,7 +279,7 @@ class Engine:
         self.initial_keys = None  # from now on, nothing is tracked for --once
         if self.settings.once and not self.outcome.done():
             if self.emitted == 0:
-                self.output.stderr("Nothing to sync, exiting immediately\n")
+                self.output.notice("Nothing to sync, exiting immediately")
             self.finish(0)
 
     def fail(self, exc: BaseException) -> None:

@@ -31,9 +31,10 @@ import select
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from .header import rfc3339_local
+from .logs import oc_line
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +91,14 @@ class Output:
         (self._out if fd == 1 else self._err).extend(key.encode() + b": " + data)
         self._schedule()
 
-    def error(self, message: str) -> None:
-        self._err += b"error: " + message.encode("utf-8", "surrogateescape") + b"\n"
+    def error(self, message: str, fields: Mapping[str, object] | None = None) -> None:
+        """oc's ``error: <message>`` line (a JSON record with ``fields`` under --log-format json)."""
+        self._err += oc_line(message, "error", fields).encode("utf-8", "surrogateescape")
+        self._schedule()
+
+    def notice(self, message: str) -> None:
+        """One of oc's bare lines on stderr (a JSON record under --log-format json)."""
+        self._err += oc_line(message, "info").encode("utf-8", "surrogateescape")
         self._schedule()
 
     def stderr(self, text: str) -> None:

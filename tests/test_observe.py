@@ -454,4 +454,7 @@ def test_json_logs_carry_key_type_rv_and_never_object_data(k8s, ns) -> None:
     assert failed, res.stderr
     rv = k8s.kubectl("get", "cm", "j", "-n", ns, "-o", "jsonpath={.metadata.resourceVersion}").stdout
     assert failed[0]["type"] == "Sync" and failed[0]["rv"] == rv and failed[0]["code"] == "4"
-    assert 'error: command "sh" exited with status code 4' in res.stderr  # oc's line stays
+    # oc's error line is a JSON record too, with the same words and the key's fields.
+    assert any(r["level"] == "error" and r["msg"] == 'command "sh" exited with status code 4'
+               and r.get("key") == f"{ns}/j" for r in records), records
+    assert not any(line.startswith("error:") for line in res.stderr.splitlines())
