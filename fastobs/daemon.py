@@ -3,7 +3,7 @@
 Where it sits: called by ``cli.main`` with the parsed ``Settings`` (and never calls back
 into ``cli``). It connects (``kube``), resolves the resource, makes the checks oc makes
 after discovery (:func:`check_after_discovery`: ``-o`` and the template, ``--names``
-without ``--delete``, the label selector), starts the metrics server, the worker ``pool``
+without ``--delete``, the label and field selectors), starts the metrics server, the worker ``pool``
 and the ``source``, then waits for the run's outcome: ``--once`` done, ``--exit-after``,
 an error limit, a fatal error or a signal.
 
@@ -33,7 +33,7 @@ from .gocompat import format_go_duration
 from .kube import KubeClient, Resource
 from .metrics import Metrics
 from .output import Output
-from .selector import SelectorError, validate_label_selector
+from .selector import SelectorError, unable_to_find, validate_field_selector, validate_label_selector
 from .settings import Settings
 from .source import Source
 from .templates import compile_template
@@ -79,13 +79,16 @@ async def _main(settings: Settings) -> int:
 
 def _finish_settings(settings: Settings, resource: Resource) -> Settings:
     """oc's post-discovery checks, and what the resource tells us about argv."""
-    check_after_discovery(settings)
+    # kubectl ignores blanks around a field selector (and a blank one altogether).
+    settings = replace(settings, field_selector=settings.field_selector.strip())
+    check_after_discovery(settings, resource)
     return replace(settings, run=replace(settings.run, namespaced=resource.namespaced))
 
 
-def check_after_discovery(settings: Settings) -> None:
+def check_after_discovery(settings: Settings, resource: Resource | None = None) -> None:
     """oc's checks that come after the resource is resolved, in oc's order: ``-o`` and the
-    template, ``--names`` without ``--delete``, the label selector.
+    template, ``--names`` without ``--delete``, the label selector; then the field selector
+    (fastobs's own flag), in the words kubectl uses for the server's same verdict.
 
     Raises :class:`UsageError`, or :class:`~fastobs.errors.TemplateError` for a template
     that does not parse. The template is compiled here only to be checked: each worker
@@ -100,6 +103,13 @@ def check_after_discovery(settings: Settings) -> None:
             validate_label_selector(settings.selector)
         except SelectorError as error:
             raise UsageError(str(error)) from None
+    if settings.field_selector:
+        try:
+            validate_field_selector(settings.field_selector)
+        except SelectorError as error:
+            gvr = resource.gvr_string() if resource else settings.resource
+            message = unable_to_find(gvr, settings.selector, settings.field_selector, str(error))
+            raise UsageError(message) from None
 
 
 async def _run(settings: Settings, client: KubeClient, resource: Resource) -> int:

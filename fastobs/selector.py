@@ -1,16 +1,18 @@
-"""Label selector syntax: the Kubernetes grammar, checked before the first list.
+"""Label and field selector syntax: the Kubernetes grammars, checked before the first list.
 
 Where it sits: ``daemon.check_after_discovery`` calls :func:`validate_label_selector` on
-``-l/--selector`` once the resource is resolved (oc's order), so a typo fails at start-up
-with exit 1 instead of as a server error on every list. The selector text itself is sent
-to the server unchanged.
+``-l/--selector`` and :func:`validate_field_selector` on ``--field-selector`` once the
+resource is resolved (oc's order), so a typo fails at start-up with exit 1 instead of as a
+server error on every list. The selector text itself is sent to the server unchanged.
 
-In: the selector string (``app=web,tier in (a,b),!canary,release``).
+In: the selector string (``app=web,tier in (a,b),!canary,release``; ``metadata.name!=x``).
 Out: the parsed :class:`Requirement` list, or :class:`SelectorError`.
 
-Invariant: accepts exactly what ``k8s.io/apimachinery/pkg/labels.Parse`` accepts and
-words its errors the same way (``unable to parse requirement: ...``,
-``found ',', expected: ...``), so messages match kubectl and oc.
+Invariant: accepts exactly what ``k8s.io/apimachinery/pkg/labels.Parse`` and
+``fields.ParseSelector`` accept and words their errors the same way (``unable to parse
+requirement: ...``, ``found ',', expected: ...``; ``invalid selector: ...``), so messages
+match kubectl and oc. Which field labels a resource supports only the server knows: it
+answers the first list with 400, which :func:`unable_to_find` words as kubectl does.
 
 Grammar::
 
@@ -26,7 +28,14 @@ from enum import Enum, auto
 
 from fastobs.gocompat import go_quote
 
-__all__ = ["Requirement", "SelectorError", "parse_label_selector", "validate_label_selector"]
+__all__ = [
+    "Requirement",
+    "SelectorError",
+    "parse_label_selector",
+    "unable_to_find",
+    "validate_field_selector",
+    "validate_label_selector",
+]
 
 
 class SelectorError(ValueError):
@@ -354,3 +363,79 @@ def parse_label_selector(text: str) -> list[Requirement]:
 def validate_label_selector(text: str) -> None:
     """Raise :class:`SelectorError` when ``text`` is not a valid label selector."""
     parse_label_selector(text)
+
+
+# --------------------------------------------------------------------------- field selectors
+
+_FIELD_OPERATORS = ("!=", "==", "=")
+"""apimachinery's order: "==" before "=", so no "=" is left at the front of a value."""
+
+
+def validate_field_selector(text: str) -> None:
+    """Raise :class:`SelectorError` where ``fields.ParseSelector`` fails (the server's own
+    parse), with its message; the field labels themselves are the server's to check."""
+    terms = sorted(_field_terms(text))  # Go sorts the terms before parsing them
+    for term in terms:
+        if not term:
+            continue
+        split = _split_field_term(term)
+        if split is None:
+            raise SelectorError(f"invalid selector: '{text}'; can't understand '{term}'")
+        _unescape_field_value(split[1])
+
+
+def _field_terms(text: str) -> list[str]:
+    """Split on commas not escaped by a backslash (fields.splitTerms)."""
+    if not text:
+        return []
+    terms: list[str] = []
+    start, in_slash = 0, False
+    for i, c in enumerate(text):
+        if in_slash:
+            in_slash = False
+        elif c == "\\":
+            in_slash = True
+        elif c == ",":
+            terms.append(text[start:i])
+            start = i + 1
+    terms.append(text[start:])
+    return terms
+
+
+def _split_field_term(term: str) -> tuple[str, str] | None:
+    """(operator, raw value) at the first operator in ``term`` (fields.splitTerm)."""
+    for i in range(len(term)):
+        for op in _FIELD_OPERATORS:
+            if term.startswith(op, i):
+                return op, term[i + len(op):]
+    return None
+
+
+def _unescape_field_value(value: str) -> str:
+    """fields.UnescapeValue: ``\\\\``, ``\\,`` and ``\\=`` only; a bare ``,`` or ``=`` is an error."""
+    out: list[str] = []
+    in_slash = False
+    for c in value:
+        if in_slash:
+            if c not in "\\,=":
+                raise SelectorError(f"invalid field selector: invalid escape sequence: \\{c}")
+            out.append(c)
+            in_slash = False
+        elif c == "\\":
+            in_slash = True
+        elif c in ",=":
+            raise SelectorError(f"invalid field selector: unescaped character in value: {ord(c)}")
+        else:
+            out.append(c)
+    if in_slash:
+        raise SelectorError("invalid field selector: invalid escape sequence: \\")
+    return "".join(out)
+
+
+def unable_to_find(resource: str, label_selector: str, field_selector: str, reason: str) -> str:
+    """kubectl's words for a list the server refused as a bad request (cli-runtime's
+    EnhanceListError), for a resource spelled as Go's ``GroupVersionResource.String()``."""
+    if not label_selector and not field_selector:
+        return f"Unable to list {go_quote(resource)}: {reason}"
+    return (f"Unable to find {go_quote(resource)} that match label selector {go_quote(label_selector)}, "
+            f"field selector {go_quote(field_selector)}: {reason}")

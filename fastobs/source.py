@@ -27,7 +27,8 @@ Retry policy (client-go's reflector, as oc observe behaves):
   events, or a read timeout (no byte for ``read_timeout`` s, e.g. a half-open connection)
   -> resume at once;
 * a failed list -> one error line, counted run-wide, retried about a second later;
-  more than ``maximum_errors`` failures raise ListErrorLimit.
+  more than ``maximum_errors`` failures raise ListErrorLimit; a list refused as a bad
+  request (400: a field label the resource does not support) raises UsageError at once.
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
-from fastobs.errors import ListErrorLimit
+from fastobs.errors import ListErrorLimit, UsageError
 from fastobs.events import Event, EventType, object_key
 from fastobs.kube import KubeClient, Resource, status_message
+from fastobs.selector import unable_to_find
 from fastobs.watchstream import (
     CONNECT_TIMEOUT,
     Failure,
@@ -192,6 +194,7 @@ class Source:
         for good when the server refuses it, and the paginated LIST serves instead."""
         self._initial_begun = False
         self._initial_rv: str | None = None
+        self._stream_refusal = ""
         self._backoff = _Backoff()
 
     # ------------------------------------------------------------------ control
@@ -251,6 +254,12 @@ class Source:
                                 self._resource.resource)
                     paginate = False
                     continue
+                if f.status == 400:
+                    # A bad request (a field label the resource does not support) fails the
+                    # same way every time: stop now, in kubectl's words, as a bad selector does.
+                    raise UsageError(unable_to_find(
+                        self._resource.gvr_string(), self._selectors.get("labelSelector", ""),
+                        self._selectors.get("fieldSelector", ""), f.message)) from None
                 self._count_list_failure(f.message)
                 await self._sleep(max(_LIST_RETRY_DELAY, f.retry_after))
 
@@ -285,6 +294,9 @@ class Source:
         self._listed = True
         self.stats.lists_completed += 1
         self._changed()
+        if self._stream_refusal:
+            log.info("the server cannot stream lists (%s); using paginated lists", self._stream_refusal)
+            self._stream_refusal = ""
         return rv
 
     async def _streamed_list(self) -> str | None:
@@ -311,9 +323,8 @@ class Source:
                 await self._error_body(resp)
                 return None
             if resp.status in (400, 422):
-                body = await self._error_body(resp)
-                log.info("the server cannot stream lists (%s); using paginated lists",
-                         status_message(resp.status, body))
+                # Said once a paginated list worked: a bad field selector gets 400 here too.
+                self._stream_refusal = status_message(resp.status, await self._error_body(resp))
                 self._stream_list = False
                 return None
             if resp.status != 200:

@@ -60,10 +60,12 @@ class Failure(Exception):
     """An HTTP/stream failure, classified for stats and the retry policy."""
 
     def __init__(self, kind: str, message: str, *, retry_now: bool = False, relist: bool = False,
-                 retry_after: float = 0.0) -> None:
+                 retry_after: float = 0.0, status: int = 0) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
+        self.status = status
+        """The HTTP status of a refused request; 0 for anything else."""
         # The server's Retry-After (429, 503): never retry sooner than that.
         self.retry_after = retry_after
         # True for an in-stream ERROR event: the server gave up on this watch.
@@ -78,7 +80,8 @@ def http_failure(resp: aiohttp.ClientResponse, body: bytes) -> Failure:
         retry_after = min(float(resp.headers.get("Retry-After", "0")), RETRY_AFTER_CAP)
     except ValueError:
         retry_after = 0.0
-    return Failure(status_kind(resp.status), status_message(resp.status, body), retry_after=retry_after)
+    return Failure(status_kind(resp.status), status_message(resp.status, body), retry_after=retry_after,
+                   status=resp.status)
 
 
 def status_kind(status: int) -> str:

@@ -7,11 +7,19 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from fastobs.selector import Requirement, SelectorError, parse_label_selector, validate_label_selector
+from fastobs.selector import (
+    Requirement,
+    SelectorError,
+    parse_label_selector,
+    validate_field_selector,
+    validate_label_selector,
+)
 
 
 @pytest.mark.parametrize(
@@ -178,17 +186,21 @@ def _inputs() -> list[str]:
 @pytest.fixture(scope="module")
 def go_answers(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """labels.Parse's verdict on every input, from the Go module cache (no network)."""
+    return _go_verdicts(tmp_path_factory, _GO_PROGRAM, _inputs())
+
+
+def _go_verdicts(tmp_path_factory: pytest.TempPathFactory, program: str, inputs: list[str]) -> list[str]:
     go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
     if go is None:
         pytest.skip("the Go toolchain is not installed")
     workdir = tmp_path_factory.mktemp("goselector")
     (workdir / "go.mod").write_text("module goselector\n\ngo 1.21\n\nrequire k8s.io/apimachinery v0.36.3\n")
-    (workdir / "main.go").write_text(_GO_PROGRAM)
+    (workdir / "main.go").write_text(program)
     env = dict(os.environ, GOFLAGS="-mod=mod", GOPROXY="off", GOSUMDB="off", GOTOOLCHAIN="local")
     done = subprocess.run(
         [go, "run", "."],
         cwd=workdir,
-        input=json.dumps(_inputs()).encode(),
+        input=json.dumps(inputs).encode(),
         capture_output=True,
         env=env,
         timeout=280,
@@ -213,3 +225,51 @@ def test_matches_labels_parse(go_answers: list[str]) -> None:
         if ours != answer:
             mismatches.append((text, ours, answer))
     assert mismatches[:5] == []
+
+
+# --- field selectors: against the real fields.ParseSelector, and end to end against kubectl ----------
+
+_GO_FIELDS_PROGRAM = (_GO_PROGRAM.replace("pkg/labels", "pkg/fields")
+                      .replace("labels.Parse(s)", "fields.ParseSelector(s)"))
+
+_FIELD_PIECES = ["metadata.name", "status.phase", "a", "=", "==", "!=", ",", "\\", "\\,", "\\=", "\\x",
+                 " ", "x y", "\u00e9", "in", "(", ")", "!"]
+
+
+def _field_inputs() -> list[str]:
+    fixed = ["", "metadata.name", "metadata.name=a=b", "=x", "metadata.name==", "a,b", "metadata.name!=x,",
+             "foo=bar", "metadata.name in (a)", "metadata.name=a\\,b", "metadata.name=\\", "a=\\x", "b,a"]
+    rng = random.Random(1957)
+    return fixed + ["".join(rng.choice(_FIELD_PIECES) for _ in range(rng.randrange(1, 7)))
+                    for _ in range(3000)]
+
+
+def test_field_selectors_match_fields_parse_selector(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """validate_field_selector accepts, rejects and words errors exactly like the server's parse."""
+    inputs = _field_inputs()
+    answers = _go_verdicts(tmp_path_factory, _GO_FIELDS_PROGRAM, inputs)
+    mismatches = []
+    for text, answer in zip(inputs, answers, strict=True):
+        try:
+            validate_field_selector(text)
+            ours = "OK"
+        except SelectorError as error:
+            ours = f"ERR {error}"
+        if ours != answer:
+            mismatches.append((text, ours, answer))
+    assert mismatches[:5] == []
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("selector", ["a,b", "metadata.name=a=b", "metadata.name=\\", "foo=bar", "=x"],
+                         ids=["no operator", "unescaped =", "bad escape", "unknown field", "empty field"])
+def test_a_bad_field_selector_stops_at_once_with_kubectls_message(k8s: Any, selector: str) -> None:
+    """Malformed (checked at start-up) or naming a field the resource does not support (the
+    server's 400 at the first list): exit 1 at once, in kubectl's words, not 20 retries and 255."""
+    ours = subprocess.run([sys.executable, "-m", "fastobs", "configmaps", "-n", "default", "--listen-addr=",
+                           "--field-selector", selector, "--", "true"],
+                          capture_output=True, text=True, env=k8s.env, timeout=60)
+    theirs = k8s.kubectl("get", "configmaps", "-n", "default", "--field-selector", selector, check=False)
+    assert theirs.returncode == 1 and theirs.stderr.startswith("Error from server (BadRequest): ")
+    assert ours.returncode == 1, ours.stderr
+    assert ours.stderr == "error: " + theirs.stderr.removeprefix("Error from server (BadRequest): ")
