@@ -164,8 +164,8 @@ class FaultProxy:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)
 
     async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0, ssl=self._server_ctx,
-                                                  ssl_handshake_timeout=30)
+        tls = {"ssl": self._server_ctx, "ssl_handshake_timeout": 30} if self._server_ctx else {}
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0, **tls)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _stop(self) -> None:

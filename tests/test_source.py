@@ -394,14 +394,15 @@ async def test_severed_connection_resumes_without_relist(k8s: Any, ns: str) -> N
     assert src.stats.relists == 0 and src.stats.watch_requests == 2
 
 
+@pytest.mark.parametrize("tls", [True, False], ids=["TLS answered, then silence", "TLS never answered"])
 @aio
 async def test_every_request_has_a_deadline_up_to_its_response_headers(k8s: Any, ns: str,
-                                                                       tmp_path: Any) -> None:
-    """A path that stops forwarding: open connections go silent, new ones complete TCP and
-    TLS and are never answered. Each request the source sends (watch, streamed list, list
-    page) and discovery must fail as a timeout instead of waiting for headers forever
-    (watches: the read timeout, but at least 5 s)."""
-    with FaultProxy.in_front_of(k8s) as proxy:
+                                                                       tmp_path: Any, tls: bool) -> None:
+    """A path that stops forwarding: open connections go silent, new ones complete TCP (and
+    TLS, at a middlebox that terminates it) and are never answered. Each request the source
+    sends (watch, streamed list, list page) and discovery must fail as a timeout instead of
+    waiting for headers forever (watches: the read timeout, but at least 5 s)."""
+    with FaultProxy.in_front_of(k8s, tls=tls) as proxy:
         cfg = proxy.kubeconfig(tmp_path, k8s.token)
         async with source_for(k8s, "configmaps", ns, kubeconfig=cfg, read_timeout=1.0) as (src, _):
             proxy.freeze()
