@@ -17,9 +17,9 @@ from faultlib import Fastobs, InvocationLog, Run, Writer, apply_values, check, r
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(150)]
 
-KEYS = 100
+KEYS = 60
 ROUNDS = 6
-DELETE_KEYS = 60
+DELETE_KEYS = 40
 COMMAND = "sleep 0.1"
 """Slower than a key's changes come (back to back), so each key is still running, or
 waiting, when its next state comes."""
