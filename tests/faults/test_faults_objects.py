@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastobs_run import run_fastobs
 from faultlib import Fastobs, InvocationLog, apply_values, check, report
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
@@ -125,3 +126,20 @@ def huge_configmap(ns: str, name: str, value: str) -> dict[str, Any]:
                          "labels": {f"l{i:04d}": "z" * 63 for i in range(1500)},
                          "annotations": {"a": "y" * (256 * 1024 - 200)}},
             "data": {"v": value, "blob": value * (1024 * 1024 - 300)}}
+
+
+def test_a_command_that_needs_no_decoding_gets_the_deep_object_whole(k8s: Any, ns: str, tmp_path: Path,
+                                                                    blobs: str) -> None:
+    """With the object on stdin and no template, nothing in fastobs must parse it: the
+    command runs and reads the server's bytes, all of them."""
+    create(k8s, blob(ns, "deep-stdin", "0", DEPTH))
+    served = k8s.kubectl("get", "--raw", f"/apis/{GROUP}/v1/namespaces/{ns}/{blobs}/deep-stdin").stdout
+    out = tmp_path / "seen"
+    res = run_fastobs(k8s.env, blobs, "-n", ns, "--once", "--listen-addr=", "--object-channel", "stdin", "--",
+                      "sh", "-c", f'cat > {out}', "sh")
+    assert res.returncode == 0, res.stderr
+    seen = out.read_bytes()
+    assert seen.count(b'{"a":') == served.count('{"a":') == DEPTH  # every level of the spec
+    assert b'"name":"deep-stdin"' in seen and "failed" not in res.stderr
+    report("deeply nested object on stdin, no template", **{"bytes delivered": len(seen),
+                                                            "levels": seen.count(b'{"a":')})
