@@ -8,6 +8,7 @@ import random
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -213,18 +214,24 @@ def _go_verdicts(tmp_path_factory: pytest.TempPathFactory, program: str, inputs:
     return answers
 
 
-def test_matches_labels_parse(go_answers: list[str]) -> None:
-    """parse_label_selector accepts, rejects and words errors exactly like labels.Parse."""
+def _mismatches(parse: Callable[[str], object], inputs: list[str],
+                answers: list[str]) -> list[tuple[str, ...]]:
+    """(input, our verdict, Go's) wherever ``parse`` does not say what Go said."""
     mismatches = []
-    for text, answer in zip(_inputs(), go_answers, strict=True):
+    for text, answer in zip(inputs, answers, strict=True):
         try:
-            parse_label_selector(text)
+            parse(text)
             ours = "OK"
         except SelectorError as error:
             ours = f"ERR {error}"
         if ours != answer:
             mismatches.append((text, ours, answer))
-    assert mismatches[:5] == []
+    return mismatches
+
+
+def test_matches_labels_parse(go_answers: list[str]) -> None:
+    """parse_label_selector accepts, rejects and words errors exactly like labels.Parse."""
+    assert _mismatches(parse_label_selector, _inputs(), go_answers)[:5] == []
 
 
 # --- field selectors: against the real fields.ParseSelector, and end to end against kubectl ----------
@@ -248,16 +255,7 @@ def test_field_selectors_match_fields_parse_selector(tmp_path_factory: pytest.Te
     """validate_field_selector accepts, rejects and words errors exactly like the server's parse."""
     inputs = _field_inputs()
     answers = _go_verdicts(tmp_path_factory, _GO_FIELDS_PROGRAM, inputs)
-    mismatches = []
-    for text, answer in zip(inputs, answers, strict=True):
-        try:
-            validate_field_selector(text)
-            ours = "OK"
-        except SelectorError as error:
-            ours = f"ERR {error}"
-        if ours != answer:
-            mismatches.append((text, ours, answer))
-    assert mismatches[:5] == []
+    assert _mismatches(validate_field_selector, inputs, answers)[:5] == []
 
 
 @pytest.mark.cluster

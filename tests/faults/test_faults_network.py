@@ -10,6 +10,7 @@ right then had run. The figures go to the suite's table (``faultlib.report``).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from fault_proxy import FaultProxy
 from faultlib import (
     Fastobs,
     InvocationLog,
+    Recovery,
     Run,
     apply_values,
     check,
@@ -62,6 +64,31 @@ def settle(log: InvocationLog, final: dict[str, str], timeout: float = 30.0) -> 
         return log.runs()
 
 
+@contextlib.contextmanager
+def observing(k8s: Any, ns: str, tmp_path: Path, prefix: str, kubeconfig: Path,
+              *flags: str) -> Iterator[tuple[Fastobs, InvocationLog, list[str]]]:
+    """KEYS configmaps at v=0, and a fastobs on them through ``kubeconfig`` that has run
+    each once: (fastobs, its invocation log, the names)."""
+    names = [f"{prefix}{i}" for i in range(KEYS)]
+    apply_values(k8s, ns, names, "0")
+    log = InvocationLog(tmp_path)
+    with Fastobs(k8s.env, tmp_path, "configmaps", "-n", ns, "--kubeconfig", str(kubeconfig), "--workers", "2",
+                 *flags, *log.argv) as fo:
+        fo.wait_ready()
+        first_runs(log, ns, names)
+        yield fo, log, names
+
+
+def after_recovery(fo: Fastobs, log: InvocationLog, k8s: Any, ns: str,
+                   names: list[str]) -> tuple[Recovery, list[Run], dict[str, str]]:
+    """Right after the path or the server came back: write v=2 to the first key, measure
+    the recovery, and wait for every final state (v=1 was written during the fault)."""
+    first = f"{ns}/{names[0]}"
+    rec = measure_recovery(fo, log, first, "2", lambda: apply_values(k8s, ns, names[:1], "2"), RECOVERY_BOUND)
+    final = {k: "1" for k in keys_in(ns, names)} | {first: "2"}
+    return rec, settle(log, final), final
+
+
 def freeze_while_writing(fo: Fastobs, k8s: Any, ns: str, names: list[str], started: float) -> float:
     """Write v=1 to every key while polling /readyz; returns the seconds until it said the
     watch was down, and returns once FREEZE seconds have passed since ``started``."""
@@ -75,22 +102,13 @@ def test_half_open_path_recovers_and_loses_nothing(k8s: Any, ns: str, tmp_path: 
     """A TLS middlebox stops forwarding: the open watch goes silent, new connections finish
     their TCP and TLS handshakes and get no answer. After FREEZE seconds it recovers; the
     connections it swallowed stay dead."""
-    names = [f"h{i}" for i in range(KEYS)]
-    apply_values(k8s, ns, names, "0")
-    log = InvocationLog(tmp_path)
     with FaultProxy.in_front_of(k8s) as proxy:
         cfg = proxy.kubeconfig(tmp_path, k8s.token)
-        with Fastobs(k8s.env, tmp_path, "configmaps", "-n", ns, "--kubeconfig", str(cfg), "--workers", "2",
-                     *FAST, *log.argv) as fo:
-            fo.wait_ready()
-            first_runs(log, ns, names)
+        with observing(k8s, ns, tmp_path, "h", cfg, *FAST) as (fo, log, names):
             proxy.freeze()
             noticed = freeze_while_writing(fo, k8s, ns, names, time.monotonic())
             proxy.recover()
-            rec = measure_recovery(fo, log, f"{ns}/h0", "2", lambda: apply_values(k8s, ns, names[:1], "2"),
-                                   RECOVERY_BOUND)
-            final = {k: "1" for k in keys_in(ns, names)} | {f"{ns}/h0": "2"}
-            runs = settle(log, final)
+            rec, runs, final = after_recovery(fo, log, k8s, ns, names)
             timeouts = fo.metric("fastobs_api_errors_total", kind="timeout")
             relists = fo.metric("fastobs_relists_total")
         stats = proxy.stats()
@@ -106,15 +124,9 @@ def test_half_open_path_recovers_and_loses_nothing(k8s: Any, ns: str, tmp_path: 
 def test_reset_connections_resume_at_once(k8s: Any, ns: str, tmp_path: Path) -> None:
     """A NAT that lost its state resets every connection (RST): the watch resumes from its
     resourceVersion at once, without a relist."""
-    names = [f"r{i}" for i in range(KEYS)]
-    apply_values(k8s, ns, names, "0")
-    log = InvocationLog(tmp_path)
     with FaultProxy.in_front_of(k8s) as proxy:
         cfg = proxy.kubeconfig(tmp_path, k8s.token)
-        with Fastobs(k8s.env, tmp_path, "configmaps", "-n", ns, "--kubeconfig", str(cfg), "--workers", "2",
-                     *log.argv) as fo:
-            fo.wait_ready()
-            first_runs(log, ns, names)
+        with observing(k8s, ns, tmp_path, "r", cfg) as (fo, log, names):
             reset = proxy.drop()
             rec = measure_recovery(fo, log, f"{ns}/r0", "1", lambda: apply_values(k8s, ns, names, "1"),
                                    RECOVERY_BOUND)
@@ -148,23 +160,14 @@ def test_apiserver_restart_loses_nothing(k8s: Any, ns: str, tmp_path: Path,
     """The API server fastobs watches through dies (SIGKILL) and is started again while
     objects change through another one: fastobs reconnects (relisting when its
     resourceVersion is older than the new server's watch cache) and runs every final state."""
-    names = [f"s{i}" for i in range(KEYS)]
-    apply_values(k8s, ns, names, "0")
-    log = InvocationLog(tmp_path)
     cfg = extra_apiserver.kubeconfig(tmp_path / "extra.kubeconfig")
-    with Fastobs(k8s.env, tmp_path, "configmaps", "-n", ns, "--kubeconfig", str(cfg), "--workers", "2",
-                 *log.argv) as fo:
-        fo.wait_ready()
-        first_runs(log, ns, names)
+    with observing(k8s, ns, tmp_path, "s", cfg) as (fo, log, names):
         t0 = time.monotonic()
         extra_apiserver.kill()
         with in_background(lambda: apply_values(k8s, ns, names, "1")):  # through the session's apiserver
             extra_apiserver.start()
         down = time.monotonic() - t0
-        rec = measure_recovery(fo, log, f"{ns}/s0", "2", lambda: apply_values(k8s, ns, names[:1], "2"),
-                               RECOVERY_BOUND)
-        final = {k: "1" for k in keys_in(ns, names)} | {f"{ns}/s0": "2"}
-        runs = settle(log, final)
+        rec, runs, final = after_recovery(fo, log, k8s, ns, names)
         relists = fo.metric("fastobs_relists_total")
     verdict = check(runs, final)
     report("apiserver restart (SIGKILL, start)", **verdict.figures(),
@@ -178,23 +181,14 @@ def test_apiserver_pause_loses_nothing(k8s: Any, ns: str, tmp_path: Path,
     """The API server is frozen (SIGSTOP) for FREEZE seconds: the kernel still accepts
     connections, nothing answers them. fastobs notices the silence, keeps trying within its
     deadlines, and recovers when the server is continued (SIGCONT)."""
-    names = [f"p{i}" for i in range(KEYS)]
-    apply_values(k8s, ns, names, "0")
-    log = InvocationLog(tmp_path)
     cfg = extra_apiserver.kubeconfig(tmp_path / "extra.kubeconfig")
-    with Fastobs(k8s.env, tmp_path, "configmaps", "-n", ns, "--kubeconfig", str(cfg), "--workers", "2",
-                 *FAST, *log.argv) as fo:
-        fo.wait_ready()
-        first_runs(log, ns, names)
+    with observing(k8s, ns, tmp_path, "p", cfg, *FAST) as (fo, log, names):
         extra_apiserver.pause()
         try:
             noticed = freeze_while_writing(fo, k8s, ns, names, time.monotonic())
         finally:
             extra_apiserver.resume()
-        rec = measure_recovery(fo, log, f"{ns}/p0", "2", lambda: apply_values(k8s, ns, names[:1], "2"),
-                               RECOVERY_BOUND)
-        final = {k: "1" for k in keys_in(ns, names)} | {f"{ns}/p0": "2"}
-        runs = settle(log, final)
+        rec, runs, final = after_recovery(fo, log, k8s, ns, names)
         timeouts = fo.metric("fastobs_api_errors_total", kind="timeout")
     verdict = check(runs, final)
     report(f"apiserver paused (SIGSTOP {FREEZE:g} s)", **verdict.figures(),
