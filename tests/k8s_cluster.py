@@ -111,6 +111,8 @@ class Cluster:
     peer_port: int = 0
     token: str = ""
     restricted_token: str = ""
+    feature_gates: dict[str, bool] = field(default_factory=dict)
+    """kube-apiserver ``--feature-gates`` (e.g. ``{"ShardedListAndWatch": True}``)."""
     apiserver_pid: int = 0
     etcd_pid: int = 0
     # Popen handles of the servers this process started (by name), so it can watch and reap them.
@@ -616,7 +618,26 @@ def _apiserver_args(cluster: Cluster) -> list[str]:
         # No controller-manager means no default ServiceAccount to admit pods against.
         "--disable-admission-plugins=ServiceAccount",
         "--profiling=false",
+        *feature_gates_args(cluster.feature_gates),
     ]
+
+
+def feature_gates_args(gates: Mapping[str, bool]) -> list[str]:
+    """``--feature-gates=A=true,B=false`` for kube-apiserver, or nothing when ``gates`` is empty."""
+    if not gates:
+        return []
+    return ["--feature-gates=" + ",".join(f"{k}={str(v).lower()}" for k, v in sorted(gates.items()))]
+
+
+def parse_feature_gates(text: str) -> dict[str, bool]:
+    """``A=true,B`` (a bare name means true) → ``{"A": True, "B": True}``; ValueError when malformed."""
+    gates: dict[str, bool] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not name.isidentifier() or (sep and value.lower() not in ("true", "false")):
+            raise ValueError(f"bad feature gate {part!r}: expected Name=true|false")
+        gates[name] = not sep or value.lower() == "true"
+    return gates
 
 
 class _AttemptFailed(Exception):
@@ -725,6 +746,7 @@ def start(
     preferred_port: int | None = None,
     announce: Announce = lambda _msg: None,
     die_with_parent: bool = False,
+    feature_gates: Mapping[str, bool] | None = None,
 ) -> Cluster:
     """Start etcd and kube-apiserver, wait for /readyz, bootstrap RBAC, write kubeconfigs.
 
@@ -732,7 +754,8 @@ def start(
     processes are stopped, the logs of every attempt are kept in ``state_dir/logs``, and
     ClusterError says what each attempt did and carries the last one's log tails. With
     ``die_with_parent`` the kernel kills the servers when this process dies (for test runs;
-    the dev cluster must outlive its command).
+    the dev cluster must outlive its command). ``feature_gates`` turn kube-apiserver feature
+    gates on or off (alpha APIs such as ``ShardedListAndWatch``).
     """
     if not binaries_present():
         raise ClusterError(
@@ -750,6 +773,7 @@ def start(
         token=secrets.token_hex(24),
         restricted_token=secrets.token_hex(24),
         _die_with_parent=die_with_parent,
+        feature_gates=dict(feature_gates or {}),
     )
     cluster._locks["state"] = _hold_lock(state_dir)
     try:
@@ -764,6 +788,22 @@ def start(
         raise
     cluster.timings["total"] = time.monotonic() - began
     return cluster
+
+
+def restart_apiserver(cluster: Cluster, down_for: float = 0.0, *, kill: bool = False) -> float:
+    """Stop kube-apiserver (SIGTERM, or SIGKILL with ``kill``), keep it down ``down_for``
+    seconds, then start it again on the same port and etcd data; returns the seconds from the
+    new start to /readyz. Only for a cluster this process started; etcd keeps running, so
+    every object and resourceVersion survives (the watch cache starts empty again).
+    """
+    proc = cluster._procs.pop("kube-apiserver")
+    if kill:
+        _kill_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+    else:
+        _stop_children([proc])
+    time.sleep(down_for)
+    return _run_server(cluster, "kube-apiserver", time.monotonic() + READY_TIMEOUT)
 
 
 def _bootstrap_request(
