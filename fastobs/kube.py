@@ -324,38 +324,42 @@ class KubeClient:
     async def request(self, method: str, path: str, params: dict[str, str] | None = None, *,
                       timeout: aiohttp.ClientTimeout | None = None,  # noqa: ASYNC109 - per-request HTTP timeouts
                       headers_timeout: float = 0.0,
+                      body: bytes | None = None,
                       ) -> aiohttp.ClientResponse:
         """Send one request with fresh credentials; on 401 reload them and retry once.
 
         The response headers must arrive within ``headers_timeout`` seconds of sending (0:
         :attr:`headers_timeout`; ``--request-timeout`` caps either), however the connection
         behaves, else :class:`ResponseTimeout`: aiohttp's own timeouts leave a streaming
-        request without any bound until its headers come. The caller reads and closes the
-        response. Connection errors propagate as ``aiohttp.ClientError`` / ``TimeoutError``.
+        request without any bound until its headers come. ``body`` is sent as JSON (the Lease
+        writes). The caller reads and closes the response. Connection errors propagate as
+        ``aiohttp.ClientError`` / ``TimeoutError``.
         """
         deadline = headers_timeout or self.headers_timeout
         if self._request_timeout:
             deadline = min(deadline, self._request_timeout)
-        resp = await self._send(method, path, params, timeout, deadline)
+        resp = await self._send(method, path, params, timeout, deadline, body)
         if resp.status != 401:
             return resp
         resp.release()
         await self._reload_credentials()
-        return await self._send(method, path, params, timeout, deadline)
+        return await self._send(method, path, params, timeout, deadline, body)
 
     async def _send(self, method: str, path: str, params: dict[str, str] | None,
                     timeout: aiohttp.ClientTimeout | None,  # noqa: ASYNC109
-                    deadline: float) -> aiohttp.ClientResponse:
+                    deadline: float, body: bytes | None = None) -> aiohttp.ClientResponse:
         creds = self._creds
         auth = await creds.authorization_async()
         headers = {"Accept": "application/json"}
         if auth:
             headers["Authorization"] = auth
+        if body is not None:
+            headers["Content-Type"] = "application/json"
         async with _headers_deadline(deadline):
             return await self._session.request(
                 method, self._host + path, params=params, headers=headers, ssl=creds.ssl,
                 server_hostname=self._server_hostname, proxy=self._proxy,
-                timeout=timeout or self.default_timeout(),
+                timeout=timeout or self.default_timeout(), data=body,
             )
 
     async def _reload_credentials(self) -> None:
