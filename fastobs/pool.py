@@ -12,6 +12,11 @@ instead of a restart loop; each failure names how the worker ended and the last 
 its stderr, which is relayed to ours line by line. ``stop`` asks workers to drain within a
 grace period.
 
+In a group of replicas a :class:`DispatchGate` (``ownership``) is asked before each job
+leaves: nothing is sent while the replica's Lease is not valid (the events wait in their
+queues), and an event of a bucket this replica is giving up is dropped. The Lease's deadline
+goes to every worker (:meth:`Pool.set_deadline`), which enforces it on its own.
+
 Invariants: worker *i* has at most ``concurrency`` jobs in flight, so a job handed to a
 worker starts at once (what is waiting is always visible in the parent's queues); an event
 is in exactly one place: a queue, a worker's in-flight table, or done; a dead worker's
@@ -55,6 +60,16 @@ HEARTBEAT_STALE = 10.0
 """A worker silent for this long is reported unhealthy on /livez."""
 
 
+class DispatchGate(Protocol):
+    def open(self) -> bool:
+        """False while nothing may be dispatched at all (the replica's Lease is not valid)."""
+        ...
+
+    def admits(self, ev: Event) -> bool:
+        """False for an event that must not run here (its bucket is being given up)."""
+        ...
+
+
 class PoolHandler(Protocol):
     def on_dispatch(self, ev: Event) -> None: ...
     def on_begun(self, ev: Event, t: float, header: str | None) -> None: ...
@@ -62,6 +77,7 @@ class PoolHandler(Protocol):
     def on_output(self, ev: Event, fd: int, data: bytes) -> None: ...
     def on_fatal(self, exc: BaseException) -> None: ...
     def on_restart(self, index: int) -> None: ...
+    def on_dropped(self, ev: Event) -> None: ...
 
 
 class WorkerProc:
@@ -123,6 +139,8 @@ class Pool:
         """How a worker starts (its socket's fd is appended); tests start other programs."""
         self._stop_frame = protocol.encode_stop(0)
         self._config = protocol.encode_config(run)
+        self.gate: DispatchGate | None = None
+        self._lease_frame = b""
 
     # ------------------------------------------------------------------ life cycle
 
@@ -214,6 +232,8 @@ class Pool:
                 "fastobs installation"
             )
         w.writer = writer
+        if self._lease_frame:
+            writer.write(self._lease_frame)
         if self.stopping:
             writer.write(self._stop_frame)  # stop() ran while this worker was booting
         w.ready = True
@@ -292,12 +312,19 @@ class Pool:
         w = self.workers[i]
         if not w.ready or self.stopping or w.writer is None or not self.may_dispatch():
             return
+        gate = self.gate
+        if gate is not None and not gate.open():
+            return
         q = self.queues[i]
         frames: list[bytes] = []
         while len(w.inflight) < self.capacity:
             ev = q.pop()
             if ev is None:
                 break
+            if gate is not None and not gate.admits(ev):
+                q.done(ev.key)
+                self.handler.on_dropped(ev)
+                continue
             job_id = next(self._ids)
             w.inflight[job_id] = ev
             self.handler.on_dispatch(ev)
@@ -316,6 +343,30 @@ class Pool:
     def pump_all(self) -> None:
         for w in self.workers:
             self.pump(w.index)
+
+    # ------------------------------------------------------------------ fencing
+
+    def set_deadline(self, until: float, grace: float) -> None:
+        """Every worker (and every worker started later) stops commands at ``until``."""
+        self._lease_frame = protocol.encode_lease(until, grace)
+        for w in self.workers:
+            if w.ready and w.writer is not None and not w.writer.is_closing():
+                w.writer.write(self._lease_frame)
+
+    def fence(self, match: Callable[[Event], bool], grace: float) -> int:
+        """Stop the running commands of the in-flight events ``match`` selects (SIGTERM, then
+        SIGKILL after ``grace``); returns how many jobs were told. Their results come back as
+        usual, with the reason ``fenced``."""
+        told = 0
+        for w in self.workers:
+            ids = [job_id for job_id, ev in w.inflight.items() if match(ev)]
+            if ids and w.writer is not None and not w.writer.is_closing():
+                w.writer.write(protocol.encode_kill(ids, grace))
+                told += len(ids)
+        return told
+
+    def in_flight(self, match: Callable[[Event], bool]) -> int:
+        return sum(1 for w in self.workers for ev in w.inflight.values() if match(ev))
 
     # ------------------------------------------------------------------ frames from a worker
 

@@ -47,6 +47,8 @@ OUTPUT = b"O"
 TICK = b"T"
 STOP = b"S"
 FATAL = b"F"
+LEASE = b"L"
+KILL = b"K"
 
 _HEAD = struct.Struct(">IB")
 _U32 = struct.Struct(">I")
@@ -176,8 +178,25 @@ class Fatal(TypedDict):
     id: NotRequired[int]
 
 
+class Lease(TypedDict):
+    """``L``, parent → worker, in a group of replicas: commands may start until ``until`` (the
+    fencing clock); those still running then get SIGTERM, and SIGKILL ``grace`` seconds later."""
+
+    until: float
+    grace: float
+
+
+class Kill(TypedDict):
+    """``K``, parent → worker: stop the commands of these jobs (their buckets are given up)
+    with SIGTERM, then SIGKILL after ``grace``; their results say ``fenced``."""
+
+    ids: list[int]
+    grace: float
+
+
 MESSAGES: dict[bytes, type] = {HELLO: Hello, CONFIG: RunSettings, RUN: Job, BEGUN: Begun, DONE: Done,
-                               OUTPUT: OutputLine, TICK: Tick, STOP: Stop, FATAL: Fatal}
+                               OUTPUT: OutputLine, TICK: Tick, STOP: Stop, FATAL: Fatal, LEASE: Lease,
+                               KILL: Kill}
 """The payload type of each frame kind (``C`` carries the worker's ``RunSettings`` as JSON)."""
 
 
@@ -275,6 +294,26 @@ def encode_fatal(message: str, job_id: int | None = None) -> bytes:
 def decode_fatal(payload: bytes) -> Fatal:
     fatal: Fatal = _json_object(payload)
     return fatal
+
+
+def encode_lease(until: float, grace: float) -> bytes:
+    lease: Lease = {"until": until, "grace": grace}
+    return json_frame(LEASE, lease)
+
+
+def decode_lease(payload: bytes) -> Lease:
+    lease: Lease = _json_object(payload)
+    return lease
+
+
+def encode_kill(ids: list[int], grace: float) -> bytes:
+    kill: Kill = {"ids": ids, "grace": grace}
+    return json_frame(KILL, kill)
+
+
+def decode_kill(payload: bytes) -> Kill:
+    kill: Kill = _json_object(payload)
+    return kill
 
 
 def _json_object(payload: bytes) -> Any:

@@ -8,8 +8,10 @@ Threading model: one uvloop loop; a task per job, gated by a semaphore. Commands
 spawned with Popen + pidfd (``spawn``), never with the loop's subprocess support.
 
 Invariants: never more than ``concurrency`` children at once; jobs start in the order
-they arrive; when the parent goes away (EOF on the socket, even after a SIGKILL) the
-worker stops every running command's process group and exits. The worker never imports
+they arrive; in a group of replicas no command starts after the deadline of the last LEASE
+frame, and those still running then are stopped (``fencing``); when the parent goes away
+(EOF on the socket, even after a SIGKILL) the worker stops every running command's process
+group and exits. The worker never imports
 the Kubernetes client, so it starts fast and stays small.
 """
 
@@ -25,6 +27,7 @@ from typing import Any
 
 from . import protocol, spawn
 from .errors import FastobsError, TemplateError
+from .fencing import Fence
 
 HEARTBEAT_SECONDS = 1.0
 
@@ -42,6 +45,7 @@ class Worker:
         """Running jobs: id -> monotonic start time (reported in heartbeats)."""
         self._background: set[asyncio.Task[None]] = set()
         """Drain and cancel tasks: the loop keeps only a weak reference to a task."""
+        self.fence = Fence()
         self._outbox = bytearray()
         self._flush_scheduled = False
         loop = asyncio.get_running_loop()
@@ -75,6 +79,7 @@ class Worker:
             await self._flushed()
             return 2
         self.runner = runner
+        runner.fence = self.fence
         self.slots = asyncio.Semaphore(settings.concurrency)
         self.stream = settings.output_mode == "stream"
         self.send(protocol.encode_hello(os.getpid()))
@@ -96,6 +101,12 @@ class Worker:
             task = asyncio.create_task(self._job(job, obj))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
+        elif kind == protocol.LEASE:
+            lease = protocol.decode_lease(payload)
+            self.fence.extend(float(lease["until"]), float(lease["grace"]))
+        elif kind == protocol.KILL:
+            kill = protocol.decode_kill(payload)
+            self.fence.kill(kill["ids"], float(kill["grace"]))
         elif kind == protocol.STOP and not self.stopping:
             self._in_background(self._drain(protocol.decode_stop(payload)))
 
@@ -133,6 +144,7 @@ class Worker:
                 return
             finally:
                 self.started.pop(job_id, None)
+                self.fence.forget(job_id)
             self.send(protocol.encode_done(result, out, err))
 
     async def _heartbeat(self) -> None:
