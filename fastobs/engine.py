@@ -6,6 +6,10 @@ frames (from ``pool``). Out: events into the ``tracker`` → ``sharder`` queues 
 lines to ``output``; figures to ``metrics``; the run's outcome to ``daemon``
 (:attr:`outcome`, resolved once fastobs must stop).
 
+In a group of replicas (``--lease-name``) an ``ownership`` is asked before the tracker
+(events of buckets held elsewhere are dropped) and before the queues (states the bucket's
+previous owner already ran are skipped), and is told which states ran.
+
 Invariants: every event the tracker emits is counted once in ``observe_counts`` and is
 either run or, when nothing needs to run (no command for its type and ``-q``), completed
 on the spot; a key's result is applied before the key can be dispatched again.
@@ -23,8 +27,10 @@ from typing import Any
 from . import spawn
 from .errors import CommandLimitError, FastobsError, NamesError
 from .events import Event, EventType, ObjectKey
+from .fencing import FENCED
 from .metrics import EngineState, Metrics
 from .output import Output
+from .ownership import Ownership
 from .pool import Pool
 from .protocol import INVALID_OBJECT, Done
 from .queue import KeyQueue
@@ -41,8 +47,10 @@ Outcome = asyncio.Future[int]
 class Engine:
     """Glue between source, tracker, queues, pool, output and metrics."""
 
-    def __init__(self, settings: Settings, *, workers: int, metrics: Metrics, output: Output) -> None:
+    def __init__(self, settings: Settings, *, workers: int, metrics: Metrics, output: Output,
+                 ownership: Ownership | None = None) -> None:
         self.settings = settings
+        self.ownership = ownership
         self.metrics = metrics
         self.output = output
         self.clock: Callable[[], float] = time.monotonic
@@ -58,6 +66,7 @@ class Engine:
             shards=workers, coalesce=settings.coalesce, max_pending=settings.max_pending, clock=self.clock
         )
         self.pool = Pool(run=run, queues=self.sharder.queues, handler=self)
+        self.pool.gate = ownership
         self.outcome: Outcome = asyncio.get_running_loop().create_future()
         self.errors = 0
         self.emitted = 0
@@ -75,6 +84,9 @@ class Engine:
         self.watch_is_up = False
         self.exit_after_fired = False
         self.watch_activity: Callable[[], float] = lambda: 0.0
+        self.role: Callable[[], str | None] = lambda: None
+        """In a group of replicas (set by the daemon): the coordinator's role."""
+        self.group_loop: Callable[[], bool] = lambda: True
 
     # ------------------------------------------------------------------ source sink
 
@@ -85,6 +97,8 @@ class Engine:
             self.metrics.relisted()
 
     def list_item(self, ev: Event) -> None:
+        if self.ownership is not None and not self.ownership.admit(ev):
+            return
         self.tracker.list_item(ev)
 
     def list_end(self) -> None:
@@ -96,6 +110,8 @@ class Engine:
             self._finish_list(None)
 
     def watch_event(self, ev: Event) -> None:
+        if self.ownership is not None and not self.ownership.admit(ev):
+            return
         self.tracker.watch_event(ev)
 
     def watch_status(self, up: bool) -> None:
@@ -119,11 +135,21 @@ class Engine:
             self.fail(exc)
 
     def _finish_list(self, known: list[str] | None) -> None:
+        own = self.ownership
+        if own is not None and known is not None:
+            known = [k for k in known if own.owns_key(k)]  # the other replicas own the rest
         try:
             self.tracker.list_end(known)
         except FastobsError as exc:
             self.fail(exc)
             return
+        if own is not None:
+            own.list_ended()
+        self.resumed()
+
+    def resumed(self) -> None:
+        """The initial state is known: a list ended, or the watch resumed where the group's
+        watermarks say everything before was run."""
         if not self.first_list_done:
             self.first_list_done = True
             self._check_once()
@@ -131,6 +157,9 @@ class Engine:
     # ------------------------------------------------------------------ events into queues
 
     def _emit(self, ev: Event) -> None:
+        if self.ownership is not None and not self.ownership.accept(ev):
+            self.tracker.handled(ev, ok=True, arg=None)  # its bucket's previous owner ran it
+            return
         self.emitted += 1
         self.metrics.event_received(ev.type.value)
         if not self.first_list_done and self.initial_keys is not None:
@@ -176,6 +205,10 @@ class Engine:
             self._key_settled(ev.key)
             self.pool.pump(i)
             return
+        if result.get("reason") == FENCED and self.ownership is not None:
+            self._fenced(ev, result, out, err)
+            self.pool.pump(i)
+            return
         self.output.command(ev.type.value, result["header"], out, err)
         ok = bool(result["ok"])
         self.tracker.handled(ev, ok=ok, arg=result.get("arg"))
@@ -186,6 +219,8 @@ class Engine:
             logger.debug("command %s", "succeeded" if ok else "failed", extra=_fields(ev, result))
         if ok:
             queue.forget(ev.key)
+            if self.ownership is not None:
+                self.ownership.ran(ev)
         else:
             self._failed(ev, result, i)
         self._key_settled(ev.key)
@@ -198,9 +233,35 @@ class Engine:
         the key's next change, or a relist, runs it normally."""
         self.tracker.handled(ev, ok=False, arg=None)
         queue.forget(ev.key)
+        if self.ownership is not None:
+            self.ownership.ran(ev)  # never retried: it must not hold its bucket's watermark back
         self.metrics.invalid_object("command")
         logger.warning("%s event of %s failed: %s", ev.type.value, ev.key, result.get("error", ""),
                        extra=_fields(ev, result))
+
+    def _fenced(self, ev: Event, result: Done, out: bytes, err: bytes) -> None:
+        """The command was stopped (or never started) because this replica lost the Lease or
+        hands the object's bucket over: not a failure; it runs again if the bucket stays here."""
+        assert self.ownership is not None
+        if result.get("attempts"):
+            self.output.command(ev.type.value, result["header"], out, err)
+        again = self.ownership.stopped(ev)
+        if again:
+            self.sharder.queues[self.sharder.shard(ev.key)].requeue(ev)
+        what = "stopped" if result.get("attempts") else "not started"
+        logger.info("command for %s %s by fencing%s", ev.key, what,
+                    "; it runs again once the Lease is renewed" if again else "", extra=_fields(ev, result))
+
+    def on_dropped(self, ev: Event) -> None:
+        """The pool dropped an event of a bucket being handed over (its next owner runs it)."""
+        self.sharder.released()
+
+    def purge(self, events: Callable[[Event], bool], records: Callable[[ObjectKey, str], bool]) -> None:
+        """Forget queued events and tracker records of objects another replica looks after now."""
+        for queue in self.sharder.queues:
+            queue.discard(events)
+        self.tracker.forget(records)
+        self.sharder.released()
 
     def on_fatal(self, exc: BaseException) -> None:
         self.fail(exc)
@@ -356,6 +417,12 @@ class Engine:
 
     def workers_healthy(self) -> bool:
         return self.pool.healthy()
+
+    def group_role(self) -> str | None:
+        return self.role()
+
+    def group_healthy(self) -> bool:
+        return self.group_loop()
 
 
 def _fields(ev: Event, result: Done) -> dict[str, Any]:

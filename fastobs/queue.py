@@ -219,6 +219,37 @@ class KeyQueue:
             self._make_ready(key, live=True)
         return keys
 
+    def requeue(self, ev: Event) -> None:
+        """Put a finished event back at the front of its key (its command was stopped before
+        it could finish, and must run again), unless a newer pending event supersedes it.
+        Call after :meth:`done`."""
+        pending = self._pending.setdefault(ev.key, deque())
+        if not (pending and self._supersedes(pending[0], ev)):
+            pending.appendleft(ev)
+            self.pending_events += 1
+        if ev.key not in self._processing:
+            self._make_ready(ev.key, live=True)
+
+    def discard(self, match: Callable[[Event], bool]) -> int:
+        """Drop every pending or delayed event ``match`` selects (work this process gives up);
+        in-flight events stay until their ``done``. Returns how many were dropped."""
+        dropped = 0
+        for key in list(self._pending):
+            pending = self._pending[key]
+            kept = deque(ev for ev in pending if not match(ev))
+            dropped += len(pending) - len(kept)
+            if kept:
+                self._pending[key] = kept
+            else:
+                del self._pending[key]
+                if self._ready.pop(key, None) is not None:
+                    del self._since[key]
+        self.pending_events -= dropped
+        for key in [k for k, (_, ev, _) in self._delayed.items() if match(ev)]:
+            del self._delayed[key]
+            dropped += 1
+        return dropped
+
     def _supersedes(self, newer: Event, older: Event) -> bool:
         """Whether ``newer`` (pending) makes re-running ``older`` pointless."""
         return (

@@ -29,6 +29,12 @@ Retry policy (client-go's reflector, as oc observe behaves):
 * a failed list -> one error line, counted run-wide, retried about a second later;
   more than ``maximum_errors`` failures raise ListErrorLimit; a list refused as a bad
   request (400: a field label the resource does not support) raises UsageError at once.
+
+In a group of replicas (``ownership``) the source can be sent back in time: :meth:`Source.rewind`
+makes the next watch start at an older resourceVersion, so what happened since then (deletes
+included) is delivered again, and ``on_rewind`` says when that replay starts or that the server
+no longer has its start (a relist follows). With the server-side filter every request carries
+the group's ``shardSelector`` of the moment.
 """
 
 from __future__ import annotations
@@ -144,6 +150,11 @@ class SourceStats:
         self.events[etype.value] = self.events.get(etype.value, 0) + n
 
 
+def _older(a: str, b: str) -> bool:
+    """Whether resourceVersion ``a`` is before ``b`` (integers; otherwise keep ``a``)."""
+    return not (a.isdigit() and b.isdigit()) or int(a) < int(b)
+
+
 class _Next(Enum):
     """What the run loop does after a watch connection ends."""
 
@@ -172,7 +183,8 @@ class Source:
     def __init__(self, client: KubeClient, resource: Resource, *, namespace: str | None,
                  label_selector: str, field_selector: str, sink: Sink, maximum_errors: int,
                  read_timeout: float = 90.0, page_size: int = 500, stream_list: bool = True,
-                 on_stats: Callable[[], None] | None = None) -> None:
+                 on_stats: Callable[[], None] | None = None,
+                 shard_selector: Callable[[], str] | None = None) -> None:
         self._client = client
         self._resource = resource
         self._path = resource.collection_path(namespace)
@@ -196,18 +208,91 @@ class Source:
         self._initial_rv: str | None = None
         self._stream_refusal = ""
         self._backoff = _Backoff()
+        self._shard_selector = shard_selector
+        self._rewind: tuple[str | None] | None = None
+        """A pending rewind: (resourceVersion,) to watch from, (None,) to relist."""
+        self._replaying: str | None = None
+        """The resourceVersion a replay started at, until its first line arrives."""
+        self.on_rewind: Callable[[str | None, bool], None] | None = None
+        """Called with (rv, False) right before a rewound watch (rv None: a relist) is
+        requested, and with (rv, True) when the server no longer has ``rv``."""
 
     # ------------------------------------------------------------------ control
 
     async def run(self) -> None:
-        """List, then watch from the list's resourceVersion, forever."""
-        await self._loop(need_list=True)
+        """List, then watch from the list's resourceVersion, forever; a :meth:`rewind` made
+        before the start replaces the first list (a watch from where a previous run stopped)."""
+        await self._loop(need_list=self._rewind is None)
 
     async def _loop(self, need_list: bool) -> None:
         while True:
+            if self._rewind is not None:
+                need_list = self._start_rewind() or need_list
             if need_list or self._relist_requested:
                 await self._list_until_success()
             need_list = await self._watch_cycle() is _Next.RELIST
+
+    def rewind(self, rv: str | None) -> None:
+        """Deliver again what happened since ``rv``: the next watch starts there (events the
+        sink already had come again), or with None the next cycle relists. Two rewinds before
+        the next watch start at the older point. Interrupts the current watch."""
+        if self._rewind is not None:
+            pending = self._rewind[0]
+            if pending is None or (rv is not None and _older(pending, rv)):
+                rv = pending
+        self._rewind = (rv,)
+        self._wake.set()
+        if self._watch_task is not None and not self._watch_task.done():
+            self._watch_task.cancel()
+
+    def position(self) -> int | None:
+        """The resourceVersion everything up to which was delivered (events and bookmarks);
+        None before the first list ended, or when it is not an integer."""
+        rv = self.stats.resource_version
+        return int(rv) if rv.isdigit() else None
+
+    def _start_rewind(self) -> bool:
+        """Apply the pending rewind; True when it is a relist."""
+        assert self._rewind is not None
+        (rv,) = self._rewind
+        self._rewind = None
+        if self.on_rewind is not None:
+            self.on_rewind(rv, False)
+        if rv is None:
+            return True
+        self._rv = self.stats.resource_version = rv
+        self._listed = True
+        self._replaying = rv
+        return False
+
+    async def server_filters(self, selector: str) -> bool:
+        """Whether the server applies ``selector`` (it echoes it in ``metadata.shardInfo`` of a
+        list); False on any failure, so the caller falls back to filtering itself."""
+        params = dict(self._selectors)
+        params.update(limit="1", shardSelector=selector)
+        try:
+            resp = await self._client.request("GET", self._path, params)
+            async with resp:
+                body = await resp.read()
+            doc = orjson.loads(body) if resp.status == 200 else {}
+        except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError) as exc:
+            log.warning("could not ask the server about shardSelector: %s", describe(exc))
+            return False
+        if resp.status != 200:
+            log.info("the server refused shardSelector: %s", status_message(resp.status, body))
+            return False
+        info = (doc.get("metadata") or {}).get("shardInfo") or {}
+        return bool(info.get("selector"))
+
+    def clear_shard_selector(self) -> None:
+        """The server does not filter: send no ``shardSelector`` (it would only be ignored)."""
+        self._shard_selector = None
+
+    def _params(self) -> dict[str, str]:
+        params = dict(self._selectors)
+        if self._shard_selector is not None:
+            params["shardSelector"] = self._shard_selector()
+        return params
 
     def request_relist(self) -> None:
         """Make the next cycle a full relist (``--resync-period``); interrupts the watch."""
@@ -276,7 +361,7 @@ class Source:
         ``list_begin`` waits for the first page, so a list that keeps failing (403)
         does not open a list on the sink each second.
         """
-        params = dict(self._selectors)
+        params = self._params()
         if paginate and self._page_size > 0:
             params["limit"] = str(self._page_size)
         first = True
@@ -308,7 +393,7 @@ class Source:
         the resourceVersion of the ``k8s.io/initial-events-end`` bookmark, or None when the
         server does not support streaming lists (then LIST serves, from now on).
         """
-        params = dict(self._selectors)
+        params = self._params()
         params.update(watch="1", sendInitialEvents="true", resourceVersionMatch="NotOlderThan",
                       allowWatchBookmarks="true")
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=None)
@@ -444,8 +529,11 @@ class Source:
             return await task
         except asyncio.CancelledError:
             current = asyncio.current_task()
-            if task.cancelled() and self._relist_requested and not (current and current.cancelling()):
-                return _Next.RELIST
+            if task.cancelled() and not (current and current.cancelling()):
+                if self._relist_requested:
+                    return _Next.RELIST
+                if self._rewind is not None:
+                    return _Next.RESUME  # the loop applies the rewind
             raise
         except Failure as f:
             return await self._after_failure(f)
@@ -457,6 +545,9 @@ class Source:
         self._changed()
         if f.kind == "expired":
             log.info("watch of %s: %s; relisting", self._resource.resource, f.message)
+            if self._replaying is not None and self.on_rewind is not None:
+                self.on_rewind(self._replaying, True)
+            self._replaying = None
             return _Next.RELIST
         if f.kind in ("connection", "timeout", "server", "unauthorized") and not f.relist:
             log.warning("watch of %s failed: %s; resuming from resourceVersion %s",
@@ -473,7 +564,7 @@ class Source:
         return _Next.RELIST
 
     def _watch_params(self) -> dict[str, str]:
-        params = dict(self._selectors)
+        params = self._params()
         params.update(watch="1", resourceVersion=self._rv, allowWatchBookmarks="true",
                       timeoutSeconds=str(random.randint(*_WATCH_SECONDS)))
         return params
@@ -555,6 +646,8 @@ class Source:
 
     def _on_line(self, line: bytes, received: float) -> None:
         etype, obj, md = parse_event(line)
+        if etype != "ERROR":
+            self._replaying = None
         if etype == "BOOKMARK":
             self._rv = md.get("resourceVersion") or self._rv
             self.stats.resource_version = self._rv

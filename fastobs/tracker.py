@@ -143,6 +143,14 @@ class Tracker:
             if self.keep_object:
                 rec.last = ev.obj
 
+    def forget(self, match: Callable[[ObjectKey, str], bool]) -> int:
+        """Drop, without any event, the records ``match(key, uid)`` selects: objects this
+        process stops looking after (a group of replicas moved them elsewhere)."""
+        gone = [key for key, rec in self.records.items() if match(key, rec.uid)]
+        for key in gone:
+            del self.records[key]
+        return len(gone)
+
     # ------------------------------------------------------------------ helpers
 
     def _replaced(self, key: ObjectKey, rec: Record) -> None:

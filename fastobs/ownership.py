@@ -1,0 +1,277 @@
+"""Ownership: which buckets this replica may act on, asked on the event path.
+
+Where it sits: in the parent, between ``coordinator`` (which wins, gives up and loses buckets
+through Leases) and the event path. The ``engine`` asks it about every event before the
+``tracker`` (:meth:`Ownership.admit`: is the object's bucket ours?) and before the queues
+(:meth:`Ownership.accept`: did the bucket's previous owner already run this state?); the
+``pool`` asks it before every dispatch (it is the pool's ``DispatchGate``). It drives the
+engine (forget a bucket's keys, stop a bucket's commands), the pool (the Lease deadline every
+worker enforces) and the ``source`` (replay a bucket's past from its watermark).
+
+In: the coordinator's decisions (acquire, drain, release, suspend, resume, the validity of
+the Lease); events. Out: yes/no per event; the per-bucket watermarks (``watermark``) the
+coordinator writes into the Leases.
+
+A bucket this replica holds is in one of three states:
+
+* ``owned``: its events are admitted, queued and dispatched;
+* ``draining``: it is being handed over; its events are still admitted (they hold its
+  watermark back) but not dispatched; the coordinator releases it once its commands ended;
+* ``suspended``: the Lease's deadline passed (a partition, a pause): its commands were
+  stopped, its queued work is kept, nothing is dispatched until the coordinator has won the
+  bucket again with a compare-and-swap (then it is ``owned`` and resumes where it stopped), or
+  learnt that another replica took it (then everything of it is forgotten).
+
+Invariants: nothing is dispatched unless the replica's Lease is valid on the fencing clock and
+the bucket is ``owned``; an event at or below its bucket's floor (the watermark the bucket was
+acquired with) never runs; keys of buckets not held never reach the tracker, so memory is
+proportional to this replica's share.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from fastobs.buckets import Bucketer, shard_selector
+from fastobs.events import Event, ObjectKey
+from fastobs.fencing import clock
+from fastobs.watermark import Progress
+
+log = logging.getLogger(__name__)
+
+
+class State(StrEnum):
+    OWNED = "owned"
+    DRAINING = "draining"
+    SUSPENDED = "suspended"
+
+
+class EngineControl(Protocol):
+    def purge(self, events: Callable[[Event], bool], records: Callable[[ObjectKey, str], bool]) -> None:
+        """Forget queued events and tracker records of objects no longer looked after here."""
+        ...
+
+
+class DispatchControl(Protocol):
+    def fence(self, match: Callable[[Event], bool], grace: float) -> int: ...
+
+    def in_flight(self, match: Callable[[Event], bool]) -> int: ...
+
+    def set_deadline(self, until: float, grace: float) -> None: ...
+
+    def pump_all(self) -> None: ...
+
+
+class StreamControl(Protocol):
+    def rewind(self, rv: str | None) -> None:
+        """Deliver again what happened since ``rv`` (None: relist)."""
+        ...
+
+    def position(self) -> int | None:
+        """The resourceVersion the stream has delivered everything up to, if known."""
+        ...
+
+
+@dataclass
+class Counters:
+    """What ownership saw, for metrics (monotonic counts)."""
+
+    events_owned: int = 0
+    events_foreign: int = 0
+    replay_duplicates: int = 0
+    skipped_below_watermark: int = 0
+    fenced_commands: int = 0
+    history_expired: int = 0
+
+
+class Ownership:
+    """The buckets this replica holds, their states, and the Lease's validity."""
+
+    def __init__(self, bucketer: Bucketer, *, kill_grace: float, server_side: bool = False) -> None:
+        self.bucketer = bucketer
+        self.kill_grace = kill_grace
+        self.server_side = server_side
+        self.states: dict[int, State] = {}
+        self.epochs: dict[int, int] = {}
+        self.valid_until = 0.0
+        """Fencing-clock time until which this replica's Lease is valid (0: never was)."""
+        self.progress = Progress()
+        self.awaiting: set[int] = set()
+        """Acquired buckets whose replay has not started yet: their events are not admitted."""
+        self.counters = Counters()
+        self.engine: EngineControl | None = None
+        self.pool: DispatchControl | None = None
+        self.stream: StreamControl | None = None
+
+    def bind(self, *, engine: EngineControl, pool: DispatchControl, stream: StreamControl) -> None:
+        self.engine, self.pool, self.stream = engine, pool, stream
+
+    # ------------------------------------------------------------------ event path
+
+    def bucket(self, ev: Event) -> int:
+        return self.bucketer.bucket(ev.key, ev.namespace, ev.uid)
+
+    def admit(self, ev: Event) -> bool:
+        """Before the tracker: whether the event's object is looked after here."""
+        b = self.bucket(ev)
+        if b not in self.states or b in self.awaiting:
+            self.counters.events_foreign += 1
+            return False
+        if not ev.backlog and not self.progress.replayed(b, ev.rv):
+            self.counters.replay_duplicates += 1
+            return False
+        self.counters.events_owned += 1
+        return True
+
+    def accept(self, ev: Event) -> bool:
+        """Before the queues: False when the bucket's previous owner already ran this state."""
+        b = self.bucket(ev)
+        if b not in self.states:
+            return False
+        if self.progress.below_floor(b, ev.rv):
+            self.counters.skipped_below_watermark += 1
+            return False
+        self.progress.hold(ev.key, b, ev.rv, ev.received)
+        return True
+
+    def ran(self, ev: Event) -> None:
+        """``ev``'s command succeeded: its key no longer holds the watermark back at or below it."""
+        self.progress.ran(ev.key, ev.rv)
+
+    def stopped(self, ev: Event) -> bool:
+        """``ev``'s command was stopped by fencing; True when it must run again here later."""
+        self.counters.fenced_commands += 1
+        return self.states.get(self.bucket(ev)) in (State.OWNED, State.SUSPENDED)
+
+    def owns_key(self, key: str) -> bool:
+        """For ``--names`` keys (shard key name or namespace: no uid is needed)."""
+        ns = key.partition("/")[0] if "/" in key else ""
+        return self.bucketer.bucket(key, ns, "") in self.states
+
+    # ------------------------------------------------------------------ the pool's gate
+
+    def open(self) -> bool:
+        """Dispatch is possible at all: the Lease is valid and no bucket waits to be won back."""
+        return clock() < self.valid_until and State.SUSPENDED not in self.states.values()
+
+    def admits(self, ev: Event) -> bool:
+        return self.states.get(self.bucket(ev)) is State.OWNED
+
+    # ------------------------------------------------------------------ the coordinator's side
+
+    def extend(self, valid_until: float) -> None:
+        """The Lease was renewed: commands may run until ``valid_until``."""
+        was_open = self.open()
+        self.valid_until = valid_until
+        if self.pool is not None:
+            self.pool.set_deadline(valid_until, self.kill_grace)
+            if not was_open and self.open():
+                self.pool.pump_all()
+
+    def acquire(self, bucket: int, epoch: int, floor: int | None) -> None:
+        """The bucket is ours from now on: catch up from ``floor`` (its previous owner's
+        watermark; None: run everything of it), then follow it live."""
+        self.states[bucket] = State.OWNED
+        self.epochs[bucket] = epoch
+        self._purge({bucket})
+        self.progress.start_bucket(bucket, floor)
+        assert self.stream is not None
+        position = self.stream.position()
+        if floor is None or not self.progress.usable:
+            self.awaiting.add(bucket)
+            self.stream.rewind(None)
+        elif self.server_side or position is None or floor < position:
+            # Replay what happened to the bucket since its floor (deletes included); on the
+            # server-side filter the watch must restart anyway to widen its selector.
+            self.awaiting.add(bucket)
+            self.stream.rewind(str(floor if position is None else min(floor, position)))
+
+    def rewound(self, rv: str | None, expired: bool) -> None:
+        """The stream's callback: a watch from ``rv`` (None: a relist) is about to start, or
+        the server said ``rv`` is too old (``expired``; a relist follows)."""
+        if expired:
+            self.progress.replay_expired()
+            self.counters.history_expired += 1
+            log.warning("the API server no longer has the changes since resourceVersion %s: objects "
+                        "deleted since then without this process knowing them get no Deleted "
+                        "(use --names to catch those); changed ones run again", rv)
+            return
+        buckets = self.awaiting | self.progress.catching_up
+        self.awaiting = set()
+        # Whatever of these buckets arrived before the replay starts comes again with it.
+        self._purge(buckets)
+        assert self.stream is not None
+        self.progress.replay_started(self.stream.position(), buckets, relist=rv is None)
+
+    def list_ended(self) -> None:
+        self.progress.list_ended()
+
+    def drain(self, bucket: int) -> None:
+        """Stop dispatching the bucket; its running commands may finish."""
+        if bucket in self.states:
+            self.states[bucket] = State.DRAINING
+
+    def running(self, bucket: int) -> int:
+        assert self.pool is not None
+        return self.pool.in_flight(lambda ev: self.bucket(ev) == bucket)
+
+    def kill(self, bucket: int) -> int:
+        """Stop the bucket's running commands now (a drain that ran out of time)."""
+        assert self.pool is not None
+        return self.pool.fence(lambda ev: self.bucket(ev) == bucket, self.kill_grace)
+
+    def release(self, bucket: int) -> None:
+        """The bucket is no longer ours: forget everything of it."""
+        self.states.pop(bucket, None)
+        self.epochs.pop(bucket, None)
+        self.awaiting.discard(bucket)
+        self._purge({bucket})
+        self.progress.forget_bucket(bucket)
+
+    def suspend(self) -> int:
+        """The Lease's deadline passed: stop every command, keep the queued work, dispatch
+        nothing until the buckets are won back. Returns the commands told to stop."""
+        for bucket in self.states:
+            self.states[bucket] = State.SUSPENDED
+        assert self.pool is not None
+        return self.pool.fence(lambda ev: True, self.kill_grace)
+
+    def resume(self, bucket: int, epoch: int) -> None:
+        """A suspended bucket was won back (compare-and-swap on its Lease)."""
+        self.states[bucket] = State.OWNED
+        self.epochs[bucket] = epoch
+        if self.pool is not None and self.open():
+            self.pool.pump_all()
+
+    # ------------------------------------------------------------------ reading
+
+    def held(self) -> set[int]:
+        return set(self.states)
+
+    def owned(self) -> set[int]:
+        return {b for b, s in self.states.items() if s is State.OWNED}
+
+    def watermarks(self) -> dict[int, int]:
+        position = self.stream.position() if self.stream is not None else None
+        return self.progress.watermarks(set(self.states), position)
+
+    def selector(self) -> str:
+        """The server-side ``shardSelector`` of every bucket held or being caught up."""
+        return shard_selector(set(self.states) | self.awaiting, self.bucketer.buckets, self.bucketer.key)
+
+    def _purge(self, buckets: set[int]) -> None:
+        if not buckets or self.engine is None:
+            return
+        for b in buckets:
+            self.progress.forget_bucket(b, keep_floor=True)
+        bucketer = self.bucketer
+
+        def record(key: ObjectKey, uid: str) -> bool:
+            ns = key.partition("/")[0] if "/" in key else ""
+            return bucketer.bucket(key, ns, uid) in buckets
+
+        self.engine.purge(lambda ev: self.bucket(ev) in buckets, record)
