@@ -209,7 +209,15 @@ _RANGES: tuple[tuple[str, str, Callable[[Any], bool], str], ...] = (
     ("max-pending", "max_pending", lambda v: v >= 1, "at least 1"),
     ("shutdown-grace", "shutdown_grace", lambda v: v >= 0, "0 or more"),
     ("watch-read-timeout", "watch_read_timeout", lambda v: v > 0, "more than 0"),
+    ("retry-period", "retry_period", lambda v: v > 0, "more than 0"),
+    ("lease-kill-grace", "lease_kill_grace", lambda v: v >= 0, "0 or more"),
+    ("drain-timeout", "drain_timeout", lambda v: v >= 0, "0 or more"),
+    ("buckets", "buckets", lambda v: 1 <= v <= 256, "1..256"),
 )
+_GROUP_FLAGS = (("buckets", 1), ("identity", ""), ("lease_namespace", ""), ("resync_on_start", False),
+                ("shard_key", "name"), ("shard_filter", "auto"), ("lease_duration", 15.0),
+                ("renew_deadline", 10.0), ("retry_period", 2.0), ("lease_kill_grace", 2.0),
+                ("drain_timeout", 30.0))
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -219,10 +227,45 @@ def _check_ranges(values: dict[str, Any]) -> None:
         if not valid(value):
             shown = format_go_duration(value) if isinstance(value, float) else str(value)
             raise UsageError(f"--{name} must be {rule}, got {shown}")
+    _check_group(values)
     if not _ENV_NAME.fullmatch(values["object_file_env_var"]):
         raise UsageError("--object-file-env-var must be an environment variable name "
                          f"(letters, digits, '_'), got {go_quote(values['object_file_env_var'])}")
     values["request_timeout"] = _request_timeout(values["request_timeout"])
+
+
+def _check_group(values: dict[str, Any]) -> None:
+    """The rules of --lease-name and its companions (client-go's timing rules, plus fencing)."""
+    name = values["lease_name"]
+    if not name:
+        for dest, default in _GROUP_FLAGS:
+            if values[dest] != default:
+                raise UsageError(f"--{dest.replace('_', '-')} needs --lease-name")
+        return
+    from fastobs.lease import MAX_GROUP_NAME, valid_group_name
+
+    if not valid_group_name(name):
+        raise UsageError(f"--lease-name must be at most {MAX_GROUP_NAME} lower-case letters, digits "
+                         f"or '-', starting and ending with a letter or digit, got {go_quote(name)}")
+    ld, rd, rp, grace = (values[k] for k in ("lease_duration", "renew_deadline", "retry_period",
+                                             "lease_kill_grace"))
+    if not ld > rd:
+        raise UsageError("--lease-duration must be greater than --renew-deadline")
+    if not rd > 1.2 * rp:
+        raise UsageError("--renew-deadline must be greater than 1.2 x --retry-period")
+    if rd + grace + rp > ld:
+        total = format_go_duration(rd + grace + rp)
+        raise UsageError(f"--renew-deadline + --lease-kill-grace + --retry-period ({total}) must not "
+                         f"exceed --lease-duration ({format_go_duration(ld)}): commands must be stopped "
+                         "before another replica may take their objects over")
+    if values["once"]:
+        raise UsageError("--once cannot be used with --lease-name: run one fastobs alone for --once")
+    if values["names"] and values["shard_key"] == "uid":
+        raise UsageError("--names cannot be used with --shard-key uid: a name that no longer exists has "
+                         "no uid to find its bucket")
+    if values["shard_filter"] == "server" and values["shard_key"] == "name":
+        raise UsageError("--shard-filter server needs --shard-key uid or namespace: the API server cannot "
+                         "filter on names")
 
 
 def _request_timeout(text: str) -> float:
@@ -270,7 +313,10 @@ def _settings(resource: str, command: tuple[str, ...], values: dict[str, Any]) -
               "request_timeout", "server", "token", "insecure_skip_tls_verify", "maximum_errors", "once",
               "exit_after", "resync_period", "print_metrics_on_exit", "listen_addr", "shutdown_grace",
               "workers", "backoff_base", "backoff_cap", "backoff_attempts", "max_pending",
-              "watch_read_timeout", "log_format", "log_level", "verbosity")
+              "watch_read_timeout", "log_format", "log_level", "verbosity", "lease_name",
+              "lease_namespace", "identity", "lease_duration", "renew_deadline", "retry_period",
+              "lease_kill_grace", "drain_timeout", "buckets", "shard_key", "shard_filter",
+              "resync_on_start")
     return Settings(resource=resource, run=run, names_command=tuple(values["names"]),
                     coalesce=not values["no_coalesce"], **{name: values[name] for name in copied})
 

@@ -12,6 +12,10 @@ Shutdown is staged: stop intake (cancel the source), let running commands finish
 then their process groups are killed), print the metrics if asked, exit. A second signal
 kills at once.
 
+With ``--lease-name`` the replica joins its group first (``coordinator``: an unknown
+configuration exits 2 before anything runs), events pass through ``ownership``, and a
+graceful stop releases every bucket with its watermark once the commands ended.
+
 Invariant: whatever happens, no worker or command process outlives fastobs.
 """
 
@@ -27,12 +31,15 @@ import sys
 from dataclasses import replace
 
 from . import logs, spawn
+from .buckets import Bucketer, shard_selector
+from .coordinator import Coordinator, group_config, lease_namespace
 from .engine import Engine
-from .errors import FastobsError, UsageError
+from .errors import FastobsError, GroupConfigError, UsageError
 from .gocompat import format_go_duration
 from .kube import KubeClient, Resource
 from .metrics import Metrics
 from .output import Output
+from .ownership import Ownership
 from .selector import SelectorError, unable_to_find, validate_field_selector, validate_label_selector
 from .settings import Settings
 from .source import Source
@@ -121,7 +128,11 @@ async def _run(settings: Settings, client: KubeClient, resource: Resource) -> in
     workers = settings.workers or os.cpu_count() or 1
     output = Output(quiet=settings.run.quiet, stream=settings.run.output_mode == "stream")
     metrics = Metrics(oc_metrics=bool(settings.listen_addr))
-    engine = Engine(settings, workers=workers, metrics=metrics, output=output)
+    ownership = None
+    if settings.lease_name:
+        bucketer = Bucketer(settings.buckets, settings.shard_key)
+        ownership = Ownership(bucketer, kill_grace=settings.lease_kill_grace)
+    engine = Engine(settings, workers=workers, metrics=metrics, output=output, ownership=ownership)
     metrics.set_state_provider(engine)
     server = None
     if settings.listen_addr:
@@ -141,9 +152,14 @@ async def _run(settings: Settings, client: KubeClient, resource: Resource) -> in
         maximum_errors=settings.maximum_errors,
         read_timeout=settings.watch_read_timeout,
         on_stats=bridge.sync,
+        shard_selector=ownership.selector if ownership is not None else None,
     )
     bridge.source = source
     engine.watch_activity = lambda: source.stats.last_activity
+    coordinator = None
+    if ownership is not None:
+        coordinator = await _join_group(settings, client, resource, namespace, engine, source, ownership,
+                                        metrics)
     # Workers boot while the source already lists: events wait in the queues until their
     # worker says HELLO, so start-up costs max(boot, first list), not their sum.
     # A dead worker's commands come to us, to be stopped before their keys run again.
@@ -154,16 +170,65 @@ async def _run(settings: Settings, client: KubeClient, resource: Resource) -> in
     boot = asyncio.create_task(engine.pool.start())
     boot.add_done_callback(lambda t: _task_ended(t, engine))
     try:
-        return await _supervise(settings, engine, source, output, metrics)
+        return await _supervise(settings, engine, source, output, metrics, coordinator)
     finally:
         boot.cancel()
         engine.pool.kill()
+        if coordinator is not None:
+            await coordinator.close()
         if server is not None:
             await server.close()
 
 
+async def _join_group(settings: Settings, client: KubeClient, resource: Resource, namespace: str | None,
+                      engine: Engine, source: Source, ownership: Ownership, metrics: Metrics) -> Coordinator:
+    """Wire the replica into its group and take its first buckets (before any command runs)."""
+    ownership.bind(engine=engine, pool=engine.pool, stream=source)
+    ownership.server_side = await _server_filters(settings, source)
+    if not ownership.server_side:
+        source.clear_shard_selector()
+
+    def rewound(rv: str | None, expired: bool) -> None:
+        ownership.rewound(rv, expired)
+        if rv is not None and not expired:
+            engine.resumed()  # a watch from a watermark: what came before it already ran
+
+    source.on_rewind = rewound
+    scope = f"ns/{namespace}" if namespace else "*"
+    kind = resource.resource + (f".{resource.group}" if resource.group else "")
+    coordinator = Coordinator(client, settings, ownership,
+                              namespace=lease_namespace(settings, client.namespace),
+                              config=group_config(settings, kind, scope))
+    coordinator.on_failure = engine.fail
+    coordinator.on_handover = metrics.group_handover
+    coordinator.on_fencing = metrics.group_fencing
+    metrics.set_group_provider(coordinator)
+    engine.role = coordinator.role
+    engine.group_loop = coordinator.loop_healthy
+    os.environ["FASTOBS_IDENTITY"] = coordinator.holder  # the commands see who runs them
+    await coordinator.start()
+    return coordinator
+
+
+async def _server_filters(settings: Settings, source: Source) -> bool:
+    """Whether the API server filters the buckets itself (``--shard-filter``, ``shardSelector``)."""
+    if settings.shard_key == "name" or settings.shard_filter == "client":
+        return False
+    everything = shard_selector(range(settings.buckets), settings.buckets, settings.shard_key)
+    if await source.server_filters(everything):
+        logger.info("the API server filters the buckets (shardSelector on %s)", settings.shard_key)
+        return True
+    if settings.shard_filter == "server":
+        raise UsageError("the API server does not apply shardSelector (it needs the ShardedListAndWatch "
+                         "feature gate); use --shard-filter auto or client")
+    logger.warning("the API server does not apply shardSelector: every replica receives every event "
+                   "and drops those of other replicas' buckets")
+    return False
+
+
 async def _supervise(
-    settings: Settings, engine: Engine, source: Source, output: Output, metrics: Metrics
+    settings: Settings, engine: Engine, source: Source, output: Output, metrics: Metrics,
+    coordinator: Coordinator | None,
 ) -> int:
     loop = asyncio.get_running_loop()
     signals: list[int] = []
@@ -198,6 +263,8 @@ async def _supervise(
             await source_task
         grace = settings.shutdown_grace if signals or error else FOREVER
         await engine.pool.stop(grace)
+        if coordinator is not None and not isinstance(error, GroupConfigError):
+            await coordinator.shutdown()  # the commands ended: hand every bucket over
         output.end_sync() if settings.once else output.flush()
         if settings.print_metrics_on_exit and not signals:
             output.stdout(metrics.exposition())

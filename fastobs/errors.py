@@ -14,13 +14,16 @@ Exception tree::
     ├── NamesError               the --names command failed
     ├── ListErrorLimit           exit 255: more list failures than --maximum-errors (oc: klog fatal)
     ├── ListenError              exit 255: the metrics address could not be bound (oc: klog fatal)
-    └── WorkerBootError          exit 3: workers keep dying during start-up
+    ├── WorkerBootError          exit 3: workers keep dying during start-up
+    └── GroupConfigError         exit 2: the replica group's Leases say another configuration
 """
 
 from __future__ import annotations
 
 EXIT_OK = 0
 EXIT_ERROR = 1
+EXIT_GROUP_CONFIG = 2
+"""This process's --buckets/--shard-key/resource differ from its replica group's."""
 EXIT_WORKER_BOOT = 3
 """Workers failed to start again and again; restarting them forever would only hide it."""
 EXIT_FATAL = 255
@@ -89,3 +92,10 @@ class WorkerBootError(FastobsError):
     """Raised when worker processes keep failing during start-up."""
 
     exit_code = EXIT_WORKER_BOOT
+
+
+class GroupConfigError(FastobsError):
+    """Raised when the group named by ``--lease-name`` was started with another configuration
+    (bucket count, shard key, resource, selectors): sharing it would run objects twice or never."""
+
+    exit_code = EXIT_GROUP_CONFIG

@@ -132,6 +132,37 @@ def _new_flags() -> list[Flag]:
             "commands get to finish before they are killed."),
         new("watch-read-timeout", "duration", "watch_read_timeout", 90.0, "Re-establish a watch that "
             "has been silent (no events, no bookmarks) for this long."),
+        new("lease-name", "string", "lease_name", "", "Join the group of replicas that share this "
+            "resource through Leases of this name (coordination.k8s.io/v1); empty: run alone. See "
+            "docs/ha.md."),
+        new("lease-namespace", "string", "lease_namespace", "", "Namespace of the group's Leases; "
+            "empty: the pod's namespace in a cluster, else the observed namespace."),
+        new("identity", "string", "identity", "", "This replica's name in the group; empty: "
+            "hostname-pid."),
+        new("lease-duration", "duration", "lease_duration", 15.0, "How long other replicas wait "
+            "after this one's last renewal before taking its buckets over (client-go's rule: "
+            "more than --renew-deadline)."),
+        new("renew-deadline", "duration", "renew_deadline", 10.0, "Stop commands when the Lease "
+            "could not be renewed for this long (more than 1.2 x --retry-period)."),
+        new("retry-period", "duration", "retry_period", 2.0, "How often the Lease is renewed and "
+            "the group looked at."),
+        new("lease-kill-grace", "duration", "lease_kill_grace", 2.0, "SIGTERM to SIGKILL for "
+            "commands stopped because the Lease was lost or a bucket moved; renew deadline + this "
+            "+ retry period must not exceed the lease duration."),
+        new("drain-timeout", "duration", "drain_timeout", 30.0, "A bucket handed to another "
+            "replica waits this long for its running commands before they are stopped."),
+        new("buckets", "int", "buckets", 1, "With --lease-name: 1 = leader election (one replica "
+            "runs, the others stand by); more = the objects are spread over this many buckets and "
+            "the buckets over the live replicas (at most 256; the same in every replica)."),
+        new("shard-key", "choice", "shard_key", "name", "What puts an object in a bucket: name "
+            "(namespace/name; per-name order across replicas), uid or namespace (these two can "
+            "be filtered by the API server).", choices=("name", "uid", "namespace")),
+        new("shard-filter", "choice", "shard_filter", "auto", "Who drops the objects of other "
+            "replicas' buckets: auto (the API server's shardSelector when it applies it, else "
+            "fastobs), client or server.", choices=("auto", "client", "server")),
+        new("resync-on-start", "bool", "resync_on_start", False, "Run every object of the buckets "
+            "this replica takes at start-up, as oc does, instead of resuming after what the group "
+            "already ran."),
         new("log-format", "choice", "log_format", "text", "Format of fastobs's own log lines on "
             "stderr: text or json.", choices=("text", "json")),
         new("log-level", "choice", "log_level", "info", "Least severe log level shown: debug, info, "

@@ -10,8 +10,12 @@ Endpoints:
 * ``/metrics``: Prometheus text format 0.0.4.
 * ``/healthz``, ``/healthz/ready``: as oc (Kubernetes ``healthz`` style), ready once the
   initial sync is done.
-* ``/readyz``: ready once the initial sync is done *and* the watch is up.
-* ``/livez``: fails only when a worker stops answering heartbeats.
+* ``/readyz``: ready once the initial sync is done *and* the watch is up; in a group of
+  replicas its verbose form names the role (owner of some buckets, or standby: a standby is
+  ready too, so a rolling update goes on).
+* ``/readyz/owner``: in a group of replicas, ready only while this replica owns buckets.
+* ``/livez``: fails only when a worker stops answering heartbeats, or the group's member
+  loop stopped running (it runs whether or not the API server answers).
 
 Invariant: ``/livez`` never depends on the API server. A liveness probe that failed during
 an API outage would make the kubelet restart every replica at once, for a problem a
@@ -50,6 +54,14 @@ class HealthProvider(Protocol):
         """Every worker answered heartbeats recently."""
         ...
 
+    def group_role(self) -> str | None:
+        """In a group of replicas: "owner of N of B buckets" or "standby"; None alone."""
+        ...
+
+    def group_healthy(self) -> bool:
+        """The group's member loop ran recently (True alone)."""
+        ...
+
 
 class Server:
     """A running endpoint server; ``port`` is the bound port (useful with port 0)."""
@@ -74,6 +86,7 @@ async def serve(listen_addr: str, metrics: Metrics, health: HealthProvider) -> S
     app.router.add_get("/healthz", _healthz_handler(health))
     app.router.add_get("/healthz/ready", _healthz_ready_handler(health))
     app.router.add_get("/readyz", _readyz_handler(health))
+    app.router.add_get("/readyz/owner", _owner_handler(health))
     app.router.add_get("/livez", _livez_handler(health))
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -170,6 +183,19 @@ def _readyz_handler(health: HealthProvider) -> _Handler:
             ("initial-sync", _ask(health.initial_sync_done), "waiting for initial sync"),
             ("watch", _ask(health.watch_up), "watch is not connected"),
         ]
+        role = health.group_role()
+        if role is not None:
+            checks.append((f"role: {role}", True, ""))
+        return _checks_response("readyz", checks, verbose="verbose" in request.query)
+
+    return handle
+
+
+def _owner_handler(health: HealthProvider) -> _Handler:
+    async def handle(request: web.Request) -> web.Response:
+        role = health.group_role()
+        owner = role is not None and role != "standby"
+        checks = [("owner", owner, role or "not in a group of replicas")]
         return _checks_response("readyz", checks, verbose="verbose" in request.query)
 
     return handle
@@ -178,6 +204,8 @@ def _readyz_handler(health: HealthProvider) -> _Handler:
 def _livez_handler(health: HealthProvider) -> _Handler:
     async def handle(request: web.Request) -> web.Response:
         checks = [("workers", _ask(health.workers_healthy), "a worker stopped answering heartbeats")]
+        if health.group_role() is not None:
+            checks.append(("group", _ask(health.group_healthy), "the member loop stopped running"))
         return _checks_response("livez", checks, verbose="verbose" in request.query)
 
     return handle

@@ -106,6 +106,34 @@ class EngineState:
     workers_total: int
 
 
+@dataclass(slots=True)
+class GroupState:
+    """A replica group member's figures at scrape time (``coordinator``, ``ownership``)."""
+
+    buckets: int
+    held: dict[str, int]
+    """Buckets held, by state: owned, draining, suspended."""
+    members: int
+    """Live members in this replica's view, itself included."""
+    lease_valid_seconds: float
+    """Time left before this replica's Lease must be renewed (negative: it is not valid)."""
+    transitions: dict[str, int]
+    """Ownership changes by reason: acquire, takeover, release, resume, lost, fenced."""
+    renew_errors: int
+    events: dict[str, int]
+    """Events received, by fate: owned, foreign (another replica's bucket), replayed (a
+    duplicate of a replay), below_watermark (already run by the bucket's previous owner)."""
+    fenced_commands: int
+    history_expired: int
+    watermark_age_seconds: float
+    """Age of the oldest event holding a held bucket's watermark back; 0 when none does."""
+    server_filter: bool
+
+
+class GroupProvider(Protocol):
+    def group_state(self) -> GroupState: ...
+
+
 class StateProvider(Protocol):
     """What the engine implements so that gauges are read at scrape time."""
 
@@ -147,6 +175,8 @@ class Metrics:
         self._define(self.registry)
         self._preinitialise()
         self.registry.register(_EngineCollector(self))
+        self._group: GroupProvider | None = None
+        self.registry.register(_GroupCollector(self))
         if oc_metrics:
             self.registry.register(_OcCollector(self))
         ProcessCollector(registry=self.registry)
@@ -212,6 +242,24 @@ class Metrics:
                             for op in API_OPS for k in API_ERROR_KINDS}
         self._invalid_objects = {st: self._invalid_objects_total.labels(stage=st)
                                  for st in INVALID_OBJECT_STAGES}
+
+    def set_group_provider(self, provider: GroupProvider) -> None:
+        """In a group of replicas: read the group's series from ``provider`` at every scrape."""
+        self._group = provider
+        self._handover = Histogram(
+            "fastobs_group_handover_seconds",
+            "Time to hand a bucket over: start of its drain to its release.",
+            buckets=LAG_BUCKETS, registry=self.registry)
+        self._fencing = Histogram(
+            "fastobs_group_fencing_seconds",
+            "Time from a lost Lease (or a drain out of time) to the end of the last stopped command.",
+            buckets=LAG_BUCKETS, registry=self.registry)
+
+    def group_handover(self, seconds: float) -> None:
+        self._handover.observe(seconds)
+
+    def group_fencing(self, seconds: float) -> None:
+        self._fencing.observe(seconds)
 
     def set_state_provider(self, provider: StateProvider) -> None:
         """Read gauges from ``provider.engine_state()`` at every scrape."""
@@ -359,6 +407,62 @@ class _EngineCollector:
         for worker, n in sorted(counts.items()):
             family.add_sample("fastobs_worker_restarts_total", {"worker": str(worker)}, n)
         return family
+
+
+class _GroupCollector:
+    """The series of a member of a replica group (absent when fastobs runs alone)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        provider = self._m._group
+        if provider is None:
+            return
+        try:
+            st = provider.group_state()
+        except Exception:
+            log.exception("reading the group state for /metrics failed")
+            return
+        yield _gauge("fastobs_group_buckets", "Buckets the group's objects are spread over (--buckets).",
+                     st.buckets)
+        held = GaugeMetricFamily("fastobs_group_buckets_held", "Buckets this replica holds, by state.",
+                                 labels=["state"])
+        for state in ("owned", "draining", "suspended"):
+            held.add_metric([state], st.held.get(state, 0))
+        yield held
+        yield _gauge("fastobs_group_members", "Live members of the group in this replica's view.", st.members)
+        yield _gauge("fastobs_group_lease_valid_seconds",
+                     "Time left before this replica must have renewed its Lease (negative: not valid).",
+                     st.lease_valid_seconds)
+        yield _gauge("fastobs_group_watermark_age_seconds",
+                     "Age of the oldest event holding back the watermark of a bucket held here.",
+                     st.watermark_age_seconds)
+        yield _gauge("fastobs_group_server_filter",
+                     "1 when the API server filters the buckets (shardSelector).", float(st.server_filter))
+        yield _counter("fastobs_group_transitions", "Ownership changes, by reason.", "reason",
+                       st.transitions, ("acquire", "takeover", "release", "resume", "lost", "fenced"))
+        yield _counter("fastobs_group_events",
+                       "Events received, by fate (owned, foreign, replayed, below_watermark).", "fate",
+                       st.events, ("owned", "foreign", "replayed", "below_watermark"))
+        for name, help_, value in (
+            ("fastobs_group_lease_renew_errors", "Failed renewals of this replica's member Lease.",
+             st.renew_errors),
+            ("fastobs_group_fenced_commands", "Commands stopped or not started because of fencing or a "
+             "drain out of time.", st.fenced_commands),
+            ("fastobs_group_history_expired", "Replays from a watermark the API server no longer had "
+             "(deletes while nobody watched may be missed).", st.history_expired),
+        ):
+            family = Metric(name, help_, "counter")
+            family.add_sample(name + "_total", {}, value)
+            yield family
+
+
+def _counter(name: str, help_: str, label: str, values: dict[str, int], always: Iterable[str]) -> Metric:
+    family = Metric(name, help_, "counter")
+    for key in sorted(set(values) | set(always)):
+        family.add_sample(name + "_total", {label: key}, values.get(key, 0))
+    return family
 
 
 class _OcCollector:

@@ -18,6 +18,8 @@ from typing import Any, Literal
 OutputMode = Literal["grouped", "stream"]
 ObjectChannel = Literal["env", "stdin", "file"]
 LogFormat = Literal["text", "json"]
+ShardKey = Literal["name", "uid", "namespace"]
+ShardFilter = Literal["auto", "client", "server"]
 
 DEBUG_VERBOSITY = 4
 """``--loglevel`` from which fastobs's debug log lines show (klog's debug level)."""
@@ -130,6 +132,26 @@ class Settings:
     watch_read_timeout: float = 90.0
     """Seconds without a byte on the watch (events or bookmarks) before the connection
     is considered half-open and re-established."""
+
+    # --- a group of replicas sharing the resource (*new*; see docs/ha.md)
+    lease_name: str = ""
+    """Joins the group of replicas named so; empty = one process alone, as oc."""
+    lease_namespace: str = ""
+    """Where the group's Leases live; empty = the pod's namespace in a cluster, else the
+    namespace fastobs observes (or the context's)."""
+    identity: str = ""
+    """This replica's name in the group; empty = hostname-pid."""
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+    lease_kill_grace: float = 2.0
+    """SIGTERM→SIGKILL for commands stopped because the Lease is lost or a bucket moves."""
+    drain_timeout: float = 30.0
+    """How long a bucket being handed over waits for its running commands."""
+    buckets: int = 1
+    shard_key: ShardKey = "name"
+    shard_filter: ShardFilter = "auto"
+    resync_on_start: bool = False
 
     # --- logs (*new*)
     log_format: LogFormat = "text"

@@ -328,6 +328,8 @@ class FakeHealth:
     watching: bool = False
     workers: bool = True
     raises: set[str] = field(default_factory=set)
+    role: str | None = None
+    group_loop: bool = True
 
     def _maybe_raise(self, name: str) -> None:
         if name in self.raises:
@@ -344,6 +346,12 @@ class FakeHealth:
     def workers_healthy(self) -> bool:
         self._maybe_raise("workers_healthy")
         return self.workers
+
+    def group_role(self) -> str | None:
+        return self.role
+
+    def group_healthy(self) -> bool:
+        return self.group_loop
 
 
 Get = Callable[[str], Awaitable[tuple[int, str, str]]]
