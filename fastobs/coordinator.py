@@ -28,7 +28,8 @@ Rules (client-go's leader election, plus fencing; timing on the ``fencing`` cloc
    renewal failed for more than two periods), every other Lease's observation starts over.
 2. Every ownership write is a compare-and-swap (PUT with ``resourceVersion``); a 409 means
    someone else wrote first.
-3. Every request has a deadline no later than the end of the Lease's validity.
+3. Every request has a deadline no later than the end of the Lease's validity (a request
+   sent without a valid Lease gets a retry period, at least a second).
 4. Fencing before expiry: the Lease is valid until ``renewal sent + renew deadline``; then
    every bucket is suspended and every worker stops its commands itself (SIGTERM, SIGKILL
    after ``--lease-kill-grace``). Others take over no earlier than ``renewal applied + lease
@@ -89,9 +90,10 @@ MEMBER = "member"
 BUCKET = "bucket"
 JITTER = 1.2
 """Retries wait ``retry period × U(1, 1.2)`` (client-go's jitter factor)."""
-ADOPT_AFTER_PERIODS = 3
-"""A free bucket nobody (its target included) took for this many retry periods may be taken
-by any member: views that disagree must not leave a bucket without an owner."""
+ADOPT_AFTER_DURATIONS = 2
+"""A free bucket its target member did not take for this many lease durations may be taken
+by any member: views that disagree must not leave a bucket without an owner. Long, because
+adopting what the target is about to take makes the adopter hand it over again."""
 STALE_MEMBER = 300.0
 """Member Leases released or unchanged for this long are deleted (when RBAC allows)."""
 _SA_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
@@ -181,6 +183,7 @@ class Coordinator:
         self._warned_standbys = False
         self._waiting_for_member = False
         self._predecessor: Lease | None = None
+        self._renew_failed = False
         self.on_failure: Callable[[BaseException], None] = lambda exc: None
         """Called when one of the coordinator's tasks fails (the daemon stops fastobs)."""
         self.on_handover: Callable[[float], None] = lambda seconds: None
@@ -282,9 +285,11 @@ class Coordinator:
         return self.rp * random.uniform(1.0, JITTER)
 
     def _timeout(self) -> float:
-        """A request's deadline: at most a retry period, and never past the Lease's validity."""
+        """A request's deadline: never past the Lease's validity (as client-go, whose renewals
+        share one renew-deadline context), so a slow API server still gets its answer in;
+        outside a valid Lease, a retry period."""
         left = self.valid_until - clock()
-        return max(0.2, min(self.rp, left)) if left > 0 else self.rp
+        return max(0.2, left) if left > 0 else max(self.rp, 1.0)
 
     def kick(self) -> None:
         self._wake.set()
@@ -361,6 +366,7 @@ class Coordinator:
             return
         except LeaseError as exc:
             self.stats.renew_errors += 1
+            self._renew_failed = True
             left = self.valid_until - clock()
             log.warning("could not renew member Lease %s (%s); %s", self.member_name, exc.message,
                         f"{left:.1f}s of validity left" if left > 0 else "commands are stopped")
@@ -384,12 +390,14 @@ class Coordinator:
         self._fence("member Lease lost")
 
     def _renewed(self, sent: float) -> None:
-        if self.last_renewed and sent - self.last_renewed > 2 * self.rp * JITTER:
-            # Out of touch for a while: what others did meanwhile was not seen here, so no
-            # one is taken for dead on the strength of the old observations.
+        if self.last_renewed and (self._renew_failed or sent - self.last_renewed > self.rd):
+            # Out of touch (renewals failed, or this process was paused): what others did
+            # meanwhile may not have been seen here, so no one is taken for dead on the strength
+            # of observations made before.
             now = clock()
             for seen in self.view.values():
                 seen.since = max(seen.since, now)
+        self._renew_failed = False
         self.last_renewed = sent
         self.valid_until = sent + self.rd
         self.ownership.extend(self.valid_until)
@@ -487,7 +495,9 @@ class Coordinator:
             if clock() >= self.valid_until:
                 return
             state = self.ownership.states.get(b)
-            if state is State.OWNED and owner != self.holder and b not in self._drains:
+            if state is State.DRAINING and b not in self._drains:
+                self._start_drain(b)  # a release that failed: once drained, a bucket is released
+            elif state is State.OWNED and owner != self.holder and b not in self._drains:
                 self._start_drain(b)
             elif state is None and b not in self._drains:
                 await self._maybe_acquire(b, records[b], owner == self.holder, members, now)
@@ -500,7 +510,7 @@ class Coordinator:
             return
         record = seen.lease
         if not record.holder:
-            if targeted or now - seen.since >= ADOPT_AFTER_PERIODS * self.rp:
+            if targeted or now - seen.since >= ADOPT_AFTER_DURATIONS * self.ld:
                 await self._acquire(b, record, None)
             return
         if record.holder == self.holder:
@@ -512,7 +522,7 @@ class Coordinator:
         if owner is not None and self._alive(owner, now):
             return
         expired_at = (owner.since + max(owner.lease.duration, 1)) if owner else seen.since
-        if targeted or now - expired_at >= ADOPT_AFTER_PERIODS * self.rp:
+        if targeted or now - expired_at >= ADOPT_AFTER_DURATIONS * self.ld:
             await self._takeover(b, record, owner)
 
     async def _create(self, b: int) -> None:
@@ -627,10 +637,13 @@ class Coordinator:
         task.add_done_callback(lambda t: self._crashed(t, f"the drain of bucket {b}"))
 
     async def _drain(self, b: int) -> None:
+        """Finish the bucket's work received so far (nothing newer is admitted), up to
+        --drain-timeout, then release it with its watermark: the next owner starts right
+        after what ran here."""
         began = clock()
         self.ownership.drain(b)
         deadline = began + self.settings.drain_timeout
-        while self.ownership.running(b) and clock() < deadline:
+        while self.ownership.busy(b) and clock() < deadline:
             if self.ownership.states.get(b) is not State.DRAINING:
                 return
             await asyncio.sleep(0.02)
@@ -666,8 +679,7 @@ class Coordinator:
         except LeaseError as exc:
             log.warning("could not release bucket %d: %s", b, exc.message)
             if not self.stopping:
-                self.ownership.states[b] = State.OWNED  # keep it; the next round drains it again
-                return False
+                return False  # still draining: the next round releases it again
             written = None
         self.records.pop(b, None)
         self.ownership.release(b)

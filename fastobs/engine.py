@@ -256,6 +256,9 @@ class Engine:
         """The pool dropped an event of a bucket being handed over (its next owner runs it)."""
         self.sharder.released()
 
+    def queued(self, match: Callable[[Event], bool]) -> int:
+        return sum(queue.count(match) for queue in self.sharder.queues)
+
     def purge(self, events: Callable[[Event], bool], records: Callable[[ObjectKey, str], bool]) -> None:
         """Forget queued events and tracker records of objects another replica looks after now."""
         for queue in self.sharder.queues:

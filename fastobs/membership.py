@@ -30,10 +30,12 @@ it holds up to its quota, so the buckets that change owner are exactly
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 
 from fastobs.buckets import fnv1a64
 
 
+@lru_cache(maxsize=1 << 16)
 def score(bucket: int, member: str) -> int:
     """Rendezvous (highest-random-weight) score of ``member`` for ``bucket``."""
     return fnv1a64(f"{bucket}/{member}".encode())

@@ -15,8 +15,10 @@ coordinator writes into the Leases.
 A bucket this replica holds is in one of three states:
 
 * ``owned``: its events are admitted, queued and dispatched;
-* ``draining``: it is being handed over; its events are still admitted (they hold its
-  watermark back) but not dispatched; the coordinator releases it once its commands ended;
+* ``draining``: it is being handed over: what was received before the drain began still runs,
+  nothing newer is admitted, and its watermark stops at the stream position of that moment;
+  the coordinator releases it once that work is done (or ``--drain-timeout`` stopped it), so
+  the next owner starts exactly where this one stopped and runs nothing twice;
 * ``suspended``: the Lease's deadline passed (a partition, a pause): its commands were
   stopped, its queued work is kept, nothing is dispatched until the coordinator has won the
   bucket again with a compare-and-swap (then it is ``owned`` and resumes where it stopped), or
@@ -53,6 +55,10 @@ class State(StrEnum):
 class EngineControl(Protocol):
     def purge(self, events: Callable[[Event], bool], records: Callable[[ObjectKey, str], bool]) -> None:
         """Forget queued events and tracker records of objects no longer looked after here."""
+        ...
+
+    def queued(self, match: Callable[[Event], bool]) -> int:
+        """Events waiting in the queues that ``match`` selects."""
         ...
 
 
@@ -118,7 +124,8 @@ class Ownership:
     def admit(self, ev: Event) -> bool:
         """Before the tracker: whether the event's object is looked after here."""
         b = self.bucket(ev)
-        if b not in self.states or b in self.awaiting:
+        state = self.states.get(b)
+        if state is None or state is State.DRAINING or b in self.awaiting:
             self.counters.events_foreign += 1
             return False
         if not ev.backlog and not self.progress.replayed(b, ev.rv):
@@ -159,7 +166,7 @@ class Ownership:
         return clock() < self.valid_until and State.SUSPENDED not in self.states.values()
 
     def admits(self, ev: Event) -> bool:
-        return self.states.get(self.bucket(ev)) is State.OWNED
+        return self.states.get(self.bucket(ev)) in (State.OWNED, State.DRAINING)
 
     # ------------------------------------------------------------------ the coordinator's side
 
@@ -211,18 +218,29 @@ class Ownership:
         self.progress.list_ended()
 
     def drain(self, bucket: int) -> None:
-        """Stop dispatching the bucket; its running commands may finish."""
-        if bucket in self.states:
+        """Hand the bucket over: admit nothing newer, finish what was received."""
+        if self.states.get(bucket) is State.OWNED:
             self.states[bucket] = State.DRAINING
+            position = self.stream.position() if self.stream is not None else None
+            self.progress.cap(bucket, position)
+
+    def busy(self, bucket: int) -> int:
+        """The bucket's events queued or running here."""
+        assert self.pool is not None and self.engine is not None
+        match = self._matcher(bucket)
+        return self.pool.in_flight(match) + self.engine.queued(match)
 
     def running(self, bucket: int) -> int:
         assert self.pool is not None
-        return self.pool.in_flight(lambda ev: self.bucket(ev) == bucket)
+        return self.pool.in_flight(self._matcher(bucket))
+
+    def _matcher(self, bucket: int) -> Callable[[Event], bool]:
+        return lambda ev: self.bucket(ev) == bucket
 
     def kill(self, bucket: int) -> int:
         """Stop the bucket's running commands now (a drain that ran out of time)."""
         assert self.pool is not None
-        return self.pool.fence(lambda ev: self.bucket(ev) == bucket, self.kill_grace)
+        return self.pool.fence(self._matcher(bucket), self.kill_grace)
 
     def release(self, bucket: int) -> None:
         """The bucket is no longer ours: forget everything of it."""
@@ -231,6 +249,10 @@ class Ownership:
         self.awaiting.discard(bucket)
         self._purge({bucket})
         self.progress.forget_bucket(bucket)
+        position = self.stream.position() if self.stream is not None else None
+        if self.server_side and position is not None:
+            assert self.stream is not None
+            self.stream.rewind(str(position))  # the watch restarts with the narrower selector
 
     def suspend(self) -> int:
         """The Lease's deadline passed: stop every command, keep the queued work, dispatch
@@ -242,8 +264,13 @@ class Ownership:
 
     def resume(self, bucket: int, epoch: int) -> None:
         """A suspended bucket was won back (compare-and-swap on its Lease)."""
-        self.states[bucket] = State.OWNED
-        self.epochs[bucket] = epoch
+        if bucket in self.progress.caps:
+            # It was being handed over when it was suspended: what arrived since the drain
+            # began was not admitted, so catch up from its watermark as a new owner would.
+            self.acquire(bucket, epoch, self.watermarks().get(bucket))
+        else:
+            self.states[bucket] = State.OWNED
+            self.epochs[bucket] = epoch
         if self.pool is not None and self.open():
             self.pool.pump_all()
 

@@ -230,6 +230,11 @@ class KeyQueue:
         if ev.key not in self._processing:
             self._make_ready(ev.key, live=True)
 
+    def count(self, match: Callable[[Event], bool]) -> int:
+        """Pending and delayed events ``match`` selects."""
+        pending = sum(1 for events in self._pending.values() for ev in events if match(ev))
+        return pending + sum(1 for _, ev, _ in self._delayed.values() if match(ev))
+
     def discard(self, match: Callable[[Event], bool]) -> int:
         """Drop every pending or delayed event ``match`` selects (work this process gives up);
         in-flight events stay until their ``done``. Returns how many were dropped."""

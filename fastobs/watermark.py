@@ -17,7 +17,9 @@ or was superseded by a newer state of its object that has been run. It is
   of the state at rv r moves its hold past r (or ends it when nothing newer came), so
   pending, running *and failed* keys hold it back, and a key that keeps changing does not
   hold it back for ever;
-* ``floor(b)``: the watermark b was acquired with (what the previous owner completed).
+* ``floor(b)``: the watermark b was acquired with (what the previous owner completed);
+* while b is being handed over (drained), ``W(b)`` also stays at or below the stream position
+  the drain began at: nothing newer is admitted for b any more.
 
 Only per-bucket numbers leave this module; the per-key holds stay in this process (at most one
 entry per key with pending work, which ``--max-pending`` bounds).
@@ -64,6 +66,8 @@ class Progress:
         catching up are dropped up to it (they were received before)."""
         self.listing = False
         """A relist that catches buckets up is under way: their watermark stays at the floor."""
+        self.caps: dict[int, int] = {}
+        """Buckets being handed over: the stream position their drain began at."""
 
     # ------------------------------------------------------------------ event path
 
@@ -140,6 +144,14 @@ class Progress:
 
     # ------------------------------------------------------------------ buckets
 
+    def cap(self, bucket: int, position: int | None) -> None:
+        """From now on nothing newer than ``position`` is admitted for ``bucket`` (None: lift
+        the cap). With no known position the bucket promises nothing new."""
+        if position is None:
+            self.caps.pop(bucket, None)
+        else:
+            self.caps[bucket] = position
+
     def start_bucket(self, bucket: int, floor: int | None) -> None:
         self.floors[bucket] = floor
         self.forget_bucket(bucket, keep_floor=True)
@@ -148,6 +160,7 @@ class Progress:
         for key in [k for k, h in self.holds.items() if h.bucket == bucket]:
             del self.holds[key]
         self.catching_up.discard(bucket)
+        self.caps.pop(bucket, None)
         if not keep_floor:
             self.floors.pop(bucket, None)
 
@@ -173,6 +186,8 @@ class Progress:
             level = position if b in self.catching_up or not self.replay_until \
                 else max(position, self.replay_until)
             mark = level if b not in oldest else min(level, oldest[b] - 1)
+            if b in self.caps:
+                mark = min(mark, self.caps[b])
             out[b] = mark if floor is None else max(floor, mark)
         return out
 

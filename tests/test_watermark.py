@@ -1,0 +1,105 @@
+"""Per-bucket watermarks: what they promise, and what holds them back."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastobs.watermark import Progress
+
+
+def test_nothing_pending_means_the_stream_position() -> None:
+    p = Progress()
+    assert p.watermark(0, None) is None  # nothing promised before the stream has a position
+    assert p.watermark(0, 120) == 120
+
+
+def test_pending_running_and_failed_keys_hold_their_bucket_back() -> None:
+    p = Progress()
+    p.hold("a", 0, "100", 0.0)
+    p.hold("b", 1, "105", 0.0)
+    assert p.watermarks({0, 1}, 110) == {0: 99, 1: 104}
+    p.hold("a", 0, "107", 0.0)  # a newer state of a while the older one is pending: still 99
+    assert p.watermark(0, 110) == 99
+    p.ran("a", "100")  # the older state ran, the newer is pending: past 100, not past 107
+    assert p.watermark(0, 110) == 100
+    p.ran("a", "107")
+    assert p.watermark(0, 110) == 110
+    # A failure is simply no ran(): b keeps holding bucket 1 back until a run succeeds.
+    assert p.watermark(1, 200) == 104
+    p.ran("b", "105")
+    assert p.watermark(1, 200) == 200
+
+
+def test_the_floor_is_kept_and_below_it_nothing_runs() -> None:
+    p = Progress()
+    p.start_bucket(3, 500)
+    assert p.below_floor(3, "500") and p.below_floor(3, "42")
+    assert not p.below_floor(3, "501") and not p.below_floor(3, "")
+    assert not p.below_floor(4, "1")
+    assert p.watermark(3, 400) == 500  # the stream is behind the floor (replaying): the floor holds
+    p.hold("k", 3, "520", 0.0)
+    assert p.watermark(3, 600) == 519
+
+
+def test_a_replay_drops_what_was_already_received_except_for_buckets_catching_up() -> None:
+    p = Progress()
+    p.start_bucket(2, 300)
+    p.replay_started(1000, {2}, relist=False)  # the stream had reached 1000, goes back to 300
+    assert p.replayed(2, "400")  # bucket 2 catches up
+    assert not p.replayed(5, "400")  # bucket 5 had it before the rewind
+    # During the replay, bucket 5 is complete up to where the stream was; bucket 2 up to the replay.
+    assert p.watermarks({2, 5}, 450) == {2: 450, 5: 1000}
+    assert p.replayed(5, "1001")  # past the old position: the replay is over
+    assert p.replayed(5, "1002") and not p.catching_up
+
+
+def test_a_relist_keeps_the_buckets_it_catches_up_at_their_floor_until_it_ends() -> None:
+    p = Progress()
+    p.start_bucket(1, None)
+    p.replay_started(800, {1}, relist=True)
+    assert p.watermark(1, 800) is None  # nothing run yet of a bucket that has no floor
+    p.list_ended()
+    assert p.watermark(1, 900) == 900
+
+
+def test_forgetting_a_bucket_drops_its_holds_and_floor() -> None:
+    p = Progress()
+    p.start_bucket(1, 10)
+    p.hold("x", 1, "20", 0.0)
+    p.forget_bucket(1)
+    assert p.holds == {} and p.watermark(1, 30) == 30
+
+
+def test_a_resource_version_that_is_not_a_number_turns_watermarks_off() -> None:
+    p = Progress()
+    p.hold("x", 0, "a1b2", 0.0)
+    assert not p.usable and p.watermarks({0}, 10) == {}
+
+
+@given(st.lists(st.tuples(st.integers(0, 9), st.booleans()), min_size=1, max_size=60))
+@settings(max_examples=300, deadline=None)
+def test_the_watermark_never_passes_a_state_that_has_not_run(ops: list[tuple[int, bool]]) -> None:
+    """Random arrivals and completions on 10 keys of one bucket, with coalescing (a completion
+    runs the key's newest state) and failures: W(b) ≥ rv implies every state ≤ rv ran or was
+    superseded by a newer state of its key that ran."""
+    p = Progress()
+    rv = 0
+    newest: dict[int, int] = {}
+    done_upto: dict[int, int] = {}  # key -> newest rv whose run succeeded
+    first_pending: dict[int, int] = {}
+    for key, complete in ops:
+        if complete and key in newest:
+            if rv % 3:  # most runs succeed; the rest fail and keep holding
+                p.ran(str(key), str(newest[key]))
+                done_upto[key] = newest[key]
+                first_pending.pop(key, None)
+            continue
+        rv += 1
+        newest[key] = rv
+        first_pending.setdefault(key, rv)
+        p.hold(str(key), 0, str(rv), 0.0)
+        mark = p.watermark(0, rv)
+        assert mark is not None
+        for k, pending in first_pending.items():
+            assert mark < pending, (k, pending, mark)
