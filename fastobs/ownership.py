@@ -168,6 +168,10 @@ class Ownership:
     def admits(self, ev: Event) -> bool:
         return self.states.get(self.bucket(ev)) in (State.OWNED, State.DRAINING)
 
+    def stamp(self, ev: Event) -> tuple[int, int]:
+        b = self.bucket(ev)
+        return b, self.epochs.get(b, 0)
+
     # ------------------------------------------------------------------ the coordinator's side
 
     def extend(self, valid_until: float) -> None:

@@ -69,6 +69,10 @@ class DispatchGate(Protocol):
         """False for an event that must not run here (its bucket is being given up)."""
         ...
 
+    def stamp(self, ev: Event) -> tuple[int, int]:
+        """(bucket, epoch) of an admitted event, for the command's environment."""
+        ...
+
 
 class PoolHandler(Protocol):
     def on_dispatch(self, ev: Event) -> None: ...
@@ -336,6 +340,8 @@ class Pool:
                 "rv": ev.rv,
                 "cached_arg": ev.cached_arg,
             }
+            if gate is not None:
+                job["bucket"], job["epoch"] = gate.stamp(ev)
             frames.append(protocol.encode_run(job, ev.obj or b""))
         if frames:
             w.writer.write(b"".join(frames))

@@ -107,6 +107,11 @@ class Job(TypedDict):
     rv: str
     cached_arg: str | None
     """oc's cached template output of a deleted object (rendered when its last state was run)."""
+    bucket: NotRequired[int]
+    """In a group of replicas: the object's bucket (the command's ``FASTOBS_BUCKET``)."""
+    epoch: NotRequired[int]
+    """In a group of replicas: the bucket's epoch, its Lease's ``leaseTransitions``, a fencing
+    token for the command (``FASTOBS_SHARD_EPOCH``)."""
 
 
 class Begun(TypedDict):

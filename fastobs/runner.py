@@ -105,9 +105,13 @@ class Runner:
             raise template_failure(exc, job, quote_object=quote) from None
 
     def _environment(self, job: Job, parsed: Any, obj: bytes | None) -> dict[str, str] | None:
-        if not self._needs_env:
+        epoch = job.get("epoch")
+        if not self._needs_env and epoch is None:
             return None
         env = self._base_env.copy()
+        if epoch is not None:
+            env["FASTOBS_BUCKET"] = str(job.get("bucket", 0))
+            env["FASTOBS_SHARD_EPOCH"] = str(epoch)
         s = self.settings
         if s.object_env_var:
             env[s.object_env_var] = kubectl_json(parsed).decode() if obj is not None else ""

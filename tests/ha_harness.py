@@ -41,9 +41,10 @@ import k8s_cluster as kc
 PYTHON = sys.executable
 
 RECORD = r"""#!/bin/bash
-# Recorded command of the HA harness: [namespace] name rv (the template); T_TYPE is the event type.
+# Recorded command of the HA harness: [namespace] name rv (the template); T_TYPE is the event
+# type, FASTOBS_BUCKET and FASTOBS_SHARD_EPOCH come from fastobs.
 key="$1/$2"; rv="$3"
-me="$HA_REPLICA $FASTOBS_IDENTITY $$ $key ${rv:--} $T_TYPE"
+me="$HA_REPLICA $FASTOBS_IDENTITY $$ $key ${rv:--} $T_TYPE $FASTOBS_BUCKET $FASTOBS_SHARD_EPOCH"
 printf 'S %s %s\n' "$me" "$EPOCHREALTIME" >> "$HA_LOG"
 finish() { printf 'E %s %s %s\n' "$me" "$EPOCHREALTIME" "$1" >> "$HA_LOG"; }
 trap 'finish killed; kill $pid 2>/dev/null; exit 143' TERM
@@ -545,6 +546,8 @@ class Invocation:
     key: str
     rv: str
     type: str
+    bucket: int
+    epoch: int
     start: float
     end: float = float("inf")
     status: str = ""
@@ -561,16 +564,16 @@ def parse_log(path: Path) -> list[Invocation]:
     order: list[Invocation] = []
     for line in path.read_text().splitlines():
         parts = line.split(" ")
-        if len(parts) < 8:
+        if len(parts) < 10:
             continue
-        kind, replica, incarnation, pid, key, rv, type_, t = parts[:8]
+        kind, replica, incarnation, pid, key, rv, type_, bucket, epoch, t = parts[:10]
         if kind == "S":
-            inv = Invocation(replica, incarnation, pid, key, rv, type_, float(t))
+            inv = Invocation(replica, incarnation, pid, key, rv, type_, int(bucket), int(epoch), float(t))
             runs[(incarnation, pid)] = inv
             order.append(inv)
         elif kind == "E" and (incarnation, pid) in runs:
             inv = runs.pop((incarnation, pid))
-            inv.end, inv.status = float(t), parts[8] if len(parts) > 8 else ""
+            inv.end, inv.status = float(t), parts[10] if len(parts) > 10 else ""
     return order
 
 
@@ -585,11 +588,14 @@ class Report:
     """(key, rv, type) run more than once (at-least-once after crashes; informational)."""
     killed: int
     """Commands stopped by fencing (they wrote their end from the SIGTERM trap)."""
+    shared_epochs: list[tuple[int, int, set[str]]]
+    """(bucket, epoch, incarnations) where two processes ran commands under one fencing token."""
 
     def summary(self) -> str:
         return (f"{self.invocations} invocations on {self.keys} keys: {len(self.overlaps)} overlaps, "
                 f"{len(self.lost)} lost final states, {len(self.unterminated)} unterminated, "
-                f"{self.duplicates} duplicate runs, {self.killed} stopped by fencing")
+                f"{self.duplicates} duplicate runs, {self.killed} stopped by fencing, "
+                f"{len(self.shared_epochs)} shared epochs")
 
 
 def check(runs: list[Invocation], final: dict[str, str], ever: set[str]) -> Report:
@@ -619,11 +625,15 @@ def check(runs: list[Invocation], final: dict[str, str], ever: set[str]) -> Repo
         elif last is None or last.type != "Deleted":
             lost.append(f"{key}: deleted, last run {(last.type, last.rv, last.replica) if last else None}")
     seen = Counter((i.key, i.rv, i.type) for i in runs if i.finished)
+    epochs: dict[tuple[int, int], set[str]] = defaultdict(set)
+    for inv in runs:
+        epochs[(inv.bucket, inv.epoch)].add(inv.incarnation)
     return Report(
         invocations=len(runs), keys=len(by_key), overlaps=overlaps, lost=lost,
         unterminated=[i for i in runs if i.end == float("inf")],
         duplicates=sum(n - 1 for n in seen.values() if n > 1),
         killed=sum(1 for i in runs if i.status == "killed"),
+        shared_epochs=[(b, e, who) for (b, e), who in sorted(epochs.items()) if len(who) > 1],
     )
 
 

@@ -41,6 +41,9 @@ class Gate:
     def admits(self, ev: Event) -> bool:
         return ev.key not in self.refused
 
+    def stamp(self, ev: Event) -> tuple[int, int]:
+        return 3, 7
+
 
 class Handler(Recorder):
     dropped: list[str]

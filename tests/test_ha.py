@@ -72,6 +72,7 @@ def _assert_clean(group: Group, report: object) -> None:
     assert report.overlaps == [], f"runs of one key overlapped:\n{detail}\n{group.logs_tail()}"
     assert report.lost == [], f"lost final states: {report.lost[:10]}\n{group.logs_tail()}"
     assert report.unterminated == [], report.unterminated[:5]
+    assert report.shared_epochs == [], report.shared_epochs
 
 
 def test_leader_failover_after_a_crash(api: Api, hans: str, tmp_path: Path) -> None:
