@@ -211,7 +211,8 @@ class Coordinator:
                 await asyncio.sleep(self._period())
         await self._settle_view()
         await self._reconcile()
-        self._spawn(self._loop(), "the lease loop")
+        self._spawn(self._renew_loop(), "the renewal loop")
+        self._spawn(self._decide_loop(), "the decision loop")
 
     def _spawn(self, coro: Awaitable[None], what: str) -> None:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -267,17 +268,22 @@ class Coordinator:
 
     # ------------------------------------------------------------------ the loop
 
-    async def _loop(self) -> None:
-        next_renew = clock()
+    async def _renew_loop(self) -> None:
+        """Renew every retry period, whatever the decisions are doing (a round of decisions
+        can take seconds on a slow API server; renewals must not wait for it)."""
         while not self.stopping:
             self.stats.last_loop = time.monotonic()
-            if clock() >= next_renew:
-                await self._renew()
-                next_renew = clock() + self._period()
+            await self._renew()
+            await asyncio.sleep(self._period())
+
+    async def _decide_loop(self) -> None:
+        """Decide again whenever the view changes, a Lease may have expired, or a renewal
+        came in (at least every retry period)."""
+        while not self.stopping:
+            self._wake.clear()
             await self._reconcile()
             self._gc_soon()
-            self._wake.clear()
-            delay = max(0.0, min(next_renew, self._next_expiry()) - clock())
+            delay = max(0.0, min(clock() + self._period(), self._next_expiry()) - clock())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), delay)
 
@@ -401,6 +407,7 @@ class Coordinator:
         self.last_renewed = sent
         self.valid_until = sent + self.rd
         self.ownership.extend(self.valid_until)
+        self.kick()  # suspended buckets can be won back now
         if self._fence_timer is not None:
             self._fence_timer.cancel()
         loop = asyncio.get_running_loop()
@@ -470,9 +477,9 @@ class Coordinator:
     async def _reconcile(self) -> None:
         if self.me is None or self.stopping or clock() >= self.valid_until:
             return
-        for bucket, held_state in list(self.ownership.states.items()):
-            if held_state is State.SUSPENDED:
-                await self._resume(bucket)
+        suspended = [b for b, st in self.ownership.states.items() if st is State.SUSPENDED]
+        if suspended:
+            await asyncio.gather(*(self._resume(b) for b in suspended))
         now = clock()
         members = self._members()
         live = {h for h, s in members.items() if self._alive(s, now)} | {self.holder}
@@ -491,16 +498,20 @@ class Coordinator:
             log.warning("%d replicas share %d buckets: %d of them stand by", len(live), self.buckets,
                         len(live) - self.buckets)
             self._warned_standbys = True
+        candidates: list[tuple[int, bool]] = []
         for b, owner in sorted(target.items()):
-            if clock() >= self.valid_until:
-                return
             state = self.ownership.states.get(b)
             if state is State.DRAINING and b not in self._drains:
                 self._start_drain(b)  # a release that failed: once drained, a bucket is released
             elif state is State.OWNED and owner != self.holder and b not in self._drains:
                 self._start_drain(b)
             elif state is None and b not in self._drains:
-                await self._maybe_acquire(b, records[b], owner == self.holder, members, now)
+                candidates.append((b, owner == self.holder))
+        if candidates and clock() < self.valid_until:
+            # One round trip for all of them: sequential writes on a slow server would outlast
+            # the Lease's validity.
+            await asyncio.gather(*(self._maybe_acquire(b, records[b], targeted, members, now)
+                                   for b, targeted in candidates))
 
     async def _maybe_acquire(self, b: int, seen: Seen | None, targeted: bool, members: dict[str, Seen],
                              now: float) -> None:
