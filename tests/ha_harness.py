@@ -39,16 +39,41 @@ from typing import Any
 import k8s_cluster as kc
 
 PYTHON = sys.executable
+GROUPS: list[Group] = []
+"""Every group made here, so :func:`stop_everything` can leave no replica behind."""
+
+
+def stop_everything() -> None:
+    """Stop every replica and proxy of every group (a failed test or bench leaves none)."""
+    while GROUPS:
+        with contextlib.suppress(Exception):
+            GROUPS.pop().stop_all()
+
+
+def _die_with_us() -> Callable[[], None]:
+    """A preexec_fn: SIGKILL the replica if the process that started it dies."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
 
 RECORD = r"""#!/bin/bash
 # Recorded command of the HA harness: [namespace] name rv (the template); T_TYPE is the event
 # type, FASTOBS_BUCKET and FASTOBS_SHARD_EPOCH come from fastobs.
 key="$1/$2"; rv="$3"
+printf -v pause '0.%03d' $((RANDOM % (HA_SLEEP_MS_MAX - HA_SLEEP_MS_MIN + 1) + HA_SLEEP_MS_MIN))
 me="$HA_REPLICA $FASTOBS_IDENTITY $$ $key ${rv:--} $T_TYPE $FASTOBS_BUCKET $FASTOBS_SHARD_EPOCH"
 printf 'S %s %s\n' "$me" "$EPOCHREALTIME" >> "$HA_LOG"
 finish() { printf 'E %s %s %s\n' "$me" "$EPOCHREALTIME" "$1" >> "$HA_LOG"; }
 trap 'finish killed; kill $pid 2>/dev/null; exit 143' TERM
-sleep "0.$(printf '%03d' $((RANDOM % (HA_SLEEP_MS_MAX - HA_SLEEP_MS_MIN + 1) + HA_SLEEP_MS_MIN)))" & pid=$!
+sleep "$pause" & pid=$!
 wait $pid
 finish ok
 """
@@ -253,7 +278,8 @@ class Replica:
             err.write(f"--- start {self.starts} at {time.time():.3f}\n".encode())
             err.flush()
             self.proc = subprocess.Popen(self.argv, env=self.env, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+                                         stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                                         preexec_fn=_die_with_us())
         return self
 
     @property
@@ -339,6 +365,7 @@ class Group:
         self.proxies: dict[str, Proxy] = {}
         self.events: list[tuple[float, str]] = []
         """(time, what) of every fault and step, for the report."""
+        GROUPS.append(self)
 
     def note(self, what: str, t: float | None = None) -> float:
         t = time.time() if t is None else t

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import k8s_cluster as kc
 import pytest
-from ha_harness import Api, Group, Loader, Timing, check, first_start, settle
+from ha_harness import Api, Group, Loader, Timing, check, first_start, settle, stop_everything
 
 pytestmark = pytest.mark.cluster
 T = Timing()
@@ -44,8 +44,9 @@ def ha_cluster(request: pytest.FixtureRequest) -> Iterator[kc.Cluster]:
 
 
 @pytest.fixture
-def api(ha_cluster: kc.Cluster) -> Api:
-    return Api(ha_cluster)
+def api(ha_cluster: kc.Cluster) -> Iterator[Api]:
+    yield Api(ha_cluster)
+    stop_everything()  # a test that failed half-way leaves no replica running
 
 
 @pytest.fixture
