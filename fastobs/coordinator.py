@@ -503,7 +503,8 @@ class Coordinator:
             state = self.ownership.states.get(b)
             if state is State.DRAINING and b not in self._drains:
                 self._start_drain(b)  # a release that failed: once drained, a bucket is released
-            elif state is State.OWNED and owner != self.holder and b not in self._drains:
+            elif state is State.OWNED and owner != self.holder and b not in self._drains \
+                    and self.ownership.promises(b):
                 self._start_drain(b)
             elif state is None and b not in self._drains:
                 candidates.append((b, owner == self.holder))

@@ -228,6 +228,12 @@ class Ownership:
             position = self.stream.position() if self.stream is not None else None
             self.progress.cap(bucket, position)
 
+    def promises(self, bucket: int) -> bool:
+        """Whether the bucket can be handed over with a watermark now (or never will have one).
+        Before its first list has ended a bucket has none; released then, its next owner would
+        relist and miss the deletes of objects listed here but not run yet, so a move waits."""
+        return not self.progress.usable or bucket in self.watermarks()
+
     def busy(self, bucket: int) -> int:
         """The bucket's events queued or running here."""
         assert self.pool is not None and self.engine is not None
@@ -288,7 +294,14 @@ class Ownership:
 
     def watermarks(self) -> dict[int, int]:
         position = self.stream.position() if self.stream is not None else None
-        return self.progress.watermarks(set(self.states), position)
+        marks = self.progress.watermarks(set(self.states), position)
+        for b in self.awaiting:  # acquired, replay not started yet: nothing past the floor ran here
+            floor = self.progress.floors.get(b)
+            if floor is None:
+                marks.pop(b, None)
+            else:
+                marks[b] = floor
+        return marks
 
     def selector(self) -> str:
         """The server-side ``shardSelector`` of every bucket held or being caught up."""

@@ -103,3 +103,63 @@ def test_the_watermark_never_passes_a_state_that_has_not_run(ops: list[tuple[int
         assert mark is not None
         for k, pending in first_pending.items():
             assert mark < pending, (k, pending, mark)
+
+
+class _Stream:
+    def __init__(self) -> None:
+        self.pos: int | None = None
+        self.rewinds: list[str | None] = []
+
+    def rewind(self, rv: str | None) -> None:
+        self.rewinds.append(rv)
+
+    def position(self) -> int | None:
+        return self.pos
+
+
+class _Engine:
+    def purge(self, events: object, records: object) -> None:
+        pass
+
+    def queued(self, match: object) -> int:
+        return 0
+
+
+class _Pool:
+    def fence(self, match: object, grace: float) -> int:
+        return 0
+
+    def in_flight(self, match: object) -> int:
+        return 0
+
+    def set_deadline(self, until: float, grace: float) -> None:
+        pass
+
+    def pump_all(self) -> None:
+        pass
+
+
+def test_a_bucket_without_a_watermark_is_not_handed_over_until_its_list_has_ended() -> None:
+    """Released before its first list ended, a bucket would reach its next owner without a
+    watermark, and that owner's relist would miss the deletes of objects listed here."""
+    from fastobs.buckets import Bucketer
+    from fastobs.ownership import Ownership
+
+    stream = _Stream()
+    own = Ownership(Bucketer(4, "name"), kill_grace=0.5)
+    own.bind(engine=_Engine(), pool=_Pool(), stream=stream)
+    own.acquire(2, 1, None)
+    assert stream.rewinds == [None]
+    own.rewound(None, expired=False)  # the relist starts
+    stream.pos = 700
+    assert not own.promises(2)
+    own.list_ended()
+    assert own.promises(2) and own.watermarks() == {2: 700}
+    own.acquire(3, 1, 650)  # acquired with a watermark: it can move on at once
+    assert stream.rewinds == [None, "650"]
+    assert own.promises(3) and own.watermarks()[3] == 650  # not the stream's 700 before the replay
+    own.rewound("650", expired=False)
+    stream.pos = 650  # the source watches again from there
+    assert own.watermarks()[3] == 650
+    stream.pos = 720
+    assert own.watermarks() == {2: 720, 3: 720}
