@@ -442,6 +442,29 @@ def test_livez_ignores_the_api_server_and_follows_the_workers() -> None:
     run_server(body)
 
 
+def test_readyz_role_and_owner_in_a_group_of_replicas() -> None:
+    """A standby stays ready (a rolling update must go on) and says so in ?verbose;
+    /readyz/owner is ready only while the replica owns buckets; /livez adds the member loop."""
+    async def body(server: Server, get: Get, metrics: Metrics, health: FakeHealth) -> None:
+        health.synced = health.watching = True
+        assert (await get("/readyz/owner"))[:2] == (
+            500, "[-]owner failed: not in a group of replicas\nreadyz check failed\n")
+        health.role = "standby"
+        assert (await get("/readyz"))[:2] == (200, "ok")
+        assert (await get("/readyz?verbose"))[:2] == (
+            200, "[+]initial-sync ok\n[+]watch ok\n[+]role: standby ok\nreadyz check passed\n")
+        assert (await get("/readyz/owner"))[:2] == (500, "[-]owner failed: standby\nreadyz check failed\n")
+        health.role = "owner of 5 of 16 buckets"
+        assert (await get("/readyz/owner"))[:2] == (200, "ok")
+        assert "[+]role: owner of 5 of 16 buckets ok\n" in (await get("/readyz?verbose"))[1]
+        assert (await get("/livez?verbose"))[:2] == (200, "[+]workers ok\n[+]group ok\nlivez check passed\n")
+        health.group_loop = False
+        assert (await get("/livez"))[:2] == (
+            500, "[+]workers ok\n[-]group failed: the member loop stopped running\nlivez check failed\n")
+
+    run_server(body)
+
+
 def test_a_raising_health_check_fails_the_check_not_the_server(caplog: pytest.LogCaptureFixture) -> None:
     async def body(server: Server, get: Get, metrics: Metrics, health: FakeHealth) -> None:
         health.synced = health.watching = True
