@@ -617,12 +617,15 @@ class Report:
     """Commands stopped by fencing (they wrote their end from the SIGTERM trap)."""
     shared_epochs: list[tuple[int, int, set[str]]]
     """(bucket, epoch, incarnations) where two processes ran commands under one fencing token."""
+    stale: list[Invocation] = field(default_factory=list)
+    """Commands started under an older epoch of their bucket than one already started: a
+    replica acting on ownership it had lost (a paused process waking up, say)."""
 
     def summary(self) -> str:
         return (f"{self.invocations} invocations on {self.keys} keys: {len(self.overlaps)} overlaps, "
                 f"{len(self.lost)} lost final states, {len(self.unterminated)} unterminated, "
                 f"{self.duplicates} duplicate runs, {self.killed} stopped by fencing, "
-                f"{len(self.shared_epochs)} shared epochs")
+                f"{len(self.shared_epochs)} shared epochs, {len(self.stale)} stale-epoch starts")
 
 
 def check(runs: list[Invocation], final: dict[str, str], ever: set[str]) -> Report:
@@ -661,7 +664,18 @@ def check(runs: list[Invocation], final: dict[str, str], ever: set[str]) -> Repo
         duplicates=sum(n - 1 for n in seen.values() if n > 1),
         killed=sum(1 for i in runs if i.status == "killed"),
         shared_epochs=[(b, e, who) for (b, e), who in sorted(epochs.items()) if len(who) > 1],
+        stale=_stale_epochs(runs),
     )
+
+
+def _stale_epochs(runs: list[Invocation]) -> list[Invocation]:
+    newest: dict[int, int] = {}
+    stale = []
+    for inv in sorted(runs, key=lambda i: i.start):
+        if inv.epoch < newest.get(inv.bucket, 0):
+            stale.append(inv)
+        newest[inv.bucket] = max(newest.get(inv.bucket, 0), inv.epoch)
+    return stale
 
 
 def settle(group: Group, ever: set[str], timeout: float = 60.0) -> tuple[Report, dict[str, str]]:

@@ -74,6 +74,7 @@ def _assert_clean(group: Group, report: object) -> None:
     assert report.lost == [], f"lost final states: {report.lost[:10]}\n{group.logs_tail()}"
     assert report.unterminated == [], report.unterminated[:5]
     assert report.shared_epochs == [], report.shared_epochs
+    assert report.stale == [], report.stale[:5]
 
 
 def test_leader_failover_after_a_crash(api: Api, hans: str, tmp_path: Path) -> None:
@@ -303,6 +304,70 @@ def test_apiserver_restart(api: Api, hans: str, tmp_path: Path, ha_cluster: kc.C
                   f"ready → every bucket owned: {owned - ready:.2f}s (goal ≤ {T.failover_goal + 0.5:.1f}s)")
     _assert_clean(group, report)
     assert late == [] and running == []
+
+
+def test_one_replica_restarts_past_the_servers_history_and_with_resync_on_start(
+        api: Api, hans: str, tmp_path: Path, ha_cluster: kc.Cluster) -> None:
+    """One replica (B=1) on 40 settled objects. Stop it, restart the API server (its watch
+    cache, the history a replay needs, starts empty), change one object and delete another,
+    start the replica: it says the history is gone (log line and metric), runs the changed
+    object and nothing it already ran, and --names catches the delete, as in oc. Then a restart
+    with --resync-on-start runs every object again, as oc observe does."""
+    names = tmp_path / "names.sh"
+    loader = Loader(api, hans, 40)
+    names.write_text("#!/bin/sh\n" + "".join(f"echo {hans}/{n}\n" for n in loader.names))
+    names.chmod(0o755)
+    group = Group(api, hans, tmp_path, lease="solo", buckets=1, sleep_ms=(1, 5),
+                  extra=["--names", str(names)])
+    loader.create_all()
+    group.add("a")
+    group.start("a")
+    group.wait_owned(["a"])
+    every = set(f"{hans}/{n}" for n in loader.names)
+    report, _ = settle(group, every)
+    assert report.lost == [], report.lost[:5]
+    first = len(group.invocations())
+    assert group.replicas["a"].stop() == 0
+    took = kc.restart_apiserver(ha_cluster)
+    group.note(f"settled after {first} runs; stopped; kube-apiserver restarted ({took:.1f}s)")
+    assert api.request("PATCH", f"/api/v1/namespaces/{hans}/configmaps/k00003", {"data": {"n": "x"}},
+                       "application/merge-patch+json")[0] == 200
+    assert api.request("DELETE", f"/api/v1/namespaces/{hans}/configmaps/k00005")[0] == 200
+    group.note("while down: k00003 changed, k00005 deleted")
+    group.start("a")
+    group.wait_owned(["a"])
+    report, _ = settle(group, every)
+    time.sleep(2.0)  # anything that would re-run has had time to
+    after = group.invocations()[first:]
+    reruns = sorted((i.key.split("/")[1], i.type) for i in after)
+    metrics = group.replicas["a"].metrics()
+    expired = metrics.get("fastobs_group_history_expired_total", 0.0)
+    said = [line for line in group.replicas["a"].log().splitlines() if "no longer has the changes" in line]
+    group.note(f"restarted: {len(after)} runs {reruns}; history expired {expired:g}; {len(said)} log line(s)")
+    assert group.replicas["a"].stop() == 0
+    second = len(group.invocations())
+    group.replicas["a"].argv.insert(-2, "--resync-on-start")
+    group.start("a")
+    group.wait_owned(["a"])
+    deadline = time.monotonic() + 60
+    while len({i.key for i in group.invocations()[second:] if i.finished}) < len(every) - 1 \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    resynced = group.invocations()[second:]
+    report = check(group.invocations(), api.configmaps(hans), every)
+    group.stop_all()
+    _print_report("one replica, restarts", group, report.summary(),
+                  f"; after an API server restart: {len(after)} runs (the change and the delete; "
+                  f"oc observe: 39 + the delete), history expired {expired:g}; with --resync-on-start: "
+                  f"{len(resynced)} runs for {len(every) - 1} objects (and the --names delete)")
+    _assert_clean(group, report)
+    assert reruns == [("k00003", "Sync"), ("k00005", "Deleted")] or \
+        reruns == [("k00003", "Updated"), ("k00005", "Deleted")], reruns
+    assert expired >= 1 and len(said) >= 1, group.logs_tail()
+    synced = [i for i in resynced if i.type != "Deleted"]  # --names reports k00005 at every start
+    assert sorted(i.key for i in synced) == sorted(every - {f"{hans}/k00005"})
+    assert {i.type for i in synced} == {"Sync"}
 
 
 def _events_per_replica(group: Group) -> dict[str, dict[str, int]]:
