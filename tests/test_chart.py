@@ -39,6 +39,7 @@ CRD = CHART / "ci" / "crd-values.yaml"
 MONITORING = CHART / "ci" / "monitoring-values.yaml"
 EXISTING = CHART / "ci" / "existing-objects-values.yaml"
 BAKED = CHART / "ci" / "baked-image-values.yaml"
+GROUP = CHART / "ci" / "group-values.yaml"
 RULES = ROOT / "deploy" / "prometheus" / "fastobs-rules.yaml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "fastobs-dashboard.json"
 VALIDATE_VERSIONS = ("1.30.0", "1.37.0")
@@ -346,6 +347,67 @@ def test_one_replica_recreated_with_probes_and_a_writable_tmp(helm: Helm) -> Non
     assert {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}} in pod["volumes"]
 
 
+def test_a_group_of_replicas_rolls_with_its_pod_names_as_identities(helm: Helm) -> None:
+    objects = helm.render(GROUP, namespace="apps")
+    deploy = find(objects, "Deployment")
+    assert deploy["spec"]["replicas"] == 3
+    assert deploy["spec"]["strategy"] == {"type": "RollingUpdate",
+                                          "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    container = workload_container(objects)
+    args = container["args"]
+    flags = args[args.index("--log-level=info") + 1: args.index("--")]
+    assert flags == ["--lease-name=obs-fastobs", "--lease-namespace=apps", "--identity=$(POD_NAME)",
+                     "--buckets=16"]
+    assert container["env"][0] == {"name": "POD_NAME",
+                                   "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    # A standby is ready (a rolling update must go on), so the probes stay those of one pod.
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_group_values_become_their_flags_and_one_pod_may_be_a_group(helm: Helm) -> None:
+    sets = {"group.enabled": True, "group.leaseName": "reconcilers", "group.shardKey": "uid",
+            "group.shardFilter": "server", "group.leaseDuration": "30s", "group.renewDeadline": "20s",
+            "group.retryPeriod": "4s", "group.leaseKillGrace": "3s", "group.drainTimeout": "1m",
+            "group.resyncOnStart": True}
+    objects = helm.render(DEFAULT, namespace="apps", sets=sets)
+    deploy = find(objects, "Deployment")
+    assert deploy["spec"]["replicas"] == 1
+    assert deploy["spec"]["strategy"]["type"] == "RollingUpdate"
+    args = workload_container(objects)["args"]
+    flags = args[args.index("--log-level=info") + 1: args.index("--")]
+    assert flags == ["--lease-name=reconcilers", "--lease-namespace=apps", "--identity=$(POD_NAME)",
+                     "--buckets=1", "--shard-key=uid", "--shard-filter=server", "--lease-duration=30s",
+                     "--renew-deadline=20s", "--retry-period=4s", "--lease-kill-grace=3s",
+                     "--drain-timeout=1m", "--resync-on-start"]
+    proc = subprocess.run([sys.executable, "-m", "fastobs", *args[: args.index("--")], "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_lease_role_is_in_the_release_namespace_and_covers_leases_only(helm: Helm) -> None:
+    objects = helm.render(GROUP, namespace="apps")
+    role = find(objects, "Role", "obs-fastobs-leases")
+    assert role["metadata"]["namespace"] == "apps"
+    assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                              "verbs": ["get", "list", "watch", "create", "update", "delete"]}]
+    binding = find(objects, "RoleBinding", "obs-fastobs-leases")
+    assert binding["metadata"]["namespace"] == "apps"
+    assert binding["roleRef"]["name"] == "obs-fastobs-leases"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "obs-fastobs", "namespace": "apps"}]
+    watch_role = find(objects, "Role", "obs-fastobs")
+    assert watch_role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "verbs": WATCH_VERBS}]
+    single = helm.render(DEFAULT, namespace="apps")
+    assert [o for o in single if o["metadata"]["name"].endswith("-leases")] == []
+
+
+def test_several_pods_outside_a_group_are_refused(helm: Helm) -> None:
+    res = helm.template(DEFAULT, sets={"replicas": 2}, extra=["--set", "group.enabled=false"], check=False)
+    assert res.returncode != 0
+    message = "replicas > 1 needs group.enabled true or null: pods outside a group would each run every"
+    assert f"{message} command" in res.stderr, res.stderr
+    print(res.stderr.strip().splitlines()[-1])
+
+
 def test_helm_test_pod_is_a_hook_on_the_service(helm: Helm) -> None:
     objects = helm.render(DEFAULT, namespace="apps")
     pod = find(objects, "Pod")
@@ -423,8 +485,11 @@ def test_chart_files_are_links_to_the_single_source(helm: Helm, tmp_path: Path) 
 # -- values.schema.json and template failures ------------------------------------------------
 
 BAD_VALUES = [
-    ({"replicas": 2}, "/replicas"),
-    ({"strategy.type": "RollingUpdate"}, "/strategy/type"),
+    ({"replicas": -1}, "/replicas"),
+    ({"strategy.type": "BlueGreen"}, "/strategy/type"),
+    ({"group.buckets": 512}, "/group/buckets"),
+    ({"group.shardKey": "id"}, "/group/shardKey"),
+    ({"group.leaseDuration": "15 s"}, "/group/leaseDuration"),
     ({"watch.namspace": "x"}, "namspace"),
     ({"logging.format": "xml"}, "/logging/format"),
     ({"engine.workers": 0}, "/engine/workers"),
@@ -458,6 +523,7 @@ TEMPLATE_FAILURES = [
     ({"serviceMonitor.enabled": True, "service.enabled": False},
      "serviceMonitor.enabled needs service.enabled"),
     ({"watch.clusterScoped": True}, "pods is namespaced; leave watch.clusterScoped unset"),
+    ({"strategy.type": "RollingUpdate"}, "strategy RollingUpdate needs a group of replicas"),
 ]
 
 
@@ -475,7 +541,6 @@ def test_schema_is_self_contained() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     refs = re.findall(r'"\$ref":\s*"([^"]*)"', json.dumps(schema))
     assert not [r for r in refs if not r.startswith("#")], refs
-    assert schema["properties"]["replicas"]["maximum"] == 1
 
 
 # -- README, versions ---------------------------------------------------------------------

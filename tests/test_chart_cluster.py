@@ -25,6 +25,7 @@ import re
 import secrets
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -341,6 +342,114 @@ def test_upgrade_with_a_changed_script_rolls_the_pod(helm: Helm, k8s: KubeCluste
     gone = k8s.kubectl("get", "deployment,configmap,role", "-n", ns, "-l", "app.kubernetes.io/instance=up",
                        "-o", "name").stdout
     assert gone.strip() == ""
+
+
+# -- a group of replicas ---------------------------------------------------------------------------
+
+GROUP_SCRIPT = """\
+#!/bin/sh
+echo "$1/$2 $FASTOBS_IDENTITY $FASTOBS_BUCKET" >>"$GROUP_LOG"
+"""
+
+
+def owned_buckets(port: int) -> int:
+    status, text = http_get(port, "/metrics")
+    return int(metric(text, "fastobs_group_buckets_held", state="owned")) if status == 200 else -1
+
+
+@pytest.mark.timeout(300)
+def test_a_group_release_shares_the_work_under_its_own_service_account(
+    helm: Helm, k8s: KubeCluster, tmp_path: Path
+) -> None:
+    """replicas: 2 with group.buckets: 4, installed: the ServiceAccount may use Leases in the
+    release namespace and nowhere else, and two fastobs processes started with the rendered
+    arguments (the pod name put in, as the kubelet does) and a token of that ServiceAccount
+    share the buckets; SIGTERM to one hands its buckets to the other at once."""
+    ns = new_namespace(k8s, "group")
+    other = new_namespace(k8s, "other")
+    script, values, log = tmp_path / "act.sh", tmp_path / "values.yaml", tmp_path / "runs.log"
+    script.write_text(GROUP_SCRIPT)
+    script.chmod(0o755)
+    values.write_text(yaml.safe_dump({
+        "replicas": 2, "group": {"buckets": 4}, "watch": {"resource": "configmaps"},
+        "command": [str(script)], "logging": {"format": "text"}}))
+    install(helm, k8s, "grp", ns, values=(values,))
+    sa = "grp-fastobs"
+    verbs = ("get", "list", "watch", "create", "update", "delete")
+    expected: dict[tuple[str, ...], bool] = {(verb, "leases", "-n", ns): True for verb in verbs}
+    expected |= {("patch", "leases", "-n", ns): False, ("list", "leases", "-n", other): False,
+                 ("create", "leases", "-n", other): False, ("list", "leases", "--all-namespaces"): False,
+                 ("create", "configmaps", "-n", ns): False}
+    got = {args: can_i(k8s, sa, ns, *args) for args in expected}
+    assert got == expected
+    for i in range(12):
+        k8s.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"cm-{i:02d}"}},
+                  namespace=ns)
+    manifest = parse_manifests(helm.run("get", "manifest", "grp", "-n", ns,
+                                        kubeconfig=k8s.kubeconfig).stdout)
+    deploy = find(manifest, "Deployment")
+    assert deploy["spec"]["strategy"]["type"] == "RollingUpdate"
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    token = k8s.kubectl("create", "token", sa, "-n", ns, "--duration=1h").stdout.strip()
+    kubeconfig = tmp_path / "kubeconfig"
+    cluster = {"server": k8s.server, "certificate-authority": str(k8s.ca_file)}
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "c", "cluster": cluster}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa", "namespace": ns}}]}))
+    env = dict(os.environ, KUBECONFIG=str(kubeconfig), GROUP_LOG=str(log))
+    procs: list[tuple[subprocess.Popen[bytes], int]] = []
+
+    def logs() -> str:
+        return "\n".join(p.read_text()[-1500:] for p in tmp_path.glob("*.stderr"))
+
+    try:
+        for pod in ("grp-fastobs-5d8c9-aaaaa", "grp-fastobs-5d8c9-bbbbb"):
+            port = free_port()
+            argv = [a.replace("$(POD_NAME)", pod) for a in args]
+            argv = [f"--listen-addr=127.0.0.1:{port}" if a.startswith("--listen-addr=") else a for a in argv]
+            with (tmp_path / f"{pod}.stderr").open("wb") as err:
+                proc = subprocess.Popen([sys.executable, "-m", "fastobs", *argv], env=env,
+                                        stdout=err, stderr=err, start_new_session=True)
+            procs.append((proc, port))
+        a, b = procs
+
+        def shared() -> bool:
+            return owned_buckets(a[1]) == 2 and owned_buckets(b[1]) == 2
+
+        deadline = time.monotonic() + 90
+        while not shared() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert shared(), logs()
+        every = {f"{ns}/cm-{i:02d}" for i in range(12)}
+
+        def ran() -> set[str]:
+            return {line.split()[0] for line in log.read_text().splitlines()} if log.exists() else set()
+
+        while ran() != every and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ran() == every, logs()
+        leases = json.loads(k8s.kubectl("get", "leases", "-n", ns, "-l", "fastobs.io/lease-group=grp-fastobs",
+                                        "-o", "json").stdout)["items"]
+        print(f"{len(leases)} Leases in {ns}: " + ", ".join(
+            f"{x['metadata']['name']}={x['spec'].get('holderIdentity') or ''}" for x in leases))
+        forbidden = sum(metric(http_get(port, "/metrics")[1], "fastobs_api_errors_total", kind="forbidden")
+                        for _, port in procs)
+        assert forbidden == 0
+        stopped = time.monotonic()
+        a[0].send_signal(signal.SIGTERM)
+        assert a[0].wait(60) == 0, logs()
+        while owned_buckets(b[1]) != 4 and time.monotonic() < stopped + 30:
+            time.sleep(0.1)
+        took = time.monotonic() - stopped
+        print(f"SIGTERM to one replica: it exited 0, the other owns all 4 buckets {took:.1f} s after")
+        assert owned_buckets(b[1]) == 4, logs()
+    finally:
+        for proc, _ in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 # -- the chart's pod, run from the image ----------------------------------------------------------

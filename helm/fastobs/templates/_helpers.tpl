@@ -172,6 +172,9 @@ pass no flag, so fastobs's own default applies. */}}
 - {{ printf "--listen-addr=:%s" (include "fastobs.str" $v.metrics.port) | toJson }}
 - {{ printf "--log-format=%s" $v.logging.format | toJson }}
 - {{ printf "--log-level=%s" $v.logging.level | toJson }}
+{{- if include "fastobs.group" . }}
+{{- include "fastobs.groupArgs" . }}
+{{- end }}
 {{- range $v.extraArgs }}
 - {{ tpl (include "fastobs.str" .) $ | toJson }}
 {{- end }}
@@ -198,4 +201,60 @@ pass no flag, so fastobs's own default applies. */}}
 {{/* Seconds the kubelet waits after SIGTERM: fastobs's drain, its kill grace, and 5 s to exit. */}}
 {{- define "fastobs.terminationGracePeriodSeconds" -}}
 {{- add (int64 .Values.shutdown.graceSeconds) (int64 .Values.shutdown.killGraceSeconds) 5 }}
+{{- end }}
+
+{{/* A group of replicas ------------------------------------------------------------------
+"true" when the pods share the resource through Leases: group.enabled, or by default more
+than one replica. More than one pod outside a group would run every command twice. */}}
+{{- define "fastobs.group" -}}
+{{- $enabled := .Values.group.enabled }}
+{{- if kindIs "invalid" $enabled }}
+{{- if gt (int64 .Values.replicas) 1 }}true{{ end }}
+{{- else if $enabled }}true
+{{- else if gt (int64 .Values.replicas) 1 }}
+{{- fail "replicas > 1 needs group.enabled true or null: pods outside a group would each run every command" }}
+{{- end }}
+{{- end }}
+
+{{- define "fastobs.leaseName" -}}
+{{- .Values.group.leaseName | default (include "fastobs.fullname" .) }}
+{{- end }}
+
+{{/* The group's flags: every pod is its own identity (its pod name, from the downward API). */}}
+{{- define "fastobs.groupArgs" -}}
+{{- $g := .Values.group }}
+- {{ printf "--lease-name=%s" (include "fastobs.leaseName" .) | toJson }}
+- {{ printf "--lease-namespace=%s" .Release.Namespace | toJson }}
+- "--identity=$(POD_NAME)"
+- {{ printf "--buckets=%s" (include "fastobs.str" $g.buckets) | toJson }}
+{{- include "fastobs.flag" (dict "flag" "shard-key" "value" $g.shardKey) }}
+{{- include "fastobs.flag" (dict "flag" "shard-filter" "value" $g.shardFilter) }}
+{{- include "fastobs.flag" (dict "flag" "lease-duration" "value" $g.leaseDuration) }}
+{{- include "fastobs.flag" (dict "flag" "renew-deadline" "value" $g.renewDeadline) }}
+{{- include "fastobs.flag" (dict "flag" "retry-period" "value" $g.retryPeriod) }}
+{{- include "fastobs.flag" (dict "flag" "lease-kill-grace" "value" $g.leaseKillGrace) }}
+{{- include "fastobs.flag" (dict "flag" "drain-timeout" "value" $g.drainTimeout) }}
+{{- if $g.resyncOnStart }}
+- "--resync-on-start"
+{{- end }}
+{{- end }}
+
+{{/* Recreate for one pod (never two at once); in a group, a rolling update: the new pod joins
+and takes its share before the old one hands its share over. */}}
+{{- define "fastobs.strategy" -}}
+{{- $group := include "fastobs.group" . }}
+{{- $s := .Values.strategy }}
+{{- if and (eq (toString $s.type) "RollingUpdate") (not $group) }}
+{{- fail "strategy RollingUpdate needs a group of replicas (group.enabled): outside a group, two pods at once would run every command twice" }}
+{{- end }}
+{{- if $s }}
+{{- toYaml $s }}
+{{- else if $group }}
+type: RollingUpdate
+rollingUpdate:
+  maxSurge: 1
+  maxUnavailable: 0
+{{- else }}
+type: Recreate
+{{- end }}
 {{- end }}
