@@ -158,15 +158,24 @@ def test_kill_pause_and_partition_of_replicas(api: Api, hans: str, tmp_path: Pat
     group.note(f"churn stops ({dict(loader.ops)})")
     report, _ = settle(group, set(f"{hans}/{n}" for n in loader.names))
     runs = group.invocations()
+    scraped = {n: group.replicas[n].metrics() for n in ("a", "b", "c")}
     group.stop_all()
+    transitions = "fastobs_group_transitions_total{{reason=\"{}\"}}".format
+    fenced = {n: int(m.get(transitions("fenced"), 0)) for n, m in scraped.items()}
+    fencing = {n: int(m.get("fastobs_group_fencing_seconds_count", 0)) for n, m in scraped.items()}
+    takeovers = sum(int(m.get(transitions("takeover"), 0)) for m in scraped.values())
     # Nothing starts on a replica while it is cut off or paused, once its Lease's deadline passed.
     b_late = [i for i in runs
               if i.replica == "b" and stopped + T.renew_deadline < i.start < stopped + 2 * T.lease_duration]
     c_late = [i for i in runs if i.replica == "c" and cut + T.renew_deadline < i.start < healed]
     _print_report("kill, pause, partition", group, report.summary(),
-                  f"; started after the deadline: paused b {len(b_late)}, cut-off c {len(c_late)}")
+                  f"; started after the deadline: paused b {len(b_late)}, cut-off c {len(c_late)}; "
+                  f"/metrics: fenced transitions {fenced}, fencing durations observed {fencing}, "
+                  f"takeovers {takeovers}")
     _assert_clean(group, report)
     assert b_late == [] and c_late == []
+    assert fenced["b"] >= 1 and fenced["c"] >= 1 and fencing["b"] >= 1 and fencing["c"] >= 1
+    assert takeovers >= 3  # a's buckets after the kill, then b's, then c's
 
 
 def _moved(before: dict[int, str], after: dict[int, str]) -> int:
