@@ -230,6 +230,11 @@ class Source:
                 need_list = self._start_rewind() or need_list
             if need_list or self._relist_requested:
                 await self._list_until_success()
+                if self._rewind is not None:
+                    # Asked for during the list (which had no watch to interrupt): apply it
+                    # before watching, or it would wait for the watch's natural end.
+                    need_list = False
+                    continue
             need_list = await self._watch_cycle() is _Next.RELIST
 
     def rewind(self, rv: str | None) -> None:

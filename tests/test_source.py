@@ -199,6 +199,38 @@ async def test_list_is_paginated_and_items_are_whole_objects(k8s: Any, ns: str) 
         assert obj["data"] == {"k": "v"}
 
 
+class RewindingSink(Recorder):
+    """Asks its source to relist at the first item of the first list, as a replica that wins
+    a bucket during its initial list does."""
+
+    source: Source | None = None
+
+    def list_item(self, ev: Event) -> None:
+        super().list_item(ev)
+        if self.source is not None and self.count("begin") == 1 and self.count("item") == 1:
+            self.source.rewind(None)
+
+
+@pytest.mark.parametrize("stream_list", [False, True], ids=["paged", "streamed"])
+@aio
+async def test_a_rewind_asked_for_during_a_list_is_applied_before_the_watch(
+        k8s: Any, ns: str, stream_list: bool) -> None:
+    for i in range(5):
+        await create_cm(k8s, ns, f"cm-{i}")
+    async with source_for(k8s, "configmaps", ns, page_size=2, stream_list=stream_list) as (src, _):
+        sink = RewindingSink()
+        src._sink = sink
+        sink.source = src
+        rewound: list[str | None] = []
+        src.on_rewind = lambda rv, expired: rewound.append(rv)
+        async with running(src.run()):
+            await sink.wait_for(lambda: sink.count("end") == 2 and src.stats.watch_up,
+                                "the relist, then the watch")
+    assert rewound == [None]
+    assert [w for w, _ in sink.calls if w in ("begin", "end", "up")][:4] == ["begin", "end", "begin", "end"]
+    assert len(sink.last_list()) == 5
+
+
 @aio
 async def test_streamed_list_is_one_request_and_items_are_whole_objects(k8s: Any, ns: str) -> None:
     """The default initial list is a WatchList stream: same items, no re-encoding, one request."""
