@@ -228,7 +228,8 @@ def test_scale_two_three_two_moves_only_what_it_must(api: Api, hans: str, tmp_pa
 def test_restart_of_a_settled_group_reruns_nothing(api: Api, hans: str, tmp_path: Path) -> None:
     """Two replicas, four buckets, 300 settled objects. Stop both; meanwhile change one object,
     delete one and create one; start both again: exactly those three run (oc observe re-runs
-    all 300). Then SIGKILL both and start them again: still nothing re-runs."""
+    all 300). Then a rolling restart (a new replica in, an old one out, twice): nothing
+    re-runs. Then SIGKILL both and start them again: still nothing re-runs."""
     group = Group(api, hans, tmp_path, lease="restart", buckets=4, sleep_ms=(1, 10))
     loader = Loader(api, hans, 300, rate=10)
     loader.create_all()
@@ -256,13 +257,26 @@ def test_restart_of_a_settled_group_reruns_nothing(api: Api, hans: str, tmp_path
     after = group.invocations()[first:]
     reruns = sorted((i.key.split("/")[1], i.type) for i in after)
     group.note(f"restarted: {len(after)} runs: {reruns}")
+    # A rolling restart, as a Deployment does it (maxSurge 1, maxUnavailable 0): a new replica
+    # joins and takes its share, then an old one stops (SIGTERM) and hands its share over.
+    rolled = len(group.invocations())
+    for old_name, new_name, stays in (("a", "a2", "b"), ("b", "b2", "a2")):
+        group.add(new_name)
+        group.start(new_name)
+        group.wait_owned([old_name, stays, new_name], timeout=8 * T.lease_duration)
+        assert group.replicas[old_name].stop() == 0
+        group.wait_owned([stays, new_name], timeout=8 * T.lease_duration)
+        group.note(f"rolled: {new_name} in, {old_name} out")
+    time.sleep(2.0)
+    rolling_reruns = group.invocations()[rolled:]
+    group.note(f"after the rolling restart: {len(rolling_reruns)} runs")
     old = set(group.holders().values())
     for r in group.replicas.values():
         r.kill()
     group.note("both SIGKILLed")
     second = len(group.invocations())
     group.start("a", "b")
-    group.wait_owned(["a", "b"], timeout=8 * T.lease_duration, not_by=old)
+    group.wait_owned(["a", "b"], timeout=8 * T.lease_duration, balanced=False, not_by=old)
     group.note("the new processes took every bucket over")
     time.sleep(2.0)
     crash_reruns = group.invocations()[second:]
@@ -271,9 +285,10 @@ def test_restart_of_a_settled_group_reruns_nothing(api: Api, hans: str, tmp_path
     group.stop_all()
     _print_report("restart of a settled group", group, report.summary(),
                   f"; re-runs after a graceful restart: {len(after) - 3} (goal 0; oc observe: 300), "
-                  f"after SIGKILL: {len(crash_reruns)}")
+                  f"after a rolling restart: {len(rolling_reruns)}, after SIGKILL: {len(crash_reruns)}")
     _assert_clean(group, report)
     assert reruns == sorted([("extra", "Added"), ("k00007", "Updated"), ("k00011", "Deleted")])
+    assert len(rolling_reruns) == 0
     assert len(crash_reruns) == 0
 
 
