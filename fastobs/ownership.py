@@ -108,6 +108,8 @@ class Ownership:
         self.progress = Progress()
         self.awaiting: set[int] = set()
         """Acquired buckets whose replay has not started yet: their events are not admitted."""
+        self.replay_from: int | None = None
+        """Where the replay under way started (None: a relist, or none under way)."""
         self.counters = Counters()
         self.engine: EngineControl | None = None
         self.pool: DispatchControl | None = None
@@ -192,14 +194,22 @@ class Ownership:
         self.progress.start_bucket(bucket, floor)
         assert self.stream is not None
         position = self.stream.position()
+        replaying = self.progress.replaying()
         if floor is None or not self.progress.usable:
             self.awaiting.add(bucket)
             self.stream.rewind(None)
-        elif self.server_side or position is None or floor < position:
+        elif self.server_side or position is None or floor < position or replaying:
             # Replay what happened to the bucket since its floor (deletes included); on the
-            # server-side filter the watch must restart anyway to widen its selector.
+            # server-side filter the watch must restart anyway to widen its selector. While
+            # another replay runs, the stream's position is that replay's, not what this
+            # process had read before: the bucket's events up to there were dropped then. And
+            # a restarted replay forgets what the one under way had queued: it starts no
+            # later than that one did.
+            start = floor if position is None else min(floor, position)
+            if replaying and self.replay_from is not None:
+                start = min(start, self.replay_from)
             self.awaiting.add(bucket)
-            self.stream.rewind(str(floor if position is None else min(floor, position)))
+            self.stream.rewind(str(start))
 
     def rewound(self, rv: str | None, expired: bool) -> None:
         """The stream's callback: a watch from ``rv`` (None: a relist) is about to start, or
@@ -213,6 +223,7 @@ class Ownership:
             return
         buckets = self.awaiting | self.progress.catching_up
         self.awaiting = set()
+        self.replay_from = int(rv) if rv is not None and rv.isdigit() else None
         # Whatever of these buckets arrived before the replay starts comes again with it.
         self._purge(buckets)
         assert self.stream is not None

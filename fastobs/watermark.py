@@ -121,6 +121,10 @@ class Progress:
         self.listing = True
         self.replay_until = 0
 
+    def replaying(self) -> bool:
+        """A replay or a catching-up relist is under way."""
+        return bool(self.replay_until) or self.listing or bool(self.catching_up)
+
     def list_ended(self) -> None:
         if self.listing:
             self.listing = False

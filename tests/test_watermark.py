@@ -163,3 +163,31 @@ def test_a_bucket_without_a_watermark_is_not_handed_over_until_its_list_has_ende
     assert own.watermarks()[3] == 650
     stream.pos = 720
     assert own.watermarks() == {2: 720, 3: 720}
+
+
+def test_a_bucket_acquired_during_a_replay_is_replayed_from_no_later_than_it() -> None:
+    """A second bucket won while the first one's replay runs: the stream's position is the
+    replay's, so the new bucket must be replayed too (its events were dropped before), and the
+    restarted replay starts no later than the first one did (it forgets what that one queued)."""
+    from fastobs.buckets import Bucketer
+    from fastobs.ownership import Ownership
+
+    stream = _Stream()
+    own = Ownership(Bucketer(4, "name"), kill_grace=0.5)
+    own.bind(engine=_Engine(), pool=_Pool(), stream=stream)
+    stream.pos = 700
+    own.acquire(3, 1, 650)
+    own.rewound("650", expired=False)
+    stream.pos = 660  # the replay has come this far
+    own.acquire(2, 1, 680)  # above the position, but its events up to 700 were dropped before
+    assert stream.rewinds == ["650", "650"] and 2 in own.awaiting
+    own.rewound("650", expired=False)
+    stream.pos = 665
+    own.acquire(1, 1, 655)  # below the position: still no later than the replay under way
+    assert stream.rewinds[-1] == "650"
+    own.rewound("650", expired=False)
+    assert own.progress.catching_up == {1, 2, 3}
+    own.progress.replayed(0, "701")  # the replay is past where the stream was: over
+    stream.pos = 701
+    own.acquire(0, 1, 701)  # no replay under way, nothing to catch up: owned at once
+    assert stream.rewinds[-1] == "650" and 0 not in own.awaiting
