@@ -110,6 +110,11 @@ class Ownership:
         """Acquired buckets whose replay has not started yet: their events are not admitted."""
         self.replay_from: int | None = None
         """Where the replay under way started (None: a relist, or none under way)."""
+        self.unlisted = False
+        """A bucket was caught up by a replay, which brings only the objects that changed
+        since its watermark: the tracker does not know the others yet, so a later relist
+        (after a 410) could not tell which of them were deleted. A relist once the replay
+        is over completes it."""
         self.counters = Counters()
         self.engine: EngineControl | None = None
         self.pool: DispatchControl | None = None
@@ -130,9 +135,14 @@ class Ownership:
         if state is None or state is State.DRAINING or b in self.awaiting:
             self.counters.events_foreign += 1
             return False
-        if not ev.backlog and not self.progress.replayed(b, ev.rv):
-            self.counters.replay_duplicates += 1
-            return False
+        if not ev.backlog:
+            if not self.progress.replayed(b, ev.rv):
+                self.counters.replay_duplicates += 1
+                return False
+            if self.unlisted and not self.awaiting and not self.progress.replaying():
+                self.unlisted = False
+                assert self.stream is not None
+                self.stream.rewind(None)  # the replay is over: list to know every object
         self.counters.events_owned += 1
         return True
 
@@ -209,6 +219,7 @@ class Ownership:
             if replaying and self.replay_from is not None:
                 start = min(start, self.replay_from)
             self.awaiting.add(bucket)
+            self.unlisted = True
             self.stream.rewind(str(start))
 
     def rewound(self, rv: str | None, expired: bool) -> None:

@@ -191,3 +191,31 @@ def test_a_bucket_acquired_during_a_replay_is_replayed_from_no_later_than_it() -
     stream.pos = 701
     own.acquire(0, 1, 701)  # no replay under way, nothing to catch up: owned at once
     assert stream.rewinds[-1] == "650" and 0 not in own.awaiting
+
+
+def test_once_a_replay_is_over_a_relist_lets_the_tracker_know_every_object() -> None:
+    """A replay brings only what changed since the watermark; after it, one relist lets the
+    tracker know the bucket's other objects, so a later relist can tell which were deleted."""
+    from fastobs.buckets import Bucketer
+    from fastobs.events import Event, EventType, ObjectKey
+    from fastobs.ownership import Ownership
+
+    stream = _Stream()
+    bucketer = Bucketer(4, "name")
+    own = Ownership(bucketer, kill_grace=0.5)
+    own.bind(engine=_Engine(), pool=_Pool(), stream=stream)
+    stream.pos = 700
+    own.acquire(3, 1, 650)
+    own.rewound("650", expired=False)
+    stream.pos = 650
+    key = next(f"ns/k{i}" for i in range(100) if bucketer.bucket(f"ns/k{i}", "ns", "") == 3)
+
+    def event(rv: str) -> Event:
+        return Event(EventType.UPDATED, ObjectKey(key), "ns", key[3:], "u1", rv, b"{}", 0.0)
+
+    assert own.admit(event("680"))  # part of the replay
+    assert stream.rewinds == ["650"]
+    assert own.admit(event("720"))  # past where the stream was: the replay is over
+    assert stream.rewinds == ["650", None]
+    own.rewound(None, expired=False)
+    assert own.admit(event("730")) and stream.rewinds == ["650", None]  # once only
