@@ -233,6 +233,15 @@ class Ownership:
                         "(use --names to catch those); changed ones run again", rv)
             return
         buckets = self.awaiting | self.progress.catching_up
+        # A replay restarted further back (another bucket was won meanwhile) keeps what the
+        # one under way completed: everything of a bucket up to its watermark ran, so that
+        # becomes its floor and the restarted replay skips it instead of running it again.
+        marks = self.watermarks()
+        for b in self.progress.catching_up - self.awaiting:
+            mark = marks.get(b)
+            floor = self.progress.floors.get(b)
+            if mark is not None and floor is not None and mark > floor:
+                self.progress.floors[b] = mark
         self.awaiting = set()
         self.replay_from = int(rv) if rv is not None and rv.isdigit() else None
         # Whatever of these buckets arrived before the replay starts comes again with it.

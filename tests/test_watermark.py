@@ -219,3 +219,29 @@ def test_once_a_replay_is_over_a_relist_lets_the_tracker_know_every_object() -> 
     assert stream.rewinds == ["650", None]
     own.rewound(None, expired=False)
     assert own.admit(event("730")) and stream.rewinds == ["650", None]  # once only
+
+
+def test_a_restarted_replay_keeps_what_the_one_under_way_completed() -> None:
+    from fastobs.buckets import Bucketer
+    from fastobs.events import Event, EventType, ObjectKey
+    from fastobs.ownership import Ownership
+
+    stream = _Stream()
+    bucketer = Bucketer(4, "name")
+    own = Ownership(bucketer, kill_grace=0.5)
+    own.bind(engine=_Engine(), pool=_Pool(), stream=stream)
+    stream.pos = 900
+    own.acquire(3, 1, 600)
+    own.rewound("600", expired=False)
+    key = next(f"ns/k{i}" for i in range(100) if bucketer.bucket(f"ns/k{i}", "ns", "") == 3)
+    ev = Event(EventType.UPDATED, ObjectKey(key), "ns", key[3:], "u1", "700", b"{}", 0.0)
+    assert own.admit(ev) and own.accept(ev)
+    own.ran(ev)
+    stream.pos = 750  # the replay has delivered, and run, everything of bucket 3 up to 750
+    assert own.watermarks()[3] == 750
+    own.acquire(2, 1, 500)  # a bucket with an older watermark: the replay restarts at 500
+    assert stream.rewinds[-1] == "500"
+    own.rewound("500", expired=False)
+    stream.pos = 500
+    assert own.watermarks()[3] == 750  # not back to 600
+    assert not own.accept(ev)  # 700 is not run again
