@@ -39,7 +39,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from fastobs.buckets import Bucketer, shard_selector
-from fastobs.events import Event, ObjectKey
+from fastobs.events import Event, EventType, ObjectKey
 from fastobs.fencing import clock
 from fastobs.watermark import Progress
 
@@ -110,6 +110,8 @@ class Ownership:
         """Acquired buckets whose replay has not started yet: their events are not admitted."""
         self.replay_from: int | None = None
         """Where the replay under way started (None: a relist, or none under way)."""
+        self.synthetic: dict[str, str] = {}
+        """Keys with a delete found by a relist queued: the resourceVersion it holds at."""
         self.unlisted = False
         """A bucket was caught up by a replay, which brings only the objects that changed
         since its watermark: the tracker does not know the others yet, so a later relist
@@ -154,12 +156,22 @@ class Ownership:
         if self.progress.below_floor(b, ev.rv):
             self.counters.skipped_below_watermark += 1
             return False
-        self.progress.hold(ev.key, b, ev.rv, ev.received)
+        rv = ev.rv
+        if not rv and ev.type is EventType.DELETED and self.stream is not None:
+            # A delete found by a relist has no resourceVersion; it happened after what the
+            # stream had delivered before the list, so it holds the watermark back there.
+            position = self.stream.position()
+            if position is not None:
+                rv = self.synthetic[ev.key] = str(position + 1)
+        self.progress.hold(ev.key, b, rv, ev.received)
         return True
 
     def ran(self, ev: Event) -> None:
         """``ev``'s command succeeded: its key no longer holds the watermark back at or below it."""
-        self.progress.ran(ev.key, ev.rv)
+        rv = ev.rv
+        if not rv and ev.type is EventType.DELETED:
+            rv = self.synthetic.pop(ev.key, "")
+        self.progress.ran(ev.key, rv)
 
     def stopped(self, ev: Event) -> bool:
         """``ev``'s command was stopped by fencing; True when it must run again here later."""

@@ -245,3 +245,23 @@ def test_a_restarted_replay_keeps_what_the_one_under_way_completed() -> None:
     stream.pos = 500
     assert own.watermarks()[3] == 750  # not back to 600
     assert not own.accept(ev)  # 700 is not run again
+
+
+def test_a_delete_found_by_a_relist_holds_the_watermark_back_until_it_ran() -> None:
+    from fastobs.buckets import Bucketer
+    from fastobs.events import Event, EventType, ObjectKey
+    from fastobs.ownership import Ownership
+
+    stream = _Stream()
+    bucketer = Bucketer(4, "name")
+    own = Ownership(bucketer, kill_grace=0.5)
+    own.bind(engine=_Engine(), pool=_Pool(), stream=stream)
+    stream.pos = 900
+    own.acquire(3, 1, 900)
+    key = next(f"ns/k{i}" for i in range(100) if bucketer.bucket(f"ns/k{i}", "ns", "") == 3)
+    gone = Event(EventType.DELETED, ObjectKey(key), "ns", key[3:], "u1", "", None, 0.0)
+    assert own.accept(gone)
+    stream.pos = 950  # the relist ended further on
+    assert own.watermarks()[3] == 900  # not past the delete that has not run
+    own.ran(gone)
+    assert own.watermarks()[3] == 950
