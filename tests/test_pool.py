@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import sys
 import time
@@ -37,7 +38,10 @@ class Recorder:
         self.sharder = sharder
         self.expected = expected
         self.results: list[tuple[Event, dict[str, Any]]] = []
+        self.outputs: dict[str, tuple[bytes, bytes]] = {}
+        self.lines: list[tuple[str, int, bytes]] = []
         self.restarts: list[int] = []
+        self.hung: list[int] = []
         self.fatal: list[BaseException] = []
         self.all_done = asyncio.Event()
         self.pool: Pool | None = None
@@ -52,13 +56,14 @@ class Recorder:
         i = self.sharder.shard(ev.key)
         self.sharder.queues[i].done(ev.key)
         self.results.append((ev, result))
+        self.outputs[ev.key] = (out, err)
         if len(self.results) >= self.expected:
             self.all_done.set()
         assert self.pool is not None
         self.pool.pump(i)
 
     def on_output(self, ev: Event, fd: int, data: bytes) -> None:
-        pass
+        self.lines.append((ev.key, fd, data))
 
     def on_fatal(self, exc: BaseException) -> None:
         self.fatal.append(exc)
@@ -66,12 +71,15 @@ class Recorder:
     def on_restart(self, index: int) -> None:
         self.restarts.append(index)
 
+    def on_hung(self, index: int) -> None:
+        self.hung.append(index)
 
-def event(key: str, seq: int) -> Event:
+
+def event(key: str, seq: int, arg: str | None = None) -> Event:
     ns, _, name = key.rpartition("/")
     return Event(
         type=EventType.UPDATED, key=ObjectKey(key), namespace=ns, name=name, uid="u", rv=str(seq),
-        obj=b'{"kind":"ConfigMap"}', received=time.monotonic(), cached_arg=str(seq),
+        obj=b'{"kind":"ConfigMap"}', received=time.monotonic(), cached_arg=str(seq) if arg is None else arg,
     )
 
 
@@ -79,19 +87,22 @@ async def run_pool(
     events: list[Event], *, workers: int, concurrency: int, coalesce: bool = False,
     timeout: float = 0.0,  # noqa: ASYNC109 - the command timeout, not this coroutine's
     command: tuple[str, ...] = ("sh", "-c", LOG_SCRIPT, "sh"), during: Any = None,
+    setup: Any = None, deadline: float = 60.0, **settings: Any,
 ) -> Recorder:
     sharder = Sharder(shards=workers, coalesce=coalesce, max_pending=100000, clock=time.monotonic)
-    run = RunSettings(command=command, concurrency=concurrency, timeout=timeout, kill_grace=1.0)
+    run = RunSettings(command=command, concurrency=concurrency, timeout=timeout, kill_grace=1.0, **settings)
     rec = Recorder(sharder, len(events))
     pool = Pool(run=run, queues=sharder.queues, handler=rec)
     rec.pool = pool
+    if setup is not None:
+        setup(pool)
     await pool.start()
     try:
         for ev in events:
             pool.pump(sharder.add(ev))
         if during is not None:
             await during(pool, rec)
-        await asyncio.wait_for(rec.all_done.wait(), 60)
+        await asyncio.wait_for(rec.all_done.wait(), deadline)
     finally:
         await pool.stop(5.0)
     assert not rec.fatal, rec.fatal
@@ -238,3 +249,32 @@ def test_a_worker_speaking_another_protocol_version_stops_the_start() -> None:
     assert rec.restarts == [] and pool.workers[0].boot_failures == 0
     popen = pool.workers[0].popen
     assert popen is not None and popen.returncode is not None, "the refused worker was not reaped"
+
+
+# --- faults: hostile commands, dying and hanging workers, shutdown --------------------------
+
+
+def test_a_nul_byte_in_an_argument_is_a_failed_command_not_a_lost_job() -> None:
+    """A template output with a NUL byte cannot become an argument: the command fails as oc
+    reports it (Go's exec gives EINVAL), and the key's job ends instead of staying in flight."""
+    events = [event("ns/nul", 1, arg="a\x00b"), event("ns/fine", 2)]
+    rec = asyncio.run(run_pool(events, workers=1, concurrency=2, command=("sh", "-c", "exit 0", "sh"),
+                               deadline=20))
+    results = {ev.key: result for ev, result in rec.results}
+    print(results["ns/nul"])
+    assert results["ns/fine"]["ok"] is True
+    bad = results["ns/nul"]
+    assert (bad["ok"], bad["reason"], bad["code"]) == (False, "spawn_error", "EINVAL")
+    assert bad["error"] == f"fork/exec {shutil.which('sh')}: invalid argument"
+
+
+def test_timed_out_commands_leave_no_traceback(capfd: pytest.CaptureFixture[str]) -> None:
+    """Each command killed by --timeout used to leave a pidfd waiter behind, which printed a
+    ValueError traceback when the worker exited."""
+    events = [event(f"ns/t{i}", i) for i in range(3)]
+    rec = asyncio.run(run_pool(events, workers=1, concurrency=3, timeout=0.3,
+                               command=("sh", "-c", "sleep 30", "sh"), deadline=20))
+    err = capfd.readouterr().err
+    print(f"worker stderr: {len(err)} bytes, {err.count('Traceback')} tracebacks")
+    assert [r["reason"] for _, r in rec.results] == ["timeout"] * 3
+    assert "Traceback" not in err and "Invalid file descriptor" not in err, err[-2000:]
