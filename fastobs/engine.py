@@ -182,6 +182,8 @@ class Engine:
         if not result.get("nocmd"):
             self.metrics.command_started(lag_seconds=max(0.0, float(result["started"]) - ev.received))
             self._record(ev, result)
+        if result.get("dropped"):
+            self.metrics.output_dropped(int(result.get("dropped", 0)))
         if self._debug:
             logger.debug("command %s", "succeeded" if ok else "failed", extra=_fields(ev, result))
         if ok:
@@ -207,6 +209,9 @@ class Engine:
 
     def on_restart(self, index: int) -> None:
         self.metrics.worker_restarted(index)
+
+    def on_hung(self, index: int) -> None:
+        self.metrics.worker_hung(index)
 
     def _record(self, ev: Event, result: Done) -> None:
         now = self.clock()

@@ -268,6 +268,24 @@ def test_a_nul_byte_in_an_argument_is_a_failed_command_not_a_lost_job() -> None:
     assert bad["error"] == f"fork/exec {shutil.which('sh')}: invalid argument"
 
 
+def test_stream_mode_gives_commands_a_blocking_stdout() -> None:
+    """Stream mode: the command's stdout and stderr are blocking, as any program expects.
+    `seq 1 15000` writes ~80 KB, more than a pipe holds: on a non-blocking stdout it fails
+    with EAGAIN ("Resource temporarily unavailable") whenever the worker reads too slowly."""
+    check = f'{sys.executable} -c "import os; print(os.get_blocking(1), os.get_blocking(2))"'
+    keys = [f"ns/seq{i}" for i in range(4)]
+    rec = asyncio.run(run_pool([event(k, i) for i, k in enumerate(keys)], workers=1, concurrency=4,
+                               output_mode="stream", command=("sh", "-c", f"{check}; seq 1 15000", "sh"),
+                               deadline=60))
+    err = b"".join(data for _, fd, data in rec.lines if fd == 2)
+    for key in keys:
+        out = [data for k, fd, data in rec.lines if fd == 1 and k == key]
+        print(f"{key}: {out[0]!r}, then {len(out) - 1} lines; stderr: {err[:200]!r}")
+        assert out == [b"True True\n", *(f"{i}\n".encode() for i in range(1, 15001))]
+    assert err == b""
+    assert all(result["ok"] for _, result in rec.results)
+
+
 def test_timed_out_commands_leave_no_traceback(capfd: pytest.CaptureFixture[str]) -> None:
     """Each command killed by --timeout used to leave a pidfd waiter behind, which printed a
     ValueError traceback when the worker exited."""
@@ -278,3 +296,31 @@ def test_timed_out_commands_leave_no_traceback(capfd: pytest.CaptureFixture[str]
     print(f"worker stderr: {len(err)} bytes, {err.count('Traceback')} tracebacks")
     assert [r["reason"] for _, r in rec.results] == ["timeout"] * 3
     assert "Traceback" not in err and "Invalid file descriptor" not in err, err[-2000:]
+
+
+def test_output_over_the_limit_is_cut_with_a_marker_and_bounded_memory() -> None:
+    """64 MB of output from one command: the worker keeps the default 4 MiB, drops the rest,
+    says so in a line, and reports how much it dropped (the fault suite measures the memory)."""
+    total = 64_000_000
+    cmd = ("sh", "-c", f"head -c {total} /dev/zero | tr '\\0' x; echo; echo oops >&2", "sh")
+    rec = asyncio.run(run_pool([event("ns/flood", 1)], workers=1, concurrency=1, command=cmd, deadline=60))
+    (_, result), = rec.results
+    out, err = rec.outputs["ns/flood"]
+    limit = 4 << 20
+    print(f"kept {len(out)} bytes of stdout and {len(err)} of stderr, dropped {result.get('dropped')}")
+    marker = f"[fastobs: {total + 1 - limit} more bytes of stdout dropped (--output-limit={limit})]\n"
+    assert out == b"x" * limit + b"\n" + marker.encode()
+    assert err == b"[fastobs: 5 more bytes of stderr dropped (--output-limit=4194304)]\n"
+    assert result["ok"] is True and result["dropped"] == total + 1 - limit + 5
+
+
+def test_stream_mode_cuts_an_over_long_line() -> None:
+    """Stream mode passes lines on as they come: only a line longer than the limit is cut."""
+    cmd = ("sh", "-c", "echo first; head -c 100000 /dev/zero | tr '\\0' y; echo; echo last", "sh")
+    rec = asyncio.run(run_pool([event("ns/long", 1)], workers=1, concurrency=1, command=cmd,
+                               output_mode="stream", output_limit=1024, deadline=30))
+    lines = [data for _, fd, data in rec.lines if fd == 1]
+    assert lines == [b"first\n", b"y" * 1024 + b"\n",
+                     b"[fastobs: 98976 more bytes of this line dropped (--output-limit=1024)]\n", b"last\n"]
+    (_, result), = rec.results
+    assert result["dropped"] == 98976
