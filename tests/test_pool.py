@@ -8,7 +8,9 @@ do to a file, and the tests read that log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import shutil
 import signal
 import sys
@@ -324,3 +326,168 @@ def test_stream_mode_cuts_an_over_long_line() -> None:
                      b"[fastobs: 98976 more bytes of this line dropped (--output-limit=1024)]\n", b"last\n"]
     (_, result), = rec.results
     assert result["dropped"] == 98976
+
+
+# A worker that says HELLO, then closes its socket and lingers: the parent must not wait
+# for it with its loop stopped.
+_SOCKET_CLOSING_WORKER = """import os, socket, sys, time
+from fastobs import protocol
+s = socket.socket(fileno=int(sys.argv[-1]))
+s.sendall(protocol.encode_hello(os.getpid()))
+s.close()
+time.sleep(8)
+"""
+
+
+def test_the_loop_never_waits_for_a_worker_whose_socket_closed() -> None:
+    """A worker whose stream ended but which does not exit is killed and replaced, and the
+    parent's loop keeps running meanwhile (it used to block in a synchronous wait())."""
+
+    async def main() -> tuple[float, Recorder, list[int]]:
+        sharder = Sharder(shards=1, coalesce=True, max_pending=10, clock=time.monotonic)
+        rec = Recorder(sharder, 0)
+        pool = Pool(run=RunSettings(command=("true",)), queues=sharder.queues, handler=rec)
+        pool.worker_command = (sys.executable, "-c", _SOCKET_CLOSING_WORKER)
+        await pool.start()
+        first = pool.workers[0].pid
+        worst = 0.0
+        last = begin = time.monotonic()
+        try:
+            while last - begin < 4.0:
+                await asyncio.sleep(0.05)
+                now = time.monotonic()
+                worst, last = max(worst, now - last), now
+        finally:
+            pool.kill()
+        return worst, rec, [first]
+
+    worst, rec, (first,) = asyncio.run(main())
+    print(f"longest pause of the parent's loop: {worst:.2f} s; restarts: {rec.restarts}")
+    assert worst < 1.0, f"the loop stood still for {worst:.1f} s"
+    assert rec.restarts, "the worker whose socket closed was not replaced"
+    assert not Path(f"/proc/{first}").exists() or Path(f"/proc/{first}/stat").read_text().split()[2] == "Z"
+
+
+def test_a_hung_worker_is_killed_and_its_keys_run_elsewhere_in_time(log_env: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGSTOP a worker while its commands run: once its heartbeat is stale it is killed and
+    replaced through the crash path, and every key still runs; the hang is counted."""
+    monkeypatch.setenv("SLEEP", "0.5")
+    keys = [f"ns/h{i}" for i in range(8)]
+    stopped: list[int] = []
+
+    def stale_after_2s(pool: Pool) -> None:
+        pool.heartbeat_stale = 2.0
+
+    async def stop_worker(pool: Pool, rec: Recorder) -> None:
+        while started(log_env) < 2:
+            await asyncio.sleep(0.01)
+        stopped.append(pool.workers[0].pid)
+        os.kill(stopped[0], signal.SIGSTOP)
+
+    t0 = time.monotonic()
+    try:
+        rec = asyncio.run(run_pool([event(k, i) for i, k in enumerate(keys)], workers=2, concurrency=4,
+                                   during=stop_worker, setup=stale_after_2s, deadline=20))
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    print(f"all {len(keys)} keys done {time.monotonic() - t0:.1f} s after the start; hung: {rec.hung}, "
+          f"restarts: {rec.restarts}")
+    assert rec.hung == [0] and rec.restarts == [0]
+    assert {ev.key for ev, r in rec.results if r["ok"]} == set(keys)
+
+
+def test_object_files_go_with_their_worker(tmp_path: Path) -> None:
+    """--object-channel=file: the files of a SIGKILLed worker's commands, and every worker's
+    directory, are gone once the pool stopped (they may hold a Secret's data)."""
+    paths = tmp_path / "paths"
+    script = f'echo "$FASTOBS_OBJECT_FILE" >> {paths}; sleep 0.4'
+    keys = [f"ns/f{i}" for i in range(8)]
+
+    async def kill_worker(pool: Pool, rec: Recorder) -> None:
+        while not paths.exists() or len(paths.read_text().split()) < 2:
+            await asyncio.sleep(0.01)
+        os.kill(pool.workers[0].pid, signal.SIGKILL)
+
+    rec = asyncio.run(run_pool([event(k, i) for i, k in enumerate(keys)], workers=2, concurrency=4,
+                               command=("sh", "-c", script, "sh"), object_channel="file",
+                               during=kill_worker, deadline=30))
+    time.sleep(0.5)  # the killed worker's orphaned commands end too (no subreaper in a test)
+    files = paths.read_text().split()
+    dirs = {os.path.dirname(f) for f in files}
+    left = [p for p in [*files, *dirs] if os.path.exists(p)]
+    print(f"{len(files)} object files in {len(dirs)} directories; left behind: {left}")
+    assert rec.restarts == [0]
+    assert left == []
+
+
+# The real worker, except that its first start (no marker file yet) dies before its HELLO.
+_DIES_ONCE_WORKER = """import os, sys
+marker = os.environ["T_MARKER"]
+if not os.path.exists(marker):
+    open(marker, "w").close()
+    os._exit(7)
+from fastobs.worker import main
+sys.exit(main())
+"""
+
+
+def test_a_worker_that_dies_before_hello_is_restarted_and_says_why(
+    log_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker that exits while booting is a restart, with its exit status in the message,
+    and the keys queued for it run once its replacement is ready."""
+    monkeypatch.setenv("T_MARKER", str(tmp_path / "died-once"))
+
+    def dies_once(pool: Pool) -> None:
+        pool.worker_command = (sys.executable, "-c", _DIES_ONCE_WORKER)
+
+    keys = [f"ns/b{i}" for i in range(4)]
+    with caplog.at_level("WARNING", logger="fastobs.pool"):
+        rec = asyncio.run(run_pool([event(k, i) for i, k in enumerate(keys)], workers=1, concurrency=2,
+                                   setup=dies_once, deadline=30))
+    messages = [r.getMessage() for r in caplog.records]
+    print(messages)
+    assert rec.restarts == [0]
+    assert {ev.key for ev, r in rec.results if r["ok"]} == set(keys)
+    (message,) = messages
+    assert re.fullmatch(r"worker 0 \(pid \d+\) exited with status 7 before it was ready; restarting it "
+                        r"\(attempt 2 of 5\)", message), message
+
+
+def test_commands_killed_at_shutdown_are_reported(tmp_path: Path) -> None:
+    """Commands still running when the shutdown grace ends, or at a second signal, end as
+    failed commands with a line saying so (and their output so far), not in silence."""
+    cmd = ("sh", "-c", 'echo "started $2"; exec sleep 30', "sh")
+
+    async def main(second_signal: bool) -> Recorder:
+        sharder = Sharder(shards=2, coalesce=True, max_pending=10, clock=time.monotonic)
+        rec = Recorder(sharder, 3)
+        pool = Pool(run=RunSettings(command=cmd, concurrency=3, kill_grace=1.0), queues=sharder.queues,
+                    handler=rec)
+        rec.pool = pool
+        await pool.start()
+        for i in range(3):
+            pool.pump(sharder.add(event(f"ns/s{i}", i)))
+        deadline = time.monotonic() + 20
+        while sum(w.running for w in pool.workers) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        try:
+            await asyncio.wait_for(pool.stop_now() if second_signal else pool.stop(0.5), 20)
+        finally:
+            pool.kill()
+        return rec
+
+    for second_signal, why in (
+        (False, "was still running when the shutdown grace period ended and was killed"),
+        (True, "was killed: fastobs received a second signal"),
+    ):
+        rec = asyncio.run(main(second_signal))
+        print(f"second signal={second_signal}: {[(ev.key, r.get('error')) for ev, r in rec.results]}")
+        assert sorted(ev.key for ev, _ in rec.results) == ["ns/s0", "ns/s1", "ns/s2"]
+        for ev, result in rec.results:
+            assert (result["ok"], result["reason"]) == (False, "shutdown")
+            assert result["error"] == f'command "sh" {why}'
+            assert rec.outputs[ev.key][0] == f"started {ev.name}\n".encode()
