@@ -49,7 +49,8 @@ def wait_for(what: str, check_: Any, timeout: float = 30.0) -> None:
 @pytest.mark.parametrize("coalesce", [True, False], ids=["coalescing", "no-coalesce"])
 def test_repeated_worker_sigkills_lose_nothing(k8s: Any, ns: str, tmp_path: Path, coalesce: bool) -> None:
     """Workers are SIGKILLed again and again while every key keeps changing: each key's last
-    run sees its final state, no key runs twice at once, and nothing is left running."""
+    run sees its final state, no key runs twice at once, and nothing is left running; the
+    killed workers' object files (--object-channel=file) are gone too."""
     names = [f"w{i}" for i in range(30)]
     apply_values(k8s, ns, names, "0")
     log = InvocationLog(tmp_path, body="sleep 0.$((RANDOM % 3))")
@@ -57,7 +58,7 @@ def test_repeated_worker_sigkills_lose_nothing(k8s: Any, ns: str, tmp_path: Path
     extra = [] if coalesce else ["--no-coalesce"]
     kills = 0
     with Fastobs(env, tmp_path, "configmaps", "-n", ns, "--workers", "3", "--concurrency", "4", *extra,
-                 *log.argv) as fo, Writer(k8s) as writer:
+                 "--object-channel", "file", *log.argv) as fo, Writer(k8s) as writer:
         fo.wait_ready()
         keys = {f"{ns}/{n}" for n in names}
         log.wait_for("every key's first run", lambda runs: keys <= {r.key for r in runs if r.end})
@@ -80,12 +81,13 @@ def test_repeated_worker_sigkills_lose_nothing(k8s: Any, ns: str, tmp_path: Path
         restarts = fo.metric("fastobs_worker_restarts_total")
         assert fo.stop() == 0
     left, _ = wait_gone(mark, 10)
+    files_left = object_files(fo.proc.pid)
     verdict = check(runs, final)
     report(f"worker SIGKILLs under churn ({'coalescing' if coalesce else '--no-coalesce'})",
            **verdict.figures(), **{"workers killed": kills, "restarts": int(restarts),
-                                   "processes left": len(left)})
+                                   "processes left": len(left), "object files left": len(files_left)})
     verdict.assert_ok()
-    assert restarts >= kills and left == []
+    assert restarts >= kills and left == [] and files_left == []
 
 
 # ----------------------------------------------------------------------------- hostile commands
@@ -227,30 +229,35 @@ def test_a_hung_worker_is_replaced_and_its_keys_run(k8s: Any, ns: str, tmp_path:
 def test_commands_killed_at_shutdown_are_reported(k8s: Any, ns: str, tmp_path: Path,
                                                   second_signal: bool) -> None:
     """SIGTERM while commands hang: after --shutdown-grace (or at a second signal) each is
-    killed and printed like a failed command (header, its output, one error line)."""
+    killed and printed like a failed command (header, its output, one error line); their
+    object files (--object-channel=file) are removed on the way out."""
     names = [f"s{i}" for i in range(6)]
     apply_values(k8s, ns, names, "0")
     log = InvocationLog(tmp_path, body='echo "started $2"; sleep 300')
     env, mark = marked(k8s.env)
     grace = "5m" if second_signal else "1s"
     with Fastobs(env, tmp_path, "configmaps", "-n", ns, "--workers", "2", "--shutdown-grace", grace,
-                 "--kill-grace", "1s", *log.argv) as fo:
+                 "--kill-grace", "1s", "--object-channel", "file", *log.argv) as fo:
         log.wait_for("every command to start", lambda runs: len(runs) >= len(names))
+        files = object_files(fo.proc.pid)
         fo.proc.send_signal(signal.SIGTERM)
         if second_signal:
             time.sleep(0.5)
             fo.proc.send_signal(signal.SIGTERM)
         code = fo.proc.wait(30)
     left, _ = wait_gone(mark, 10)
+    files_left = object_files(fo.proc.pid)
     why = "was killed: fastobs received a second signal" if second_signal else \
         "was still running when the shutdown grace period ended and was killed"
     killed = [line for line in fo.stderr().splitlines() if line == f'error: command "{log.path}" {why}']
     out = fo.stdout()
     report(f"commands killed at shutdown ({'second signal' if second_signal else 'grace expired'})",
            **{"commands running": len(names), "reported killed": len(killed),
-              "headers": len(re.findall(r"^# .* Sync \d+\t", out, re.M)), "processes left": len(left)})
+              "headers": len(re.findall(r"^# .* Sync \d+\t", out, re.M)), "processes left": len(left),
+              "object files before": len(files), "object files left": len(files_left)})
     assert code == (128 + signal.SIGTERM if second_signal else 0)
     assert len(killed) == len(names)
+    assert len(files) == 2 + len(names) and files_left == []  # a directory per worker, a file per command
     for name in names:
         assert f"started {name}\n" in out
     assert left == []
