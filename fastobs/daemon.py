@@ -149,9 +149,11 @@ async def _run(settings: Settings, client: KubeClient, resource: Resource) -> in
     # worker says HELLO, so start-up costs max(boot, first list), not their sum.
     # A dead worker's commands come to us, to be stopped before their keys run again.
     engine.pool.adopts_orphans = spawn.become_subreaper()
-    # Back-pressure from stdout: while the output cannot keep up, nothing new is dispatched.
+    # Back-pressure from stdout: while the output cannot keep up, nothing new is dispatched
+    # and the workers' results wait in their sockets (so a flood of lines waits in its pipe).
     engine.pool.may_dispatch = output.has_room
-    output.on_room = engine.pool.pump_all
+    output.on_full = engine.pool.hold_results
+    output.on_room = engine.pool.release_results
     boot = asyncio.create_task(engine.pool.start())
     boot.add_done_callback(lambda t: _task_ended(t, engine))
     try:

@@ -14,7 +14,10 @@ start-up again and again stop fastobs with ``WorkerBootError`` instead of a rest
 Each death is reported by how the worker ended and the last lines of its stderr, which is
 relayed to ours line by line.
 ``stop`` asks workers to drain within a grace period; ``stop_now`` (a second signal) has
-them kill their commands at once and report them. With ``--object-channel=file`` each
+them kill their commands at once and report them. While the output cannot take more
+(``hold_results``), the workers' frames are left unread in their sockets: a worker then
+stops reading its commands' output (stream mode), which waits in their pipes; heartbeats
+wait too, so a held worker is never taken for hung. With ``--object-channel=file`` each
 worker gets a private directory for its object files, made here and removed here once the
 worker is gone, however it went.
 
@@ -147,6 +150,8 @@ class Pool:
         self._stop_frame = protocol.encode_stop(0)
         self._config = protocol.encode_config(run)
         self._watchdog: asyncio.Task[None] | None = None
+        self.holding = False
+        """The output is full: the workers' frames are not read (see :meth:`hold_results`)."""
 
     # ------------------------------------------------------------------ life cycle
 
@@ -258,6 +263,8 @@ class Pool:
                 "fastobs installation"
             )
         w.writer = writer
+        if self.holding:
+            writer.pause_reading()
         if self.stopping:
             writer.write(self._stop_frame)  # stop() ran while this worker was booting
         w.ready = True
@@ -312,6 +319,7 @@ class Pool:
         """A second signal: workers kill their commands at once and report them; whatever is
         still there after ``limit`` seconds is killed."""
         self.stopping = True
+        self._read_frames(True)  # the reports of the killed commands, however full the output
         self._stop_frame = protocol.encode_stop(0, now=True)
         self._send_stop()
         with contextlib.suppress(TimeoutError):
@@ -388,6 +396,32 @@ class Pool:
     def pump_all(self) -> None:
         for w in self.workers:
             self.pump(w.index)
+
+    def hold_results(self) -> None:
+        """The output is full: leave the workers' frames unread (in their sockets) until
+        :meth:`release_results`. A worker whose socket is full stops reading its commands'
+        output (stream mode), so a command that floods waits on its pipe: memory stays
+        bounded however long stdout is stuck."""
+        self.holding = True
+        self._read_frames(False)
+
+    def release_results(self) -> None:
+        """The output has room again: read the workers' frames and dispatch."""
+        self.holding = False
+        self._read_frames(True)
+        self.pump_all()
+
+    def _read_frames(self, read: bool) -> None:
+        now = time.monotonic()
+        for w in self.workers:
+            if w.writer is None or w.writer.is_closing() or w.writer.is_reading() == read:
+                continue
+            if read:
+                w.writer.resume_reading()
+                # Its heartbeats waited unread: the silence starts counting again now.
+                w.last_tick = max(w.last_tick, now)
+            else:
+                w.writer.pause_reading()
 
     # ------------------------------------------------------------------ frames from a worker
 
@@ -468,7 +502,7 @@ class Pool:
             # Our own loop was held up: the workers' heartbeats may be waiting unread.
             late = now - last > 2 * period
             last = now
-            if late or self.stopping:
+            if late or self.stopping or self.holding:  # held: its heartbeats wait unread
                 continue
             for w in self.workers:
                 if w.ready and now - w.last_tick >= self.heartbeat_stale:
@@ -496,7 +530,7 @@ class Pool:
         now = time.monotonic()
         for w in self.workers:
             if w.ready:
-                if now - w.last_tick >= HEARTBEAT_STALE:
+                if not self.holding and now - w.last_tick >= self.heartbeat_stale:
                     return False
             elif now - w.spawned_at >= BOOT_TIMEOUT + HEARTBEAT_STALE:
                 return False

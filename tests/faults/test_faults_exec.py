@@ -13,11 +13,13 @@ import os
 import random
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fastobs_run import fastobs_argv, free_port, http_get
 from faultlib import Fastobs, InvocationLog, Writer, apply_values, check, in_background, report
 from leftovers import PeakRss, children, marked, object_files, processes_with, wait_gone
 
@@ -260,4 +262,48 @@ def test_commands_killed_at_shutdown_are_reported(k8s: Any, ns: str, tmp_path: P
     assert len(files) == 2 + len(names) and files_left == []  # a directory per worker, a file per command
     for name in names:
         assert f"started {name}\n" in out
+    assert left == []
+
+
+# ----------------------------------------------------------------------------- a stuck stdout
+
+
+def test_stream_flood_into_a_stuck_stdout_holds_bounded_memory(k8s: Any, ns: str, tmp_path: Path) -> None:
+    """Stream mode, fastobs's stdout a pipe nobody reads, one command printing lines as fast
+    as it can: the lines wait in the command's pipe, not in fastobs's memory; the parent
+    stays responsive and no worker is taken for hung."""
+    apply_values(k8s, ns, ["flood"], "0")
+    env, mark = marked(k8s.env)
+    port = free_port()
+    argv = fastobs_argv("configmaps", "-n", ns, "--workers", "1", "--output-mode", "stream",
+                        "--listen-addr", f"127.0.0.1:{port}", "--", "yes", "a line of a flood")
+    with (tmp_path / "fastobs.err").open("wb") as err:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=err)
+    try:
+        with PeakRss(proc.pid) as rss:
+            t0 = time.monotonic()
+            slowest = 0.0
+            while time.monotonic() - t0 < 12:
+                asked = time.monotonic()
+                status, _ = http_get(port, "/livez")
+                slowest = max(slowest, time.monotonic() - asked) if status else slowest
+                time.sleep(0.25)
+            live = http_get(port, "/livez")[0]
+            metrics = http_get(port, "/metrics")[1]
+        hangs = sum(float(line.split()[-1]) for line in metrics.splitlines()
+                    if line.startswith("fastobs_worker_hangs_total"))
+        restarts = sum(float(line.split()[-1]) for line in metrics.splitlines()
+                       if line.startswith("fastobs_worker_restarts_total"))
+    finally:
+        proc.kill()
+        proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+    left, _ = wait_gone(mark, 10)
+    report("stream flood into a stuck stdout (12 s)",
+           **{"parent peak RSS MiB": rss.parent_kib // 1024, "worker peak RSS MiB": rss.child_kib // 1024,
+              "slowest /livez s": slowest, "worker hangs": int(hangs), "restarts": int(restarts),
+              "processes left": len(left)})
+    assert live == 200 and hangs == 0 and restarts == 0
+    assert rss.parent_kib < 150 << 10 and rss.child_kib < 100 << 10
     assert left == []
