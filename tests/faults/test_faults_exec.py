@@ -118,7 +118,7 @@ def test_hostile_commands_fail_alone_and_leave_nothing(k8s: Any, ns: str, tmp_pa
     env, mark = marked({**k8s.env, "DAEMON_PID": str(daemon_pid)})
     t0 = time.monotonic()
     fo = Fastobs(env, tmp_path, "configmaps", "-n", ns, "--once", "--workers", "2", "--timeout", "2s",
-                 "--kill-grace", "1s", "--object-env-var", "OBJ", *log.argv)
+                 "--kill-grace", "1s", "--object-env-var", "OBJ", "--print-metrics-on-exit", *log.argv)
     with fo, PeakRss(fo.proc.pid) as rss:
         fo.proc.wait(90)
     seconds = time.monotonic() - t0
@@ -128,6 +128,8 @@ def test_hostile_commands_fail_alone_and_leave_nothing(k8s: Any, ns: str, tmp_pa
     errors = sorted(line for line in err.splitlines() if line.startswith("error: "))
     ran = {r.key.split("/")[1] for r in log.runs()}
     limit = 4 << 20
+    metrics = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in out.decode(errors="replace")
+               .splitlines() if line.startswith("fastobs_command_")}
     report("hostile commands", **{"keys checked": 7, "keys that ran": len(ran), "failed": len(errors),
                                   "seconds": seconds, "parent peak RSS MiB": rss.parent_kib // 1024,
                                   "worker peak RSS MiB": rss.child_kib // 1024,
@@ -144,6 +146,12 @@ def test_hostile_commands_fail_alone_and_leave_nothing(k8s: Any, ns: str, tmp_pa
     assert b"x" * limit + b"\n[fastobs: " + str(200_000_000 - limit).encode() + \
         b" more bytes of stdout dropped (--output-limit=4194304)]\n" in out
     assert b"bad \377\376 bytes \033[31m\001\n" in out
+    assert metrics["fastobs_command_output_truncated_total"] == 1
+    assert metrics["fastobs_command_output_dropped_bytes_total"] == 200_000_000 - limit
+    failures = {k: v for k, v in metrics.items() if k.startswith("fastobs_command_failures_total") and v}
+    assert failures == {'fastobs_command_failures_total{code="",reason="timeout"}': 1,
+                        'fastobs_command_failures_total{code="E2BIG",reason="spawn_error"}': 1,
+                        'fastobs_command_failures_total{code="EINVAL",reason="spawn_error"}': 1}, failures
     assert daemon_pid.exists(), "the daemon never started"
     assert left == [], f"left running: {left} (daemon {daemon_pid.read_text().strip()})"
     assert rss.parent_kib < 200 << 10 and rss.child_kib < 100 << 10
