@@ -185,6 +185,8 @@ def _hidden_flags() -> list[Flag]:
 
 
 FLAGS: tuple[Flag, ...] = _flags()
+BY_NAME = {flag.name: flag for flag in FLAGS}
+BY_SHORT = {flag.short: flag for flag in FLAGS if flag.short}
 
 _BYTE_UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "k": 1000, "M": 1000**2, "G": 1000**3, "": 1}
 
@@ -204,8 +206,6 @@ def format_bytes(n: int) -> str:
         if n and n % _BYTE_UNITS[unit] == 0:
             return f"{n // _BYTE_UNITS[unit]}{unit}"
     return str(n)
-BY_NAME = {flag.name: flag for flag in FLAGS}
-BY_SHORT = {flag.short: flag for flag in FLAGS if flag.short}
 
 
 # --- help -------------------------------------------------------------------------------
