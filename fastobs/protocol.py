@@ -170,7 +170,8 @@ class Tick(TypedDict):
 
 
 class Stop(TypedDict):
-    """``S``, parent → worker: finish running commands within ``grace`` seconds (0: no limit).
+    """``S``, parent → worker: finish running commands within ``grace`` seconds (0: none, the
+    running commands are killed at once).
 
     A later STOP with ``now`` (a second signal) kills the running commands at once."""
 
@@ -269,7 +270,7 @@ def encode_stop(grace: float, *, now: bool = False) -> bytes:
 
 
 def decode_stop(payload: bytes) -> Stop:
-    """The stop request; an empty payload means a grace of 0 (no limit)."""
+    """The stop request; an empty payload means a grace of 0."""
     if not payload:
         return {"grace": 0.0}
     stop: Stop = _json_object(payload)

@@ -194,11 +194,13 @@ class Worker:
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
     async def _drain(self, grace: float) -> None:
-        """Graceful stop: running commands get ``grace`` seconds, then their groups are killed
-        (and reported as killed)."""
+        """Graceful stop: running commands get ``grace`` seconds (0: none), then their groups
+        are killed (and reported as killed)."""
         self._stop_waiting()
         if self.tasks:
-            _, pending = await asyncio.wait(set(self.tasks), timeout=grace if grace > 0 else None)
+            pending = set(self.tasks)
+            if grace > 0:
+                _, pending = await asyncio.wait(pending, timeout=grace)
             if pending:
                 await self._kill("was still running when the shutdown grace period ended and was killed",
                                  self.kill_grace)

@@ -462,7 +462,7 @@ def test_commands_killed_at_shutdown_are_reported(tmp_path: Path) -> None:
     failed commands with a line saying so (and their output so far), not in silence."""
     cmd = ("sh", "-c", 'echo "started $2"; exec sleep 30', "sh")
 
-    async def main(second_signal: bool) -> Recorder:
+    async def main(second_signal: bool, grace: float) -> tuple[Recorder, float]:
         sharder = Sharder(shards=2, coalesce=True, max_pending=10, clock=time.monotonic)
         rec = Recorder(sharder, 3)
         pool = Pool(run=RunSettings(command=cmd, concurrency=3, kill_grace=1.0), queues=sharder.queues,
@@ -474,18 +474,23 @@ def test_commands_killed_at_shutdown_are_reported(tmp_path: Path) -> None:
         deadline = time.monotonic() + 20
         while sum(w.running for w in pool.workers) < 3 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        t0 = time.monotonic()
         try:
-            await asyncio.wait_for(pool.stop_now() if second_signal else pool.stop(0.5), 20)
+            await asyncio.wait_for(pool.stop_now() if second_signal else pool.stop(grace), 30)
         finally:
             pool.kill()
-        return rec
+        return rec, time.monotonic() - t0
 
-    for second_signal, why in (
-        (False, "was still running when the shutdown grace period ended and was killed"),
-        (True, "was killed: fastobs received a second signal"),
+    grace_ended = "was still running when the shutdown grace period ended and was killed"
+    for second_signal, grace, why in (
+        (False, 0.5, grace_ended),
+        (False, 0.0, grace_ended),  # --shutdown-grace 0: no grace at all, not an endless one
+        (True, 0.0, "was killed: fastobs received a second signal"),
     ):
-        rec = asyncio.run(main(second_signal))
-        print(f"second signal={second_signal}: {[(ev.key, r.get('error')) for ev, r in rec.results]}")
+        rec, seconds = asyncio.run(main(second_signal, grace))
+        print(f"second signal={second_signal}, grace={grace}: stopped in {seconds:.1f} s, "
+              f"{[(ev.key, r.get('error')) for ev, r in rec.results]}")
+        assert seconds < 10, f"the stop took {seconds:.1f} s"
         assert sorted(ev.key for ev, _ in rec.results) == ["ns/s0", "ns/s1", "ns/s2"]
         for ev, result in rec.results:
             assert (result["ok"], result["reason"]) == (False, "shutdown")
