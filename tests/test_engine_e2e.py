@@ -100,6 +100,53 @@ def test_workers_failing_at_boot_stop_fastobs_with_named_exit_code(k8s, ns, tmp_
     assert "Traceback" not in res.stderr and "bytes read" not in res.stderr
 
 
+# The first worker to start writes its pid and stalls its boot: it can be killed before HELLO.
+SITE_SLOW_FIRST_WORKER = """import os, time
+try:
+    _cmd = open("/proc/self/cmdline", "rb").read()
+except OSError:
+    _cmd = b""
+if b"fastobs.worker" in _cmd:
+    try:
+        _fd = os.open(os.environ["T_FIRST_WORKER"], os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    except FileExistsError:
+        pass
+    else:
+        os.write(_fd, str(os.getpid()).encode())
+        os.close(_fd)
+        time.sleep(60)
+"""
+
+
+def test_worker_sigkilled_before_it_was_ready_is_restarted(k8s, ns, tmp_path: Path) -> None:
+    """A worker SIGKILLed while it boots (before HELLO) is restarted like any dead worker,
+    with a message that says so, and the keys queued for it run once its replacement is up."""
+    keys = [f"b{i}" for i in range(8)]
+    k8s.apply({"apiVersion": "v1", "kind": "List", "items": [configmap(k, ns) for k in keys]})
+    rec = recorder(tmp_path)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITE_SLOW_FIRST_WORKER)
+    first = tmp_path / "first-worker"
+    proc = start_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "--workers", "2", "--", str(rec.path),
+                         extra_env={"PYTHONPATH": str(site), "T_FIRST_WORKER": str(first)})
+    try:
+        wait_until("a worker to start", lambda: first.exists() and first.read_text())
+        worker = int(first.read_text())
+        os.kill(worker, signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    print(err)
+    assert proc.returncode == 0, err
+    assert sorted(argv[1] for argv in rec.argvs()) == sorted(keys)
+    assert re.search(rf"worker \d \(pid {worker}\) was killed by SIGKILL before it was ready; restarting it "
+                     r"\(attempt 2 of 5\)", err), err
+    assert "Traceback" not in err and "bytes read" not in err
+
+
 def test_worker_sigkill_redispatches_in_flight_keys(k8s, ns, tmp_path: Path) -> None:
     """A worker killed while its commands run: they are re-dispatched, nothing is lost.
 
