@@ -18,6 +18,7 @@ from fastobs_run import (
     run_fastobs,
     start_fastobs,
     wait_until,
+    worker_sitecustomize,
 )
 
 pytestmark = pytest.mark.cluster
@@ -70,15 +71,10 @@ def test_parent_killed_workers_and_commands_stop(k8s, ns, tmp_path: Path) -> Non
                lambda: not any(alive(p) for p in [*workers, grandchild]), timeout=20)
 
 
-SITE_CRASH_WORKER = """import os, sys
-try:
-    _cmd = open("/proc/self/cmdline", "rb").read()
-except OSError:
-    _cmd = b""
-if b"fastobs.worker" in _cmd:
+SITE_CRASH_WORKER = worker_sitecustomize("""
     sys.stderr.write("worker boot failure injected by the test\\n")
     os._exit(7)
-"""
+""")
 
 
 def test_workers_failing_at_boot_stop_fastobs_with_named_exit_code(k8s, ns, tmp_path: Path) -> None:
@@ -101,12 +97,7 @@ def test_workers_failing_at_boot_stop_fastobs_with_named_exit_code(k8s, ns, tmp_
 
 
 # The first worker to start writes its pid and stalls its boot: it can be killed before HELLO.
-SITE_SLOW_FIRST_WORKER = """import os, time
-try:
-    _cmd = open("/proc/self/cmdline", "rb").read()
-except OSError:
-    _cmd = b""
-if b"fastobs.worker" in _cmd:
+SITE_SLOW_FIRST_WORKER = worker_sitecustomize("""
     try:
         _fd = os.open(os.environ["T_FIRST_WORKER"], os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     except FileExistsError:
@@ -115,7 +106,7 @@ if b"fastobs.worker" in _cmd:
         os.write(_fd, str(os.getpid()).encode())
         os.close(_fd)
         time.sleep(60)
-"""
+""")
 
 
 def test_worker_sigkilled_before_it_was_ready_is_restarted(k8s, ns, tmp_path: Path) -> None:

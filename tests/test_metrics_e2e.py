@@ -39,6 +39,7 @@ from fastobs_run import (
     start_fastobs,
     wait_until,
     worker_pids,
+    worker_sitecustomize,
 )
 from watch_proxy import WatchProxy
 
@@ -671,14 +672,7 @@ def test_server_and_token_flags_reach_the_client(k8s: Any, ns: str, tmp_path: Pa
     assert res.returncode != 0
 
 
-SLOW_WORKER_BOOT = """import os, time
-try:
-    _cmd = open("/proc/self/cmdline", "rb").read()
-except OSError:
-    _cmd = b""
-if b"fastobs.worker" in _cmd:
-    time.sleep(float(os.environ.get("T_WORKER_BOOT_DELAY", "0")))
-"""
+SLOW_WORKER_BOOT = worker_sitecustomize('time.sleep(float(os.environ.get("T_WORKER_BOOT_DELAY", "0")))\n')
 
 
 def test_livez_is_ok_while_workers_are_still_booting(k8s: Any, ns: str, tmp_path: Path) -> None:
