@@ -45,6 +45,23 @@ def wait_for(what: str, check_: Any, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def wait_final(fo: Fastobs, log: InvocationLog, final: dict[str, str], timeout: float = 60) -> list[Any]:
+    """The runs once every key's final state ran; on a timeout, the error says what fastobs
+    was doing (running or how it exited, the keys lost, the end of its stderr)."""
+    try:
+        return log.wait_for("every final state", lambda runs: not check(runs, final).lost, timeout)
+    except AssertionError as exc:
+        lost = check(log.runs(), final).lost
+        state = f"exited {fo.proc.returncode}"
+        if fo.proc.poll() is None:
+            names = ("fastobs_events_total", "fastobs_commands_total", "fastobs_workqueue_depth",
+                     "fastobs_worker_restarts_total", "fastobs_worker_hangs_total")
+            state = "running, " + ", ".join(f"{name} {fo.metric(name):g}" for name in names)
+        example = dict(list(lost.items())[:5])
+        raise AssertionError(f"{exc}; fastobs {state}; {len(lost)} keys lost, e.g. {example}; "
+                             f"its stderr ends:\n{fo.stderr()[-4000:]}") from None
+
+
 # ----------------------------------------------------------------------------- workers SIGKILLed
 
 
@@ -79,7 +96,7 @@ def test_repeated_worker_sigkills_lose_nothing(k8s: Any, ns: str, tmp_path: Path
                     os.kill(rng.choice(workers), signal.SIGKILL)
                     kills += 1
         final = {k: "6" for k in keys}
-        runs = log.wait_for("every final state", lambda runs: not check(runs, final).lost, 60)
+        runs = wait_final(fo, log, final)
         restarts = fo.metric("fastobs_worker_restarts_total")
         assert fo.stop() == 0
     left, _ = wait_gone(mark, 10)
@@ -217,7 +234,7 @@ def test_a_hung_worker_is_replaced_and_its_keys_run(k8s: Any, ns: str, tmp_path:
         with Writer(k8s) as writer:
             writer.set_values(ns, names, "1")
         final = {k: "1" for k in keys}
-        runs = log.wait_for("every final state", lambda runs: not check(runs, final).lost, 60)
+        runs = wait_final(fo, log, final)
         recovered = time.monotonic() - stopped
         hangs = fo.metric("fastobs_worker_hangs_total")
         restarts = fo.metric("fastobs_worker_restarts_total")
