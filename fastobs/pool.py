@@ -136,6 +136,10 @@ class Pool:
         self.workers = [WorkerProc(i) for i in range(len(queues))]
         self._ids = itertools.count(1)
         self._restarts: set[asyncio.Task[None]] = set()
+        self._forking = asyncio.Lock()
+        """Held while a worker is started, and while a dead worker's leftovers are killed (in
+        a thread): a new worker is one of our children before it is known as a worker, and
+        the sweep must not take it for a leftover."""
         self.adopts_orphans = False
         """Set once this process is a child subreaper whose only other children are
         orphans of dead workers (the daemon): then strays are killed and reaped. Off when
@@ -194,20 +198,21 @@ class Pool:
             config = protocol.encode_config(replace(self.run_settings, object_dir=w.object_dir))
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            w.popen = subprocess.Popen(
-                [*self.worker_command, str(child_sock.fileno())],
-                pass_fds=(child_sock.fileno(),),
-                stdin=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                close_fds=True,
-            )
+            async with self._forking:
+                w.popen = subprocess.Popen(
+                    [*self.worker_command, str(child_sock.fileno())],
+                    pass_fds=(child_sock.fileno(),),
+                    stdin=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    close_fds=True,
+                )
+                w.child = spawn.Child(w.popen)  # tracked from now on: never swept as a leftover
         except OSError:
             parent_sock.close()
             self._remove_object_dir(w)
             raise
         finally:
             child_sock.close()
-        w.child = spawn.Child(w.popen)
         w.stderr_tail.clear()
         assert w.popen.stderr is not None
         w.stderr_relay = asyncio.ensure_future(_relay_stderr(w.popen.stderr, w.stderr_tail))
@@ -451,6 +456,14 @@ class Pool:
             self.handler.on_fatal(TemplateError(protocol.decode_fatal(payload)["message"]))
 
     async def _worker_exited(self, w: WorkerProc) -> None:
+        """A worker's stream ended: replace it. Whatever fails on the way stops fastobs with
+        an error; it never leaves the worker's keys waiting for a worker that never comes."""
+        try:
+            await self._replace(w)
+        except Exception as exc:
+            self.handler.on_fatal(exc)
+
+    async def _replace(self, w: WorkerProc) -> None:
         w.ready = False
         if w.writer is not None:
             w.writer.close()
@@ -462,7 +475,8 @@ class Pool:
         # Its commands outlived it (they run in their own process groups) and were
         # re-parented to us: they must be gone before their keys run again.
         if self.adopts_orphans:
-            await asyncio.to_thread(spawn.kill_strays, {x.pid for x in self.workers if x is not w})
+            async with self._forking:
+                await asyncio.to_thread(spawn.kill_strays, {x.pid for x in self.workers if x is not w})
         self._remove_object_dir(w)
         lost = len(w.inflight)
         w.inflight.clear()
@@ -476,12 +490,9 @@ class Pool:
         self.handler.on_restart(w.index)
         # A worker that dies right after its start, again and again, is restarted ever more slowly.
         w.quick_deaths = w.quick_deaths + 1 if time.monotonic() - w.ready_at < QUICK_DEATH else 0
-        try:
-            if w.quick_deaths > 1:
-                await asyncio.sleep(min(5.0, 0.2 * 2**w.quick_deaths))
-            await self._spawn(w)
-        except BaseException as exc:
-            self.handler.on_fatal(exc)
+        if w.quick_deaths > 1:
+            await asyncio.sleep(min(5.0, 0.2 * 2**w.quick_deaths))
+        await self._spawn(w)
 
     def reap_orphans(self) -> None:
         """Reap exited processes re-parented to us (we are a child subreaper)."""
