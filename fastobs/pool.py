@@ -94,6 +94,9 @@ class WorkerProc:
         """Resolved when the worker's stream ended: every frame it sent has been handled."""
         self.generation = 0
         """Bumped at every spawn: a late EOF of a previous incarnation is ignored."""
+        self.serving = -1
+        """The generation that completed its start: only its end is a crash to restart from
+        (an end before that fails the start, which retries)."""
         self.inflight: dict[int, Event] = {}
         self.ready = False
         self.ready_at = 0.0
@@ -237,13 +240,14 @@ class Pool:
                 ended.set_result(None)
             if not first.done():
                 first.set_exception(WorkerExited())
-            elif generation == w.generation:
+            elif generation == w.generation == w.serving:
                 restart = asyncio.ensure_future(self._worker_exited(w))
                 self._restarts.add(restart)  # the loop keeps only a weak reference to a task
                 restart.add_done_callback(self._restarts.discard)
 
         writer = await protocol.connect(parent_sock, on_frame, on_eof)
-        writer.write(config)
+        if not writer.is_closing():  # it may be gone already (uvloop raises on a closed one)
+            writer.write(config)
         try:
             kind, payload = await asyncio.wait_for(first, BOOT_TIMEOUT)
         except WorkerExited:
@@ -267,7 +271,11 @@ class Pool:
                 f"{protocol.VERSION}: the worker ({' '.join(self.worker_command)}) comes from another "
                 "fastobs installation"
             )
+        if ended.done():  # it said HELLO and ended before we got here
+            status = await self._refuse(w, writer, grace=EXIT_GRACE)
+            raise WorkerExited(await self._how_it_ended(w, status, "right after it said it was ready"))
         w.writer = writer
+        w.serving = generation
         if self.holding:
             writer.pause_reading()
         if self.stopping:
@@ -375,7 +383,9 @@ class Pool:
     def pump(self, i: int) -> None:
         """Send worker ``i`` as many queued events as its in-flight budget allows."""
         w = self.workers[i]
-        if not w.ready or self.stopping or w.writer is None or not self.may_dispatch():
+        writer = w.writer
+        # A closing connection gets nothing: its end re-dispatches what it had.
+        if not w.ready or self.stopping or writer is None or writer.is_closing() or not self.may_dispatch():
             return
         q = self.queues[i]
         frames: list[bytes] = []
@@ -396,7 +406,7 @@ class Pool:
             }
             frames.append(protocol.encode_run(job, ev.obj or b""))
         if frames:
-            w.writer.write(b"".join(frames))
+            writer.write(b"".join(frames))
 
     def pump_all(self) -> None:
         for w in self.workers:

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from fastobs import protocol
 from fastobs.events import Event, EventType, ObjectKey
 from fastobs.pool import Pool
 from fastobs.settings import RunSettings
@@ -496,3 +497,60 @@ def test_commands_killed_at_shutdown_are_reported(tmp_path: Path) -> None:
             assert (result["ok"], result["reason"]) == (False, "shutdown")
             assert result["error"] == f'command "sh" {why}'
             assert rec.outputs[ev.key][0] == f"started {ev.name}\n".encode()
+
+
+# The real worker, except that its first start says HELLO and dies at once: its connection
+# is closed by the time the parent would send it work.
+_DIES_AFTER_HELLO_ONCE = """import os, socket, sys
+marker = os.environ["T_MARKER"]
+if not os.path.exists(marker):
+    open(marker, "w").close()
+    from fastobs import protocol
+    socket.socket(fileno=int(sys.argv[-1])).sendall(protocol.encode_hello(os.getpid()))
+    os._exit(0)
+from fastobs.worker import main
+sys.exit(main())
+"""
+
+
+def test_a_worker_that_dies_right_after_hello_is_replaced(
+    log_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that says HELLO and dies at once, seen by a parent whose loop is late (its
+    connection is closed before the parent first writes to it): nothing is written to the
+    closed connection (uvloop raises on that, which used to stop fastobs), the start counts
+    as failed and is retried, and the work runs on the new worker."""
+    monkeypatch.setenv("T_MARKER", str(tmp_path / "died-once"))
+    connect = protocol.connect
+
+    async def late_connect(*args: Any, **kwargs: Any) -> asyncio.Transport:
+        transport = await connect(*args, **kwargs)
+        await asyncio.sleep(0.5)  # a loaded machine: the worker's HELLO and end arrive meanwhile
+        return transport
+
+    monkeypatch.setattr(protocol, "connect", late_connect)
+
+    def dies_after_hello(pool: Pool) -> None:
+        pool.worker_command = (sys.executable, "-c", _DIES_AFTER_HELLO_ONCE)
+
+    async def main() -> Recorder:
+        sharder = Sharder(shards=1, coalesce=True, max_pending=100, clock=time.monotonic)
+        keys = [f"ns/a{i}" for i in range(4)]
+        rec = Recorder(sharder, len(keys))
+        pool = Pool(run=RunSettings(command=("sh", "-c", LOG_SCRIPT, "sh"), concurrency=2),
+                    queues=sharder.queues, handler=rec)
+        rec.pool = pool
+        dies_after_hello(pool)
+        for i, key in enumerate(keys):  # queued before the worker is up: dispatched right after HELLO
+            sharder.add(event(key, i))
+        try:
+            await pool.start()
+            await asyncio.wait_for(rec.all_done.wait(), 30)
+        finally:
+            await pool.stop(5.0)
+        return rec
+
+    rec = asyncio.run(main())
+    print(f"restarts: {rec.restarts}, fatal: {rec.fatal}, done: {sorted(ev.key for ev, _ in rec.results)}")
+    assert rec.fatal == [] and rec.restarts == [0]
+    assert sorted(ev.key for ev, r in rec.results if r["ok"]) == [f"ns/a{i}" for i in range(4)]
