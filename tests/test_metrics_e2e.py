@@ -569,6 +569,9 @@ def test_health_endpoints_follow_the_initial_sync(k8s: Any, ns: str, tmp_path: P
             livez = http_get(fo.port, "/livez")
             metrics = http_get(fo.port, "/metrics")
             gauge = Scrape.parse(metrics[1]).value("fastobs_initial_sync_done") if metrics[0] == 200 else None
+            # A --names run that ended during the requests leaves the probe undecided: under
+            # load the whole start-up can fit between the first read and the answers.
+            names_done = names_done or done.exists()
             probes.append(Probe(time.monotonic(), names_done, healthz, readyz, livez, gauge))
             if readyz[0] == 200 and len([p for p in probes if p.readyz[0] == 200]) >= 3:
                 break
