@@ -24,7 +24,17 @@ from typing import Any
 
 from fastobs import __version__
 from fastobs.errors import EXIT_ERROR, EXIT_OK, FastobsError, UsageError
-from fastobs.flags import BY_NAME, BY_SHORT, FLAGS, Flag, Kind, help_text, usage_hint
+from fastobs.flags import (
+    BY_NAME,
+    BY_SHORT,
+    FLAGS,
+    Flag,
+    Kind,
+    format_bytes,
+    help_text,
+    parse_bytes,
+    usage_hint,
+)
 from fastobs.gocompat import (
     DurationError,
     format_go_duration,
@@ -150,6 +160,7 @@ def _convert(flag: Flag, text: str, current: Any) -> Any:
         "duration": lambda: parse_go_duration(text),
         "words": lambda: (*current, text),
         "choice": lambda: _choice(flag, text),
+        "bytes": lambda: parse_bytes(text),
     }
     return converters[flag.kind]()
 
@@ -209,6 +220,8 @@ _RANGES: tuple[tuple[str, str, Callable[[Any], bool], str], ...] = (
     ("max-pending", "max_pending", lambda v: v >= 1, "at least 1"),
     ("shutdown-grace", "shutdown_grace", lambda v: v >= 0, "0 or more"),
     ("watch-read-timeout", "watch_read_timeout", lambda v: v > 0, "more than 0"),
+    # A result frame must stay well under the protocol's 1 GiB frame limit.
+    ("output-limit", "output_limit", lambda v: 1 << 10 <= v <= 256 << 20, "from 1Ki to 256Mi"),
     ("retry-period", "retry_period", lambda v: v > 0, "more than 0"),
     ("lease-kill-grace", "lease_kill_grace", lambda v: v >= 0, "0 or more"),
     ("drain-timeout", "drain_timeout", lambda v: v >= 0, "0 or more"),
@@ -226,6 +239,8 @@ def _check_ranges(values: dict[str, Any]) -> None:
         value = values[dest]
         if not valid(value):
             shown = format_go_duration(value) if isinstance(value, float) else str(value)
+            if dest == "output_limit":
+                shown = format_bytes(value)
             raise UsageError(f"--{name} must be {rule}, got {shown}")
     _check_group(values)
     if not _ENV_NAME.fullmatch(values["object_file_env_var"]):
@@ -306,6 +321,7 @@ def _settings(resource: str, command: tuple[str, ...], values: dict[str, Any]) -
         kill_grace=values["kill_grace"],
         concurrency=values["concurrency"],
         output_mode=values["output_mode"],
+        output_limit=values["output_limit"],
         quiet=values["quiet"],
         template_errors_quote_object=values["verbosity"] >= QUOTE_OBJECT_VERBOSITY,
     )

@@ -10,7 +10,8 @@ an error limit, a fatal error or a signal.
 Shutdown is staged: stop intake (cancel the source), let running commands finish
 (``--exit-after``/``--once``: as long as they take; SIGTERM/SIGINT: ``--shutdown-grace``,
 then their process groups are killed), print the metrics if asked, exit. A second signal
-kills at once.
+kills at once. A command killed at shutdown is reported like any failed command (its
+header, its output, an ``error:`` line saying it was killed) and counted.
 
 With ``--lease-name`` the replica joins its group first (``coordinator``: an unknown
 configuration exits 2 before anything runs), events pass through ``ownership``, and a
@@ -164,9 +165,11 @@ async def _run(settings: Settings, client: KubeClient, resource: Resource) -> in
     # worker says HELLO, so start-up costs max(boot, first list), not their sum.
     # A dead worker's commands come to us, to be stopped before their keys run again.
     engine.pool.adopts_orphans = spawn.become_subreaper()
-    # Back-pressure from stdout: while the output cannot keep up, nothing new is dispatched.
+    # Back-pressure from stdout: while the output cannot keep up, nothing new is dispatched
+    # and the workers' results wait in their sockets (so a flood of lines waits in its pipe).
     engine.pool.may_dispatch = output.has_room
-    output.on_room = engine.pool.pump_all
+    output.on_full = engine.pool.hold_results
+    output.on_room = engine.pool.release_results
     boot = asyncio.create_task(engine.pool.start())
     boot.add_done_callback(lambda t: _task_ended(t, engine))
     try:
@@ -232,6 +235,7 @@ async def _supervise(
 ) -> int:
     loop = asyncio.get_running_loop()
     signals: list[int] = []
+    killing: list[asyncio.Task[None]] = []  # the loop keeps only a weak reference to a task
 
     def on_signal(sig: int) -> None:
         signals.append(sig)
@@ -239,8 +243,10 @@ async def _supervise(
             name = signal.Signals(sig).name
             logger.info("received %s: stopping intake, letting running commands finish", name)
             engine.finish(0)
-        else:
+        elif len(signals) == 2:
             logger.warning("received a second signal: killing running commands now")
+            killing.append(asyncio.ensure_future(_kill_now(engine, output, sig)))
+        else:  # a third signal: no more waiting for the killed commands' reports
             engine.pool.kill()
             output.close(timeout=1.0)  # what the reader takes at once; a stuck stdout is left
             os._exit(128 + sig)
@@ -283,6 +289,16 @@ async def _supervise(
             handle.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+async def _kill_now(engine: Engine, output: Output, sig: int) -> None:
+    """The second signal: commands are killed at once, each reported (header, output, error
+    line) as it is killed; then exit 128+N."""
+    try:
+        await engine.pool.stop_now()
+    finally:
+        output.close(timeout=1.0)  # what the reader takes at once; a stuck stdout is left
+        os._exit(128 + sig)
 
 
 def _task_ended(task: asyncio.Task[None], engine: Engine) -> None:

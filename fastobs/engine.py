@@ -205,6 +205,8 @@ class Engine:
             self._key_settled(ev.key)
             self.pool.pump(i)
             return
+        if result.get("dropped"):  # a fenced command's output was cut too
+            self.metrics.output_dropped(int(result.get("dropped", 0)))
         if result.get("reason") == FENCED and self.ownership is not None:
             self._fenced(ev, result, out, err)
             self.pool.pump(i)
@@ -271,6 +273,9 @@ class Engine:
 
     def on_restart(self, index: int) -> None:
         self.metrics.worker_restarted(index)
+
+    def on_hung(self, index: int) -> None:
+        self.metrics.worker_hung(index)
 
     def _record(self, ev: Event, result: Done) -> None:
         now = self.clock()

@@ -20,11 +20,12 @@ from typing import Any, Literal
 
 from fastobs.gocompat import format_go_duration, go_quote
 
-__all__ = ["BY_NAME", "BY_SHORT", "FLAGS", "USAGE", "Flag", "Kind", "help_text", "usage_hint"]
+__all__ = ["BY_NAME", "BY_SHORT", "FLAGS", "USAGE", "Flag", "Kind", "format_bytes", "help_text",
+           "parse_bytes", "usage_hint"]
 
 USAGE = "fastobs RESOURCE [-- COMMAND [ARG...]] [flags]"
 
-Kind = Literal["bool", "string", "int", "duration", "words", "choice"]
+Kind = Literal["bool", "string", "int", "duration", "words", "choice", "bytes"]
 Group = Literal["observe", "new", "connection", "hidden"]
 
 
@@ -125,6 +126,11 @@ def _new_flags() -> list[Flag]:
             "--object-file-env-var).", choices=("env", "stdin", "file")),
         new("object-file-env-var", "string", "object_file_env_var", "FASTOBS_OBJECT_FILE", "With "
             "--object-channel=file: the env var that holds the object file's path."),
+        new("output-limit", "bytes", "output_limit", 4 << 20, "Most bytes of one command's output "
+            "fastobs holds: in grouped mode its whole output (stdout and stderr, all attempts), in "
+            "stream mode one line. The rest is dropped and a line '[fastobs: N more bytes of stdout "
+            "dropped (--output-limit=L)]' takes its place. A number of bytes, or with a suffix: Ki, "
+            "Mi, Gi, k, M, G; from 1Ki to 256Mi."),
         new("output-mode", "choice", "output_mode", "grouped", "grouped: a command's output is "
             "printed in one piece after its header; stream: line by line, prefixed with the "
             "object key.", choices=("grouped", "stream")),
@@ -213,6 +219,25 @@ FLAGS: tuple[Flag, ...] = _flags()
 BY_NAME = {flag.name: flag for flag in FLAGS}
 BY_SHORT = {flag.short: flag for flag in FLAGS if flag.short}
 
+_BYTE_UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "k": 1000, "M": 1000**2, "G": 1000**3, "": 1}
+
+
+def parse_bytes(text: str) -> int:
+    """A byte count as Kubernetes quantities spell it: ``4194304``, ``4Mi``, ``512Ki``, ``4M``."""
+    digits = text.rstrip("KiMGk")
+    unit = text[len(digits):]
+    if not digits.isdigit() or not digits.isascii() or unit not in _BYTE_UNITS:
+        raise ValueError("must be a number of bytes, optionally followed by Ki, Mi, Gi, k, M or G")
+    return int(digits) * _BYTE_UNITS[unit]
+
+
+def format_bytes(n: int) -> str:
+    """The shortest exact spelling :func:`parse_bytes` reads back: ``4Mi``, ``1500k``, ``7``."""
+    for unit in ("Gi", "Mi", "Ki", "G", "M", "k"):
+        if n and n % _BYTE_UNITS[unit] == 0:
+            return f"{n // _BYTE_UNITS[unit]}{unit}"
+    return str(n)
+
 
 # --- help -------------------------------------------------------------------------------
 
@@ -269,6 +294,8 @@ def _flag_line(flag: Flag) -> str:
         return f"    {names}=[]:"
     if flag.kind == "duration":
         return f"    {names}={format_go_duration(flag.default)}:"
+    if flag.kind == "bytes":
+        return f"    {names}={format_bytes(flag.default)}:"
     default = str(flag.default).lower() if flag.kind == "bool" else str(flag.default)
     return f"    {names}={go_quote(default) if flag.kind == 'string' and not default else default}:"
 

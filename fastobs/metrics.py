@@ -58,7 +58,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 EVENT_TYPES = ("Sync", "Added", "Updated", "Deleted")
 RESULTS = ("success", "failure")
-FAILURE_REASONS = ("exit", "timeout", "signal", "spawn_error")
+FAILURE_REASONS = ("exit", "timeout", "signal", "spawn_error", "shutdown", "internal")
 RETRY_KINDS = ("immediate", "backoff")
 API_OPS = ("list", "watch")
 INVALID_OBJECT_STAGES = ("source", "command")
@@ -172,6 +172,7 @@ class Metrics:
         self._oc_exec: dict[tuple[str, str], list[int]] = {}
         self._oc_names: dict[str, list[int]] = {}
         self._restarts: dict[int, int] = {}
+        self._hangs: dict[int, int] = {}
         self._define(self.registry)
         self._preinitialise()
         self.registry.register(_EngineCollector(self))
@@ -224,6 +225,13 @@ class Metrics:
             "fastobs_invalid_objects",
             "Objects that could not be decoded: by the source (passed on by key) or for a command "
             "(that event failed).", ["stage"], registry=r)
+        self._output_truncated_total = Counter(
+            "fastobs_command_output_truncated",
+            "Commands whose output went over --output-limit: the rest was dropped, and a line says so.",
+            registry=r)
+        self._output_dropped_total = Counter(
+            "fastobs_command_output_dropped_bytes", "Bytes of command output dropped over --output-limit.",
+            registry=r)
         self._build_info = Gauge(
             "fastobs_build_info", "Always 1; the labels name the fastobs and Python versions.",
             ["python_version", "version"], registry=r)
@@ -322,6 +330,15 @@ class Metrics:
     def worker_restarted(self, worker: int) -> None:
         self._restarts[worker] = self._restarts.get(worker, 0) + 1
 
+    def worker_hung(self, worker: int) -> None:
+        """Count a worker killed because its heartbeat stopped (its restart counts apart)."""
+        self._hangs[worker] = self._hangs.get(worker, 0) + 1
+
+    def output_dropped(self, n: int) -> None:
+        """Count one command whose output was cut at --output-limit, ``n`` bytes dropped."""
+        self._output_truncated_total.inc()
+        self._output_dropped_total.inc(n)
+
     def api_request(self, op: str) -> None:
         _cached(self._api_requests, op, lambda: self._api_requests_total.labels(op=op)).inc()
 
@@ -369,7 +386,12 @@ class _EngineCollector:
 
     def collect(self) -> Iterator[Metric]:
         state = self._m._engine_state()
-        yield self._restarts(state)
+        yield self._per_worker_counter(
+            "fastobs_worker_restarts", "Worker processes that died and were replaced.",
+            self._m._restarts, state)
+        yield self._per_worker_counter(
+            "fastobs_worker_hangs",
+            "Workers killed (then replaced) because they sent no heartbeat for 10 s.", self._m._hangs, state)
         if state is None:
             return
         yield _per_worker("fastobs_workqueue_depth",
@@ -398,14 +420,17 @@ class _EngineCollector:
         last = state.watch_last_activity or self._m._started
         return max(0.0, time.monotonic() - last)
 
-    def _restarts(self, state: EngineState | None) -> Metric:
-        counts = dict(self._m._restarts)
-        # Every configured worker has a series from the start, so increase() sees its first restart.
+    @staticmethod
+    def _per_worker_counter(
+        name: str, help_: str, counts: dict[int, int], state: EngineState | None
+    ) -> Metric:
+        counts = dict(counts)
+        # Every configured worker has a series from the start, so increase() sees its first event.
         for worker in range(state.workers_total if state is not None else 0):
             counts.setdefault(worker, 0)
-        family = Metric("fastobs_worker_restarts", "Worker processes that died and were replaced.", "counter")
+        family = Metric(name, help_, "counter")
         for worker, n in sorted(counts.items()):
-            family.add_sample("fastobs_worker_restarts_total", {"worker": str(worker)}, n)
+            family.add_sample(name + "_total", {"worker": str(worker)}, n)
         return family
 
 

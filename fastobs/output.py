@@ -14,11 +14,12 @@ buffered and handed over once per event-loop turn, not once per line.
 
 A slow or stuck stdout never blocks the event loop (``/livez`` and ``/metrics`` keep
 answering): one writer thread does the blocking writes, in order, nothing dropped. Past
-:data:`HIGH_WATER` bytes waiting, :meth:`Output.has_room` turns false and ``pool`` stops
-dispatching (running commands finish, their output waits too); below :data:`LOW_WATER`
-``on_room`` resumes it. A thread rather than a non-blocking fd: ``O_NONBLOCK`` would be set on
-the open file that the shell, the workers and every other process sharing the terminal or
-pipe use too.
+:data:`HIGH_WATER` bytes waiting, :meth:`Output.has_room` turns false and ``on_full`` tells
+``pool``, which stops dispatching and stops reading the workers' results (running commands
+go on; their output waits in their pipes and sockets, not in our memory); below
+:data:`LOW_WATER` ``on_room`` resumes both. A thread rather than a non-blocking fd:
+``O_NONBLOCK`` would be set on the open file that the shell, the workers and every other
+process sharing the terminal or pipe use too.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class Output:
         self.syncing = False
         self._writer = _Writer()
         self._full = False
+        self.on_full: Callable[[], None] = lambda: None
+        """Called (on the loop) when HIGH_WATER bytes or more wait to be written."""
         self.on_room: Callable[[], None] = lambda: None
         """Called (on the loop) when output that had reached HIGH_WATER is below LOW_WATER."""
 
@@ -144,6 +147,8 @@ class Output:
             self._writer.wait_written(None)
             return
         self._full = self._writer.wake_below(HIGH_WATER, LOW_WATER, lambda: _call_soon(loop, self._room))
+        if self._full:
+            self.on_full()
 
     def has_room(self) -> bool:
         """False while too much output waits for stdout: dispatch nothing new."""

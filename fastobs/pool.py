@@ -6,11 +6,20 @@ OUTPUT, TICK, FATAL) are handed to a :class:`PoolHandler`.
 
 Life cycle: ``start`` spawns every worker and waits for its HELLO; a worker that dies
 (EOF on its socket) is reaped, replaced, and every event that was in flight there goes
-back to the front of its key (``KeyQueue.requeue_processing``), so nothing is lost.
-Workers that die during start-up again and again stop fastobs with ``WorkerBootError``
-instead of a restart loop; each failure names how the worker ended and the last lines of
-its stderr, which is relayed to ours line by line. ``stop`` asks workers to drain within a
-grace period.
+back to the front of its key (``KeyQueue.requeue_processing``), so nothing is lost. A
+worker that dies before its HELLO is restarted the same way (its keys wait in its queue).
+A worker whose heartbeat stops for ``heartbeat_stale`` seconds (hung, stopped, its loop
+blocked) is killed, and so becomes a dead worker like any other. Workers that die during
+start-up again and again stop fastobs with ``WorkerBootError`` instead of a restart loop.
+Each death is reported by how the worker ended and the last lines of its stderr, which is
+relayed to ours line by line.
+``stop`` asks workers to drain within a grace period; ``stop_now`` (a second signal) has
+them kill their commands at once and report them. While the output cannot take more
+(``hold_results``), the workers' frames are left unread in their sockets: a worker then
+stops reading its commands' output (stream mode), which waits in their pipes; heartbeats
+wait too, so a held worker is never taken for hung. With ``--object-channel=file`` each
+worker gets a private directory for its object files, made here and removed here once the
+worker is gone, however it went.
 
 In a group of replicas a :class:`DispatchGate` (``ownership``) is asked before each job
 leaves: nothing is sent while the replica's Lease is not valid (the events wait in their
@@ -21,7 +30,9 @@ Invariants: worker *i* has at most ``concurrency`` jobs in flight, so a job hand
 worker starts at once (what is waiting is always visible in the parent's queues); an event
 is in exactly one place: a queue, a worker's in-flight table, or done; a dead worker's
 commands are killed (they are re-parented to us, a child subreaper) before its keys run
-again, so one object's commands never overlap, not even across a crash.
+again, so one object's commands never overlap, not even across a crash; the loop never
+blocks on a worker: exits are awaited through pidfds, and a worker whose socket closed
+but which does not exit is killed.
 """
 
 from __future__ import annotations
@@ -32,12 +43,13 @@ import contextlib
 import itertools
 import logging
 import os
-import signal
+import shutil
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import IO, Protocol
 
 from . import protocol, spawn
@@ -50,14 +62,14 @@ logger = logging.getLogger(__name__)
 
 BOOT_TIMEOUT = 30.0
 MAX_BOOT_FAILURES = 5
-STDERR_TAIL = 3
-"""Lines of a worker's stderr quoted when it dies while starting."""
-
-
-class WorkerExited(ConnectionError):
-    """A worker ended before it said HELLO; the message says how and what it printed last."""
 HEARTBEAT_STALE = 10.0
-"""A worker silent for this long is reported unhealthy on /livez."""
+"""A worker silent for this long is reported unhealthy on /livez, then killed and replaced."""
+EXIT_GRACE = 2.0
+"""Seconds a worker whose socket closed gets to exit before it is killed."""
+QUICK_DEATH = 10.0
+"""A worker that dies within this many seconds of its HELLO is restarted after a back-off."""
+STDERR_TAIL = 3
+"""Lines of a worker's stderr quoted when it dies."""
 
 
 class DispatchGate(Protocol):
@@ -82,6 +94,11 @@ class PoolHandler(Protocol):
     def on_fatal(self, exc: BaseException) -> None: ...
     def on_restart(self, index: int) -> None: ...
     def on_dropped(self, ev: Event) -> None: ...
+    def on_hung(self, index: int) -> None: ...
+
+
+class WorkerExited(ConnectionError):
+    """A worker ended before it said HELLO; the message says how and what it printed last."""
 
 
 class WorkerProc:
@@ -90,11 +107,19 @@ class WorkerProc:
     def __init__(self, index: int) -> None:
         self.index = index
         self.popen: subprocess.Popen[bytes] | None = None
+        self.child: spawn.Child | None = None
+        """The process, awaited through its pidfd (never a blocking wait on the loop)."""
         self.writer: asyncio.Transport | None = None
+        self.ended: asyncio.Future[None] | None = None
+        """Resolved when the worker's stream ended: every frame it sent has been handled."""
         self.generation = 0
         """Bumped at every spawn: a late EOF of a previous incarnation is ignored."""
+        self.serving = -1
+        """The generation that completed its start: only its end is a crash to restart from
+        (an end before that fails the start, which retries)."""
         self.inflight: dict[int, Event] = {}
         self.ready = False
+        self.ready_at = 0.0
         self.last_tick = 0.0
         self.spawned_at = time.monotonic()
         self.running = 0
@@ -102,7 +127,10 @@ class WorkerProc:
         self.oldest_start = 0.0
         """Monotonic start of the oldest running command, from the last heartbeat."""
         self.boot_failures = 0
+        self.quick_deaths = 0
         self.restarts = 0
+        self.hangs = 0
+        self.object_dir = ""
         self.stderr_tail: collections.deque[bytes] = collections.deque(maxlen=STDERR_TAIL)
         """The last lines the worker wrote on its stderr (relayed to ours as they come)."""
         self.stderr_relay: asyncio.Future[None] | None = None
@@ -131,6 +159,10 @@ class Pool:
         self.workers = [WorkerProc(i) for i in range(len(queues))]
         self._ids = itertools.count(1)
         self._restarts: set[asyncio.Task[None]] = set()
+        self._forking = asyncio.Lock()
+        """Held while a worker is started, and while a dead worker's leftovers are killed (in
+        a thread): a new worker is one of our children before it is known as a worker, and
+        the sweep must not take it for a leftover."""
         self.adopts_orphans = False
         """Set once this process is a child subreaper whose only other children are
         orphans of dead workers (the daemon): then strays are killed and reaped. Off when
@@ -141,14 +173,20 @@ class Pool:
         wires it to ``output``, which calls :meth:`pump_all` when there is room again)."""
         self.worker_command: tuple[str, ...] = (sys.executable, "-m", "fastobs.worker")
         """How a worker starts (its socket's fd is appended); tests start other programs."""
+        self.heartbeat_stale = HEARTBEAT_STALE
         self._stop_frame = protocol.encode_stop(0)
         self._config = protocol.encode_config(run)
         self.gate: DispatchGate | None = None
         self._lease_frame = b""
+        self._watchdog: asyncio.Task[None] | None = None
+        self.holding = False
+        """The output is full: the workers' frames are not read (see :meth:`hold_results`)."""
 
     # ------------------------------------------------------------------ life cycle
 
     async def start(self) -> None:
+        if self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._watch_heartbeats())
         await asyncio.gather(*(self._spawn(w) for w in self.workers))
 
     async def _spawn(self, w: WorkerProc) -> None:
@@ -159,14 +197,16 @@ class Pool:
                 w.boot_failures = 0
                 self.pump(w.index)  # events may have queued while it booted
                 return
-            except (OSError, TimeoutError, asyncio.IncompleteReadError, protocol.ProtocolError) as exc:
+            except (OSError, TimeoutError, WorkerExited, protocol.ProtocolError) as exc:
                 w.boot_failures += 1
-                logger.warning("worker %d failed to start (%s), attempt %d", w.index, exc, w.boot_failures)
+                why = _boot_failure(exc)
                 if w.boot_failures >= MAX_BOOT_FAILURES:
                     raise WorkerBootError(
                         f"worker {w.index} failed to start {w.boot_failures} times in a row; "
-                        f"last error: {exc}"
+                        f"last error: {why}"
                     ) from exc
+                logger.warning("worker %d (pid %d) %s; restarting it (attempt %d of %d)",
+                               w.index, w.pid, why, w.boot_failures + 1, MAX_BOOT_FAILURES)
                 # A worker that died while booting is restarted too: count it, so a crash
                 # loop at start-up shows in fastobs_worker_restarts_total.
                 w.restarts += 1
@@ -175,15 +215,27 @@ class Pool:
 
     async def _spawn_once(self, w: WorkerProc) -> None:
         w.spawned_at = time.monotonic()
+        config = self._config
+        if self.run_settings.object_channel == "file":
+            from .runner import object_dir  # the parent makes it, so it can remove a dead worker's
+
+            w.object_dir = object_dir(f"fastobs-{os.getpid()}-w{w.index}-")
+            config = protocol.encode_config(replace(self.run_settings, object_dir=w.object_dir))
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            w.popen = subprocess.Popen(
-                [*self.worker_command, str(child_sock.fileno())],
-                pass_fds=(child_sock.fileno(),),
-                stdin=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                close_fds=True,
-            )
+            async with self._forking:
+                w.popen = subprocess.Popen(
+                    [*self.worker_command, str(child_sock.fileno())],
+                    pass_fds=(child_sock.fileno(),),
+                    stdin=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    close_fds=True,
+                )
+                w.child = spawn.Child(w.popen)  # tracked from now on: never swept as a leftover
+        except OSError:
+            parent_sock.close()
+            self._remove_object_dir(w)
+            raise
         finally:
             child_sock.close()
         w.stderr_tail.clear()
@@ -193,6 +245,8 @@ class Pool:
         generation = w.generation
         loop = asyncio.get_running_loop()
         first: asyncio.Future[tuple[bytes, bytes]] = loop.create_future()
+        ended: asyncio.Future[None] = loop.create_future()
+        w.ended = ended
 
         def on_frame(kind: bytes, payload: bytes) -> None:
             if not first.done():
@@ -204,117 +258,158 @@ class Pool:
                 self.handler.on_fatal(exc)
 
         def on_eof() -> None:
+            if not ended.done():
+                ended.set_result(None)
             if not first.done():
                 first.set_exception(WorkerExited())
-            elif generation == w.generation:
+            elif generation == w.generation == w.serving:
                 restart = asyncio.ensure_future(self._worker_exited(w))
                 self._restarts.add(restart)  # the loop keeps only a weak reference to a task
                 restart.add_done_callback(self._restarts.discard)
 
         writer = await protocol.connect(parent_sock, on_frame, on_eof)
-        writer.write(self._config)
+        if not writer.is_closing():  # it may be gone already (uvloop raises on a closed one)
+            writer.write(config)
         try:
             kind, payload = await asyncio.wait_for(first, BOOT_TIMEOUT)
         except WorkerExited:
-            raise WorkerExited(await self._how_it_ended(w, writer)) from None
+            status = await self._refuse(w, writer, grace=EXIT_GRACE)
+            raise WorkerExited(await self._how_it_ended(w, status, "before it was ready")) from None
         except BaseException:
-            self._refuse(w, writer)
+            await self._refuse(w, writer)
             raise
         if kind == protocol.FATAL:
-            self._refuse(w, writer)
+            await self._refuse(w, writer)
             raise TemplateError(protocol.decode_fatal(payload)["message"])
         if kind != protocol.HELLO:
-            self._refuse(w, writer)
-            raise protocol.ProtocolError(f"expected HELLO, got {kind!r}")
+            await self._refuse(w, writer)
+            raise protocol.ProtocolError(f"sent {kind!r} where HELLO was expected")
         version = protocol.decode_hello(payload).get("v")
         if version != protocol.VERSION:
-            self._refuse(w, writer)
+            await self._refuse(w, writer)
             # Not retried: another start of the same program would say the same.
             raise WorkerBootError(
                 f"worker {w.index} speaks protocol version {version}, this fastobs speaks version "
                 f"{protocol.VERSION}: the worker ({' '.join(self.worker_command)}) comes from another "
                 "fastobs installation"
             )
+        if ended.done():  # it said HELLO and ended before we got here
+            status = await self._refuse(w, writer, grace=EXIT_GRACE)
+            raise WorkerExited(await self._how_it_ended(w, status, "right after it said it was ready"))
         w.writer = writer
+        w.serving = generation
         if self._lease_frame:
             writer.write(self._lease_frame)
+        if self.holding:
+            writer.pause_reading()
         if self.stopping:
             writer.write(self._stop_frame)  # stop() ran while this worker was booting
         w.ready = True
-        w.last_tick = time.monotonic()
+        w.ready_at = w.last_tick = time.monotonic()
 
-    async def _how_it_ended(self, w: WorkerProc, writer: asyncio.Transport) -> str:
-        """A worker closed its socket before HELLO: its exit status and last stderr lines."""
-        assert w.popen is not None
-        popen, relay = w.popen, w.stderr_relay
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.to_thread(popen.wait), 2.0)
-        code = popen.returncode
-        self._refuse(w, writer)
-        if relay is not None:
+    async def _refuse(self, w: WorkerProc, writer: asyncio.Transport, grace: float = 0.0) -> int:
+        """Drop a worker that failed its start: the caller decides whether to retry, so the
+        end of its stream must not count as a crash to restart from. Returns its status."""
+        w.generation += 1
+        writer.close()
+        status = await self._reap(w, grace)
+        self._remove_object_dir(w)
+        return status
+
+    async def _reap(self, w: WorkerProc, grace: float) -> int:
+        """The worker's exit status, awaited on the loop; SIGKILLed after ``grace`` seconds."""
+        child = w.child
+        if child is None:
+            return 0
+        try:
+            return await asyncio.wait_for(child.wait(), grace) if grace > 0 else await _killed(child)
+        except TimeoutError:
+            return await _killed(child)
+
+    async def _how_it_ended(self, w: WorkerProc, status: int, when: str = "") -> str:
+        """How a worker ended (``exited with status 7``, ``was killed by SIGKILL``), when, and
+        the last lines it wrote on its stderr."""
+        if w.stderr_relay is not None:  # the rest of its stderr, up to its end
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(relay), 1.0)
-        if code is None:
-            how = "closed its connection"
-        else:
-            reason, label = spawn.describe_status(code)
-            how = f"exited with status {label}" if reason == "exit" else f"was killed by {label}"
+                await asyncio.wait_for(asyncio.shield(w.stderr_relay), 1.0)
+        how = f"{spawn.describe_exit(status)} {when}".rstrip()
         lines = [line.decode("utf-8", "replace").strip() for line in w.stderr_tail]
         tail = " | ".join(line for line in lines if line)
         return f"{how}; its last output: {tail}" if tail else how
 
-    def _refuse(self, w: WorkerProc, writer: asyncio.Transport) -> None:
-        """Drop a worker that failed its start: the caller decides whether to retry, so the
-        end of its stream must not count as a crash to restart from."""
-        w.generation += 1
-        writer.close()
-        self._reap(w)
-
-    def _reap(self, w: WorkerProc) -> None:
-        if w.popen is not None:
-            with contextlib.suppress(ProcessLookupError):
-                w.popen.kill()
-            w.popen.wait()
+    def _remove_object_dir(self, w: WorkerProc) -> None:
+        """Remove the worker's object files (they may hold a Secret) and their directory."""
+        if w.object_dir:
+            shutil.rmtree(w.object_dir, ignore_errors=True)
+            w.object_dir = ""
 
     async def stop(self, grace: float) -> None:
-        """Drain: workers finish (or, after ``grace``, kill) their commands and exit."""
+        """Drain: workers finish (or, after ``grace``, kill and report) their commands and exit."""
         self.stopping = True
         self._stop_frame = protocol.encode_stop(grace)
+        self._send_stop()
+        deadline = grace + self.run_settings.kill_grace + 15.0
+        await asyncio.gather(*(self._wait_exit(w, deadline) for w in self.workers))
+        self._end()
+
+    async def stop_now(self, limit: float = 3.0) -> None:
+        """A second signal: workers kill their commands at once and report them; whatever is
+        still there after ``limit`` seconds is killed."""
+        self.stopping = True
+        self._read_frames(True)  # the reports of the killed commands, however full the output
+        self._stop_frame = protocol.encode_stop(0, now=True)
+        self._send_stop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(self._ended(w) for w in self.workers)), limit)
+        self.kill()
+
+    def _send_stop(self) -> None:
         for w in self.workers:
             if w.writer is not None and not w.writer.is_closing():
                 w.writer.write(self._stop_frame)
             # A worker still booting gets its STOP right after HELLO (see _spawn_once).
-        deadline = grace + self.run_settings.kill_grace + 5.0
-        await asyncio.gather(*(self._wait_exit(w, deadline) for w in self.workers))
+
+    async def _ended(self, w: WorkerProc) -> None:
+        """Until the worker's last frame was handled and its process reaped."""
+        if w.ended is not None:
+            await w.ended
+        if w.child is not None:
+            await w.child.wait()
 
     async def _wait_exit(self, w: WorkerProc, limit: float) -> None:
-        if w.popen is None:
-            return
-        popen = w.popen
         try:
-            await asyncio.wait_for(asyncio.to_thread(popen.wait), limit)
+            await asyncio.wait_for(self._ended(w), limit)
         except TimeoutError:
-            popen.kill()
-            await asyncio.to_thread(popen.wait)
+            logger.warning("worker %d (pid %d) did not exit %.0f s after it was asked to stop; killing it",
+                           w.index, w.pid, limit)
+            if w.child is not None:
+                await _killed(w.child)
 
     def kill(self) -> None:
         """Immediate stop (a second signal, or the end of the run): SIGKILL the workers, then
         every command or leftover they had, which we adopted as their subreaper."""
         self.stopping = True
         for w in self.workers:
-            if w.popen is not None and w.popen.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(w.popen.pid, signal.SIGKILL)
-                w.popen.wait()
+            if w.child is not None:
+                w.child.kill_now()
         if self.adopts_orphans:
-            spawn.kill_strays(keep=set())
+            spawn.kill_strays(keep=set(), spare_tracked=False)
+        self._end()
+
+    def _end(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        for w in self.workers:
+            self._remove_object_dir(w)
 
     # ------------------------------------------------------------------ dispatch
 
     def pump(self, i: int) -> None:
         """Send worker ``i`` as many queued events as its in-flight budget allows."""
         w = self.workers[i]
-        if not w.ready or self.stopping or w.writer is None or not self.may_dispatch():
+        writer = w.writer
+        # A closing connection gets nothing: its end re-dispatches what it had.
+        if not w.ready or self.stopping or writer is None or writer.is_closing() or not self.may_dispatch():
             return
         gate = self.gate
         if gate is not None and not gate.open():
@@ -344,11 +439,37 @@ class Pool:
                 job["bucket"], job["epoch"] = gate.stamp(ev)
             frames.append(protocol.encode_run(job, ev.obj or b""))
         if frames:
-            w.writer.write(b"".join(frames))
+            writer.write(b"".join(frames))
 
     def pump_all(self) -> None:
         for w in self.workers:
             self.pump(w.index)
+
+    def hold_results(self) -> None:
+        """The output is full: leave the workers' frames unread (in their sockets) until
+        :meth:`release_results`. A worker whose socket is full stops reading its commands'
+        output (stream mode), so a command that floods waits on its pipe: memory stays
+        bounded however long stdout is stuck."""
+        self.holding = True
+        self._read_frames(False)
+
+    def release_results(self) -> None:
+        """The output has room again: read the workers' frames and dispatch."""
+        self.holding = False
+        self._read_frames(True)
+        self.pump_all()
+
+    def _read_frames(self, read: bool) -> None:
+        now = time.monotonic()
+        for w in self.workers:
+            if w.writer is None or w.writer.is_closing() or w.writer.is_reading() == read:
+                continue
+            if read:
+                w.writer.resume_reading()
+                # Its heartbeats waited unread: the silence starts counting again now.
+                w.last_tick = max(w.last_tick, now)
+            else:
+                w.writer.pause_reading()
 
     # ------------------------------------------------------------------ fencing
 
@@ -402,31 +523,43 @@ class Pool:
             self.handler.on_fatal(TemplateError(protocol.decode_fatal(payload)["message"]))
 
     async def _worker_exited(self, w: WorkerProc) -> None:
+        """A worker's stream ended: replace it. Whatever fails on the way stops fastobs with
+        an error; it never leaves the worker's keys waiting for a worker that never comes."""
+        try:
+            await self._replace(w)
+        except Exception as exc:
+            self.handler.on_fatal(exc)
+
+    async def _replace(self, w: WorkerProc) -> None:
         w.ready = False
         if w.writer is not None:
             w.writer.close()
             w.writer = None
-        status = w.popen.wait() if w.popen is not None else 0
+        # Its stream ended; if the process lingers (its socket was closed on it), it goes now.
+        status = await self._reap(w, EXIT_GRACE)
         if self.stopping:
             return
         # Its commands outlived it (they run in their own process groups) and were
         # re-parented to us: they must be gone before their keys run again.
         if self.adopts_orphans:
-            await asyncio.to_thread(spawn.kill_strays, {x.pid for x in self.workers if x is not w})
+            async with self._forking:
+                await asyncio.to_thread(spawn.kill_strays, {x.pid for x in self.workers if x is not w})
+        self._remove_object_dir(w)
         lost = len(w.inflight)
         w.inflight.clear()
         w.running = 0
         keys = self.queues[w.index].requeue_processing()
         logger.warning(
-            "worker %d (pid %d) exited with status %s; restarting it and re-dispatching %d keys (%d jobs)",
-            w.index, w.pid, status, len(keys), lost,
+            "worker %d (pid %d) %s; restarting it and re-dispatching %d keys (%d jobs)",
+            w.index, w.pid, await self._how_it_ended(w, status), len(keys), lost,
         )
         w.restarts += 1
         self.handler.on_restart(w.index)
-        try:
-            await self._spawn(w)
-        except BaseException as exc:
-            self.handler.on_fatal(exc)
+        # A worker that dies right after its start, again and again, is restarted ever more slowly.
+        w.quick_deaths = w.quick_deaths + 1 if time.monotonic() - w.ready_at < QUICK_DEATH else 0
+        if w.quick_deaths > 1:
+            await asyncio.sleep(min(5.0, 0.2 * 2**w.quick_deaths))
+        await self._spawn(w)
 
     def reap_orphans(self) -> None:
         """Reap exited processes re-parented to us (we are a child subreaper)."""
@@ -435,6 +568,34 @@ class Pool:
             spawn.reap_strays(keep=workers)
 
     # ------------------------------------------------------------------ health
+
+    async def _watch_heartbeats(self) -> None:
+        """Kill a worker whose heartbeat stopped: its EOF then takes the crash path (its
+        commands killed, its keys re-dispatched, a new worker started)."""
+        period = 1.0
+        last = time.monotonic()
+        while not self.stopping:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            # Our own loop was held up: the workers' heartbeats may be waiting unread.
+            late = now - last > 2 * period
+            last = now
+            if late or self.stopping or self.holding:  # held: its heartbeats wait unread
+                continue
+            for w in self.workers:
+                if w.ready and now - w.last_tick >= self.heartbeat_stale:
+                    self._hung(w, now - w.last_tick)
+
+    def _hung(self, w: WorkerProc, silent: float) -> None:
+        logger.warning(
+            "worker %d (pid %d) sent no heartbeat for %.0f s; killing it (its commands are killed and "
+            "its keys re-dispatched)", w.index, w.pid, silent,
+        )
+        w.ready = False
+        w.hangs += 1
+        self.handler.on_hung(w.index)
+        if w.child is not None:
+            w.child.kill()
 
     def alive(self) -> int:
         return sum(1 for w in self.workers if w.ready)
@@ -447,11 +608,25 @@ class Pool:
         now = time.monotonic()
         for w in self.workers:
             if w.ready:
-                if now - w.last_tick >= HEARTBEAT_STALE:
+                if not self.holding and now - w.last_tick >= self.heartbeat_stale:
                     return False
             elif now - w.spawned_at >= BOOT_TIMEOUT + HEARTBEAT_STALE:
                 return False
         return True
+
+
+async def _killed(child: spawn.Child) -> int:
+    child.kill()
+    return await child.wait()
+
+
+def _boot_failure(exc: BaseException) -> str:
+    """Why a worker failed to start, in words (never Python's internals)."""
+    if isinstance(exc, TimeoutError):
+        return f"did not say it was ready within {BOOT_TIMEOUT:g} s"
+    if isinstance(exc, OSError) and not isinstance(exc, WorkerExited):
+        return f"could not be started: {os.strerror(exc.errno) if exc.errno else exc}"
+    return str(exc)
 
 
 async def _relay_stderr(pipe: IO[bytes], tail: collections.deque[bytes]) -> None:

@@ -35,7 +35,7 @@ import orjson
 
 from .settings import RunSettings
 
-VERSION = 2
+VERSION = 4
 """Bumped whenever a message changes; HELLO carries it and the parent checks it."""
 
 HELLO = b"H"
@@ -53,7 +53,8 @@ KILL = b"K"
 _HEAD = struct.Struct(">IB")
 _U32 = struct.Struct(">I")
 MAX_FRAME = 1 << 30
-"""A frame larger than this means the stream is corrupt (objects are at most ~1.5 MiB)."""
+"""A frame larger than this means the stream is corrupt (objects are at most ~1.5 MiB, a
+command's output at most ``--output-limit``, itself at most 256 MiB); none is ever sent."""
 
 
 class ProtocolError(Exception):
@@ -61,7 +62,10 @@ class ProtocolError(Exception):
 
 
 def frame(kind: bytes, payload: bytes) -> bytes:
-    """Encode one frame."""
+    """Encode one frame; raises :class:`ProtocolError` rather than build one the peer would refuse."""
+    if len(payload) >= MAX_FRAME:
+        raise ProtocolError(f"a {kind.decode()!r} frame of {len(payload) + 1} bytes is over the "
+                            f"limit of {MAX_FRAME}")
     return _HEAD.pack(len(payload) + 1, kind[0]) + payload
 
 
@@ -146,6 +150,8 @@ class Done(TypedDict):
     """oc's one-line error message, on failure."""
     nocmd: NotRequired[bool]
     """No command was configured for this event type: only the header was printed."""
+    dropped: NotRequired[int]
+    """Bytes of output over ``--output-limit`` that were dropped (marked in the output)."""
     ol: NotRequired[int]
     """Framing: the length of stdout among the bytes after the header (set by encode_done)."""
 
@@ -171,9 +177,13 @@ class Tick(TypedDict):
 
 
 class Stop(TypedDict):
-    """``S``, parent → worker: finish running commands within ``grace`` seconds (0: no limit)."""
+    """``S``, parent → worker: finish running commands within ``grace`` seconds (0: none, the
+    running commands are killed at once).
+
+    A later STOP with ``now`` (a second signal) kills the running commands at once."""
 
     grace: float
+    now: NotRequired[bool]
 
 
 class Fatal(TypedDict):
@@ -276,17 +286,19 @@ def decode_tick(payload: bytes) -> Tick:
     return tick
 
 
-def encode_stop(grace: float) -> bytes:
+def encode_stop(grace: float, *, now: bool = False) -> bytes:
     stop: Stop = {"grace": grace}
+    if now:
+        stop["now"] = True
     return json_frame(STOP, stop)
 
 
-def decode_stop(payload: bytes) -> float:
-    """The grace period (0: no limit); an empty payload means 0."""
+def decode_stop(payload: bytes) -> Stop:
+    """The stop request; an empty payload means a grace of 0."""
     if not payload:
-        return 0.0
+        return {"grace": 0.0}
     stop: Stop = _json_object(payload)
-    return float(stop.get("grace", 0))
+    return stop
 
 
 def encode_fatal(message: str, job_id: int | None = None) -> bytes:
@@ -342,9 +354,13 @@ class FrameProtocol(asyncio.Protocol):
     when the peer is gone (or the stream is corrupt).
     """
 
-    def __init__(self, on_frame: FrameHandler, on_eof: Callable[[], None]) -> None:
+    def __init__(self, on_frame: FrameHandler, on_eof: Callable[[], None],
+                 on_pause: Callable[[bool], None] | None = None) -> None:
         self.on_frame = on_frame
         self.on_eof = on_eof
+        self.on_pause = on_pause
+        """Called with True when the transport's write buffer is over its high-water mark
+        (the peer is not reading), with False once it drained below the low one."""
         self._buf = bytearray()
         self._ended = False
         self.transport: asyncio.Transport | None = None
@@ -373,6 +389,14 @@ class FrameProtocol(asyncio.Protocol):
         if pos:
             del buf[:pos]
 
+    def pause_writing(self) -> None:
+        if self.on_pause is not None:
+            self.on_pause(True)
+
+    def resume_writing(self) -> None:
+        if self.on_pause is not None:
+            self.on_pause(False)
+
     def eof_received(self) -> bool:
         self._end()
         return False
@@ -386,10 +410,11 @@ class FrameProtocol(asyncio.Protocol):
             self.on_eof()
 
 
-async def connect(sock: object, on_frame: FrameHandler, on_eof: Callable[[], None]) -> asyncio.Transport:
+async def connect(sock: object, on_frame: FrameHandler, on_eof: Callable[[], None],
+                  on_pause: Callable[[bool], None] | None = None) -> asyncio.Transport:
     """Wrap a connected socket (one end of the socketpair) in a :class:`FrameProtocol`."""
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_unix_connection(
-        lambda: FrameProtocol(on_frame, on_eof), sock=sock  # type: ignore[arg-type]
+        lambda: FrameProtocol(on_frame, on_eof, on_pause), sock=sock  # type: ignore[arg-type]
     )
     return transport

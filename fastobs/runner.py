@@ -10,11 +10,14 @@ Invocation (oc-compatible, see docs/usage.md): argv is ``[cmd args...] [namespac
 (kubectl's JSON encoding); stdin is /dev/null unless the object is sent on stdin.
 
 Invariants: the command is executed directly, never through a shell, so object data can
-only ever become single argv elements; every command runs in its own process group and is
-killed as a group on timeout; output is captured into memfds (grouped mode), so a
-grandchild that keeps the output open cannot hold the worker up; a template that fails for
-an object (any language) stops fastobs with an error that names the object's key but does
-not quote the object below ``--loglevel 8`` (:func:`template_failure`).
+only ever become single argv elements; a command that cannot start (an exec error, a NUL
+byte in an argument) is a failed command like any other, never a lost job; every command
+runs in its own process group and is killed as a group on timeout and at shutdown; at most
+``--output-limit`` bytes of a command's output are held (the rest is dropped, counted and
+marked with a line); once the command exited its pipes are not waited on, so a grandchild
+that keeps the output open cannot hold the worker up; a template that fails for an object
+(any language) stops fastobs with an error that names the object's key but does not quote
+the object below ``--loglevel 8`` (:func:`template_failure`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,6 +51,12 @@ LineSink = Callable[[int, bytes], None]
 """Stream mode: receives (fd, one line of output) as the command prints it."""
 BeginSink = Callable[[float, str], None]
 """Receives (monotonic start time, the printed header line) when the first attempt starts."""
+DRAIN_LIMIT = 1 << 20
+"""Bytes read from a pipe after its command exited, at most: a grandchild may still write."""
+WATCH_DELAY = 0.05
+"""A command's pipes are watched by the loop once it has run this long. Most commands end
+sooner, their output still in the pipe (64 KiB), read once at their exit: watching every
+pipe from the start costs ~50 us of the worker's CPU per command (uvloop's poll handles)."""
 
 
 class Runner:
@@ -73,15 +84,24 @@ class Runner:
         self._needs_object = bool(settings.object_env_var)
         # os.environ decodes every variable on each copy (~16 us); a dict copies in ~0.1 us.
         self._base_env = dict(os.environ)
-        self._tmpdir: str | None = None
+        self._object_dir: str | None = settings.object_dir or None
+        """Where --object-channel=file writes object files: given by the parent (which
+        removes it if this worker dies), else made on first use."""
+        self._running: dict[int, spawn.Child] = {}
+        self._killed: dict[int, str] = {}
+        """Commands stopped by :meth:`kill_all`: pid -> why (the end of the error line)."""
+        self.stopping = ""
+        self._streams: set[_Streams] = set()
+        self.paused = False
+        self._sweep: asyncio.TimerHandle | None = None
         self.fence: Fence | None = None
         """Set by the worker in a group of replicas: asked before every attempt starts."""
 
     def close(self) -> None:
+        """Release what the runner holds; the object files' directory goes with it."""
         os.close(self._devnull)
-        if self._tmpdir:
-            with contextlib.suppress(OSError):
-                os.rmdir(self._tmpdir)
+        if self._object_dir:
+            shutil.rmtree(self._object_dir, ignore_errors=True)
 
     # ------------------------------------------------------------------ building
 
@@ -128,15 +148,30 @@ class Runner:
             os.lseek(fd, 0, os.SEEK_SET)
             return fd, None
         if channel == "file" and env is not None:
-            if self._tmpdir is None:
-                base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-                self._tmpdir = tempfile.mkdtemp(prefix="fastobs-", dir=base)
-            fd, path = tempfile.mkstemp(dir=self._tmpdir, suffix=".json")
+            if self._object_dir is None:
+                self._object_dir = object_dir(f"fastobs-{os.getpid()}-")
+            fd, path = tempfile.mkstemp(dir=self._object_dir, suffix=".json")
             with os.fdopen(fd, "wb") as f:
                 f.write(obj or b"")
             env[self.settings.object_file_env_var] = path
             return self._devnull, path
         return self._devnull, None
+
+    def header(self, job: Job, args: list[str], started_wall: float) -> str:
+        """oc's header line for this job: ``# <TS> <Type> <rv>\\t<command line>``."""
+        s = self.settings
+        cmd = s.delete_command if job["type"] == "Deleted" else s.command
+        printed = [cmd[0] if cmd else "", *cmd[1:], *args]
+        return header_line(rfc3339_local(started_wall), job["type"], job["rv"], printed)
+
+    def failure(self, job: Job, reason: str, code: str, message: str) -> Done:
+        """The result of a job whose run failed in fastobs itself: a failed command, so that
+        the job still ends (and its key can run again)."""
+        now = time.monotonic()
+        args = [job["ns"], job["name"]] if self.settings.namespaced else [job["name"]]
+        return {"id": job["id"], "header": self.header(job, args, time.time()), "arg": None, "ok": False,
+                "started": now, "ended": now, "attempts": [(-1, 0.0)], "reason": reason, "code": code,
+                "error": message}
 
     # ------------------------------------------------------------------ running
 
@@ -163,10 +198,8 @@ class Runner:
         except (ValueError, TypeError, RecursionError) as exc:
             # The object cannot be decoded, encoded or rendered (nested deeper than the parser
             # goes): this event fails for its key alone, and no command runs.
-            return self._invalid_object(job, cmd, exc), b"", b""
-        started_wall = time.time()
-        printed = [cmd[0] if cmd else "", *cmd[1:], *args]
-        header = header_line(rfc3339_local(started_wall), job["type"], job["rv"], printed)
+            return self._invalid_object(job, exc), b"", b""
+        header = self.header(job, args, time.time())
         result: Done = {"id": job["id"], "header": header, "arg": arg, "ok": True, "started": 0.0,
                         "ended": 0.0, "attempts": []}
         if not cmd:
@@ -186,15 +219,55 @@ class Runner:
                     os.unlink(tmpfile)
         return result, out, err
 
-    def _invalid_object(self, job: Job, cmd: tuple[str, ...], exc: BaseException) -> Done:
+    def _invalid_object(self, job: Job, exc: BaseException) -> Done:
         now = time.monotonic()
         base = [job["ns"], job["name"]] if self.settings.namespaced else [job["name"]]
-        printed = [cmd[0] if cmd else "", *cmd[1:], *base]
         detail = " ".join(str(exc).split()) or type(exc).__name__
-        header = header_line(rfc3339_local(time.time()), job["type"], job["rv"], printed)
+        header = self.header(job, base, time.time())
         return {"id": job["id"], "header": header, "arg": None, "ok": False, "started": now, "ended": now,
                 "attempts": [], "nocmd": True, "reason": INVALID_OBJECT,
                 "error": f"the object could not be decoded for the command: {detail}"}
+
+    async def kill_all(self, why: str, grace: float) -> None:
+        """Stop every running command: SIGTERM to its process group, SIGKILL after ``grace``
+        seconds. Each is reported as a failure whose error line ends with ``why``, and no
+        retry of theirs starts."""
+        self.stopping = why
+        children = list(self._running.values())
+        for child in children:
+            self._killed[child.pid] = why
+        await asyncio.gather(*(child.terminate(grace) for child in children))
+
+    def pause_output(self) -> None:
+        """Stop reading the commands' output (the parent is not keeping up): a command that
+        fills its pipe then waits, as it would writing to a slow terminal."""
+        self.paused = True
+        for streams in self._streams:
+            streams.unwatch()
+
+    def resume_output(self) -> None:
+        self.paused = False
+        for streams in self._streams:
+            streams.watch()
+
+    def _watch_later(self) -> None:
+        if self._sweep is None and not self.paused:
+            self._sweep = asyncio.get_running_loop().call_later(WATCH_DELAY, self._watch_running)
+
+    def _watch_running(self) -> None:
+        """Watch the pipes of the commands that have run WATCH_DELAY or longer."""
+        self._sweep = None
+        if self.paused:
+            return
+        now = time.monotonic()
+        waiting = False
+        for streams in self._streams:
+            if now - streams.started_at >= WATCH_DELAY:
+                streams.watch()
+            else:
+                waiting = True
+        if waiting:
+            self._watch_later()
 
     async def _attempts(
         self,
@@ -210,6 +283,7 @@ class Runner:
         attempts: list[tuple[int, float]] = []
         outs: list[bytes] = []
         errs: list[bytes] = []
+        budget = _Budget(s.output_limit)
         result["started"] = time.monotonic()
         on_begin(result["started"], result["header"])
         retries = 0
@@ -220,12 +294,13 @@ class Runner:
             if self.fence is not None and not self.fence.may_start(job_id):
                 status = _Status(False, FENCED, "", -1, 0.0)
                 break
-            status = await self._one_attempt(argv, env, stdin, outs, errs, on_line, job_id)
+            status = await self._one_attempt(argv, env, stdin, outs, errs, on_line, budget, job_id)
             attempts.append((status.oc_code, status.seconds))
             if status.ok:
                 break
             if (
-                status.reason != "spawn_error"
+                status.reason not in ("spawn_error", "shutdown")
+                and not self.stopping
                 and s.retry_on_exit_code != 0
                 and status.oc_code == s.retry_on_exit_code
                 and retries < s.retry_count
@@ -241,6 +316,8 @@ class Runner:
         result["code"] = status.code
         result["attempts"] = attempts
         result["retries"] = retries
+        if budget.dropped:
+            result["dropped"] = budget.dropped
         if not status.ok:
             result["error"] = status.error(argv[0], s.timeout)
         return b"".join(outs), b"".join(errs)
@@ -253,18 +330,23 @@ class Runner:
         outs: list[bytes],
         errs: list[bytes],
         on_line: LineSink | None,
+        budget: _Budget,
         job_id: int,
     ) -> _Status:
         t0 = time.monotonic()
-        streams = _Streams(on_line)
+        streams: _Streams | None = None
         try:
-            child = spawn.start(argv, env=env, stdin=stdin, stdout=streams.out_w, stderr=streams.err_w)
-        except OSError as exc:
-            streams.close()
+            streams = _Streams(self, on_line, budget)
+            child = spawn.start(argv, env=env, stdin=stdin, stdout=streams.child_out,
+                                stderr=streams.child_err)
+        except OSError as exc:  # exec failed, a NUL byte, no descriptors left: a failed command
+            if streams is not None:
+                streams.close()
             status = _Status(False, "spawn_error", errno.errorcode.get(exc.errno or 0, ""), -1,
                              time.monotonic() - t0)
             status.message = spawn.exec_error(argv[0], exc)
             return status
+        self._running[child.pid] = child
         streams.started()
         if self.fence is not None:
             self.fence.started(job_id, child.pid)
@@ -272,24 +354,30 @@ class Runner:
         try:
             if self.settings.timeout > 0:
                 try:
-                    code = await asyncio.wait_for(asyncio.shield(child.wait()), self.settings.timeout)
+                    code = await asyncio.wait_for(child.wait(), self.settings.timeout)
                 except TimeoutError:
                     timed_out = True
                     code = await child.terminate(self.settings.kill_grace)
             else:
                 code = await child.wait()
         except asyncio.CancelledError:
-            # Shutdown: stop the whole group, then let the cancellation continue.
+            # The worker is going away: stop the whole group, then let the cancellation continue.
             await child.terminate(self.settings.kill_grace)
             streams.close()
             raise
         finally:
+            self._running.pop(child.pid, None)
             if self.fence is not None:
                 self.fence.ended(job_id)
         out, err = streams.finish()
         outs.append(out)
         errs.append(err)
         seconds = time.monotonic() - t0
+        killed_for = self._killed.pop(child.pid, "")
+        if killed_for and code != 0:
+            status = _Status(False, "shutdown", spawn.describe_status(code)[1], -1, seconds)
+            status.message = killed_for
+            return status
         if timed_out:
             return _Status(False, "timeout", "", -1, seconds)
         if code == 0:
@@ -320,12 +408,20 @@ def template_failure(error: TemplateError, job: Job, *, quote_object: bool) -> T
     return TemplateError(f"unable to write arguments for {key}: {what}")
 
 
+def object_dir(prefix: str) -> str:
+    """A new private directory (0700) for object files: in /dev/shm (memory, never disk)
+    where it exists."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    return tempfile.mkdtemp(prefix=prefix, dir=base)
+
+
 class _Status:
     __slots__ = ("ok", "reason", "code", "oc_code", "seconds", "message")
 
     def __init__(self, ok: bool, reason: str, code: str, oc_code: int, seconds: float) -> None:
         self.message = ""
-        """For spawn errors: Go's exec error text (``code`` is then the errno name)."""
+        """Spawn errors: Go's exec error text (``code`` is then the errno name); commands
+        killed at shutdown: why."""
         self.ok = ok
         self.reason = reason
         self.code = code
@@ -335,6 +431,8 @@ class _Status:
     def error(self, exe: str, timeout: float) -> str:
         if self.reason == "spawn_error":
             return self.message
+        if self.reason == "shutdown":
+            return f"command {go_quote(exe)} {self.message}"
         if self.reason == "timeout":
             return f"command {go_quote(exe)} timed out after {timeout:g}s and was killed"
         if self.reason == FENCED:
@@ -342,74 +440,197 @@ class _Status:
         return f"command {go_quote(exe)} exited with status code {self.oc_code}"
 
 
-class _Streams:
-    """The child's stdout/stderr: memfds in grouped mode, pipes read line by line in stream mode."""
+class _Budget:
+    """How much more output one command (all its attempts) may leave in memory."""
 
-    def __init__(self, on_line: LineSink | None) -> None:
+    __slots__ = ("limit", "left", "dropped")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.left = limit
+        self.dropped = 0
+
+    def take(self, n: int) -> int:
+        """Of ``n`` new bytes, how many to keep; the rest count as dropped."""
+        keep = min(n, self.left)
+        self.left -= keep
+        self.dropped += n - keep
+        return keep
+
+
+def marker(dropped: int, what: str, limit: int) -> bytes:
+    """The line that stands for output fastobs did not keep."""
+    return f"[fastobs: {dropped} more bytes of {what} dropped (--output-limit={limit})]\n".encode()
+
+
+class _Streams:
+    """The child's stdout and stderr: two pipes whose read ends the worker's loop watches.
+
+    Grouped mode keeps each stream's bytes, up to the command's budget; stream mode hands
+    each line to ``on_line`` as it completes, a line longer than the limit cut there. The
+    child's ends are blocking (a program that fills a pipe waits, as on a terminal; it never
+    sees EAGAIN); ours are not. Once the command exited, what is left in the pipes is read
+    without waiting for EOF, so a grandchild that keeps them open holds nothing up. Every
+    descriptor is closed exactly once, its reader removed first: a descriptor number is
+    reused at once by the next command's pipes.
+    """
+
+    def __init__(self, runner: Runner, on_line: LineSink | None, budget: _Budget) -> None:
+        self.runner = runner
+        self.loop = asyncio.get_running_loop()
         self.on_line = on_line
-        self.grouped = on_line is None
-        self._bufs: dict[int, bytearray] = {}
-        if self.grouped:
-            self.out_r = self.out_w = os.memfd_create("fastobs-stdout", os.MFD_CLOEXEC)
-            self.err_r = self.err_w = os.memfd_create("fastobs-stderr", os.MFD_CLOEXEC)
-        else:
-            self.out_r, self.out_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-            self.err_r, self.err_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.budget = budget
+        self._open: set[int] = set()
+        self._watched: set[int] = set()
+        self._stream: dict[int, int] = {}
+        """Our read ends: fd -> 1 (stdout) or 2 (stderr)."""
+        self._data = {1: bytearray(), 2: bytearray()}
+        """Grouped: the bytes kept. Stream mode: the line being read."""
+        self._dropped = {1: 0, 2: 0}
+        self._cutting = {1: False, 2: False}
+        """Stream mode: the rest of an over-long line is being dropped."""
+        self.started_at = 0.0
+        try:
+            out_r, self.child_out = self._pipe()
+            err_r, self.child_err = self._pipe()
+        except OSError:
+            self.close()
+            raise
+        self._stream = {out_r: 1, err_r: 2}
+
+    def _pipe(self) -> tuple[int, int]:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        self._open.update((r, w))
+        fcntl.fcntl(r, fcntl.F_SETFL, os.O_NONBLOCK)  # a read end has no other status flag
+        return r, w
 
     def started(self) -> None:
-        if self.grouped:
-            return
-        # Our copies of the write ends must close, or EOF never comes.
-        os.close(self.out_w)
-        os.close(self.err_w)
-        loop = asyncio.get_running_loop()
-        for fd, stream in ((self.out_r, 1), (self.err_r, 2)):
-            self._bufs[fd] = bytearray()
-            loop.add_reader(fd, self._readable, fd, stream)
+        """The child has its copies: ours of the write ends must close, or EOF never comes."""
+        self._close(self.child_out)
+        self._close(self.child_err)
+        self.started_at = time.monotonic()
+        self.runner._streams.add(self)
+        self.runner._watch_later()
 
-    def _readable(self, fd: int, stream: int) -> None:
+    def watch(self) -> None:
+        for fd in self._stream:
+            if fd in self._open and fd not in self._watched:
+                self.loop.add_reader(fd, self._readable, fd)
+                self._watched.add(fd)
+
+    def unwatch(self) -> None:
+        for fd in list(self._watched):
+            self.loop.remove_reader(fd)
+            self._watched.discard(fd)
+
+    def _close(self, fd: int) -> None:
+        if fd not in self._open:
+            return
+        if fd in self._watched:
+            self.loop.remove_reader(fd)
+            self._watched.discard(fd)
+        self._open.discard(fd)
+        os.close(fd)
+
+    def close(self) -> None:
+        for fd in list(self._open):
+            self._close(fd)
+        self.runner._streams.discard(self)
+
+    def _readable(self, fd: int) -> None:
         try:
             chunk = os.read(fd, 65536)
         except BlockingIOError:
             return
-        buf = self._bufs[fd]
-        if not chunk:
-            asyncio.get_running_loop().remove_reader(fd)
+        except OSError:
+            chunk = b""
+        if chunk:
+            self._feed(self._stream[fd], chunk)
+        else:
+            self._close(fd)  # EOF: every writer is gone
+
+    def _feed(self, stream: int, chunk: bytes) -> None:
+        if self.on_line is None:
+            keep = self.budget.take(len(chunk))
+            self._data[stream] += chunk if keep == len(chunk) else chunk[:keep]
+            self._dropped[stream] += len(chunk) - keep
             return
+        if self._cutting[stream]:
+            end = chunk.find(b"\n")
+            if end < 0:
+                self._drop_line_rest(stream, len(chunk), ended=False)
+                return
+            self._drop_line_rest(stream, end, ended=True)
+            chunk = chunk[end + 1 :]
+        buf = self._data[stream]
         buf += chunk
-        *lines, rest = bytes(buf).split(b"\n")
-        buf[:] = rest
+        if b"\n" in chunk:
+            *lines, rest = bytes(buf).split(b"\n")
+            buf[:] = rest
+            for line in lines:
+                self._line(stream, line)
+        if len(buf) > self.budget.limit:
+            self._cut_line(stream, bytes(buf))
+            buf.clear()
+
+    def _line(self, stream: int, line: bytes) -> None:
         assert self.on_line is not None
-        for line in lines:
+        if len(line) > self.budget.limit:
+            self._cut_line(stream, line)
+            self._drop_line_rest(stream, 0, ended=True)
+        else:
             self.on_line(stream, line + b"\n")
 
+    def _cut_line(self, stream: int, line: bytes) -> None:
+        """Stream mode: pass on the first ``limit`` bytes of a line; drop the rest of it."""
+        assert self.on_line is not None
+        limit = self.budget.limit
+        self.on_line(stream, line[:limit] + b"\n")
+        self._cutting[stream] = True
+        self._dropped[stream] = 0
+        self._drop_line_rest(stream, len(line) - limit, ended=False)
+
+    def _drop_line_rest(self, stream: int, n: int, *, ended: bool) -> None:
+        assert self.on_line is not None
+        self._dropped[stream] += n
+        self.budget.dropped += n
+        if ended:
+            self._cutting[stream] = False
+            self.on_line(stream, marker(self._dropped[stream], "this line", self.budget.limit))
+            self._dropped[stream] = 0
+
     def finish(self) -> tuple[bytes, bytes]:
-        if self.grouped:
-            out, err = _read_memfd(self.out_r), _read_memfd(self.err_r)
-            os.close(self.out_r)
-            os.close(self.err_r)
-            return out, err
-        # Drain what is already there; a grandchild still holding the pipe is not waited for.
-        loop = asyncio.get_running_loop()
-        for fd, stream in ((self.out_r, 1), (self.err_r, 2)):
-            loop.remove_reader(fd)
-            with contextlib.suppress(BlockingIOError):
-                while chunk := os.read(fd, 65536):
-                    self._bufs[fd] += chunk
-            rest = bytes(self._bufs[fd])
-            if rest and self.on_line is not None:
-                self.on_line(stream, rest + b"\n")
-            os.close(fd)
-        return b"", b""
+        """The command exited: read what is left (without waiting for EOF), close the pipes,
+        and return (stdout, stderr) in grouped mode; flush the last partial lines in stream mode."""
+        for fd, stream in self._stream.items():
+            left = DRAIN_LIMIT
+            while fd in self._open and left > 0:
+                try:
+                    chunk = os.read(fd, min(65536, left))
+                except BlockingIOError:
+                    break
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    break
+                left -= len(chunk)
+                self._feed(stream, chunk)
+        self.close()
+        if self.on_line is not None:
+            for stream in (1, 2):
+                if self._cutting[stream]:
+                    self._drop_line_rest(stream, 0, ended=True)
+                elif self._data[stream]:
+                    self.on_line(stream, bytes(self._data[stream]) + b"\n")
+            return b"", b""
+        return self._grouped(1), self._grouped(2)
 
-    def close(self) -> None:
-        fds = {self.out_r, self.out_w, self.err_r, self.err_w}
-        for fd in fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
-def _read_memfd(fd: int) -> bytes:
-    data = spawn.read_memfd(fd)
-    # oc writes a newline after output that does not end with one.
-    return data if not data or data.endswith(b"\n") else data + b"\n"
+    def _grouped(self, stream: int) -> bytes:
+        data = bytes(self._data[stream])
+        # oc writes a newline after output that does not end with one.
+        if data and not data.endswith(b"\n"):
+            data += b"\n"
+        dropped = self._dropped[stream]
+        if dropped:
+            data += marker(dropped, "stdout" if stream == 1 else "stderr", self.budget.limit)
+        return data

@@ -60,12 +60,19 @@ class RunSettings:
     output_mode: OutputMode = "grouped"
     """*new*: grouped = a command's output printed together under its header when it
     ends; stream = each line as it comes, prefixed with the object key."""
+    output_limit: int = 4 << 20
+    """*new*: bytes of one command's output held at most (grouped mode: stdout and stderr
+    of all its attempts together; stream mode: one line); the rest is dropped and a marker
+    line says how much."""
     quiet: bool = False
     namespaced: bool = True
     """Whether the resource is namespaced (argv gets the namespace before the name)."""
     template_errors_quote_object: bool = False
     """Whether a template that fails for an object prints the whole object (oc always
     does; fastobs from ``--loglevel`` :data:`QUOTE_OBJECT_VERBOSITY`)."""
+    object_dir: str = ""
+    """The private directory of one worker's object files (``--object-channel=file``),
+    made by the parent for each worker it starts, so that it can remove a dead worker's."""
 
     def to_json_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

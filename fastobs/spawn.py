@@ -17,8 +17,10 @@ import asyncio
 import contextlib
 import errno
 import os
+import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 
 TRACKED: set[int] = set()
@@ -27,40 +29,59 @@ them to their ``Child.wait`` (reaping them elsewhere would lose their exit statu
 
 
 class Child:
-    """A running child process and the pidfd the loop waits on."""
+    """A running child process and the pidfd the loop waits on.
 
-    __slots__ = ("popen", "pid", "_pidfd", "returncode")
+    However many callers wait (the command's own wait, a timeout's ``terminate``, a
+    shutdown), one reader watches the pidfd and one future carries the exit status: a
+    second ``add_reader`` on the same fd would silently replace the first, leaving its
+    waiter pending forever.
+    """
+
+    __slots__ = ("popen", "pid", "_pidfd", "returncode", "_exited", "_loop")
 
     def __init__(self, popen: subprocess.Popen[bytes]) -> None:
         self.popen = popen
         self.pid = popen.pid
         self._pidfd: int = os.pidfd_open(popen.pid)
         self.returncode: int | None = None
+        self._exited: asyncio.Future[int] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         TRACKED.add(popen.pid)
 
     async def wait(self) -> int:
-        """Wait for the exit and reap; returns Popen's returncode (-N for signal N)."""
+        """Wait for the exit and reap; returns Popen's returncode (-N for signal N).
+
+        Cancelling the caller does not cancel the wait of the others.
+        """
         if self.returncode is not None:
             return self.returncode
-        loop = asyncio.get_running_loop()
-        exited = loop.create_future()
-        loop.add_reader(self._pidfd, _set_done, exited)
-        try:
-            await exited
-        finally:
-            loop.remove_reader(self._pidfd)
-        return self._reap()
+        if self._exited is None:
+            self._loop = asyncio.get_running_loop()
+            self._exited = self._loop.create_future()
+            self._loop.add_reader(self._pidfd, self._reap)
+        return await asyncio.shield(self._exited)
 
     def _reap(self) -> int:
+        if self.returncode is not None:
+            return self.returncode
         code = self.popen.wait()
         TRACKED.discard(self.pid)
         self.returncode = code
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._pidfd)
         os.close(self._pidfd)
         self._pidfd = -1
+        if self._exited is not None and not self._exited.done():
+            self._exited.set_result(code)
         return code
 
     def signal_group(self, sig: int) -> None:
-        """Send ``sig`` to the child's whole process group (it may have started others)."""
+        """Send ``sig`` to the child's whole process group (it may have started others).
+
+        Not once the child is reaped: its pid, and so the group id, may belong to another
+        process by then."""
+        if self.returncode is not None:
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
 
@@ -68,15 +89,22 @@ class Child:
         """SIGTERM the group, then SIGKILL it after ``grace`` seconds; returns the exit status."""
         self.signal_group(signal.SIGTERM)
         try:
-            return await asyncio.wait_for(asyncio.shield(self.wait()), grace)
+            return await asyncio.wait_for(self.wait(), grace)
         except TimeoutError:
             self.signal_group(signal.SIGKILL)
             return await self.wait()
 
+    def kill(self) -> None:
+        """SIGKILL the child itself (not its group: a worker shares the parent's group)."""
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
 
-def _set_done(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+    def kill_now(self) -> int:
+        """SIGKILL the child (not its group) and reap it synchronously: for the last moments
+        of a process, when the loop will not run again."""
+        self.kill()
+        return self._reap()
 
 
 def start(
@@ -89,25 +117,35 @@ def start(
 ) -> Child:
     """Start ``argv`` directly (never through a shell) in a new process group.
 
-    Raises OSError (FileNotFoundError, PermissionError, E2BIG...) when exec fails: CPython
-    reports exec errors from the child synchronously through its error pipe.
+    Raises OSError (FileNotFoundError, PermissionError, E2BIG...) for every reason the
+    command cannot start: CPython reports exec errors from the child synchronously through
+    its error pipe, and an argument or variable it cannot pass (a NUL byte, a string it
+    cannot encode) becomes EINVAL, the error Go's exec gives oc for it.
     """
-    popen = subprocess.Popen(
-        argv,
-        stdin=stdin,
-        stdout=stdout,
-        stderr=stderr,
-        env=env,
-        close_fds=True,
-        process_group=0,
-    )
+    try:
+        popen = subprocess.Popen(
+            argv,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            env=env,
+            close_fds=True,
+            process_group=0,
+        )
+    except ValueError as exc:  # "embedded null byte", UnicodeEncodeError
+        raise OSError(errno.EINVAL, f"{os.strerror(errno.EINVAL)} ({exc})") from exc
     return Child(popen)
 
 
 def exec_error(exe: str, exc: OSError) -> str:
-    """Go's exec error text, as oc prints it for commands that cannot start."""
-    if "/" not in exe and exc.errno == errno.ENOENT:
-        return f'exec: "{exe}": executable file not found in $PATH'
+    """Go's exec error text, as oc prints it for commands that cannot start: a name without
+    a slash is looked up in PATH first (``exec: "x": executable file not found in $PATH``),
+    and a start failure names the path found (``fork/exec /usr/bin/x: invalid argument``)."""
+    if "/" not in exe:
+        found = shutil.which(exe)
+        if found is None:
+            return f'exec: "{exe}": executable file not found in $PATH'
+        exe = found
     reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
     return f"fork/exec {exe}: {reason}"
 
@@ -129,6 +167,12 @@ async def run_capture(argv: Sequence[str], env: Mapping[str, str] | None = None)
     finally:
         os.close(out)
         os.close(err)
+
+
+def describe_exit(code: int) -> str:
+    """How a process ended, in words: ``exited with status 7``, ``was killed by SIGKILL``."""
+    reason, label = describe_status(code)
+    return f"was killed by {label}" if reason == "signal" else f"exited with status {label}"
 
 
 def describe_status(code: int) -> tuple[str, str]:
@@ -171,17 +215,29 @@ def reap_strays(keep: set[int]) -> None:
             os.waitpid(pid, os.WNOHANG)
 
 
-def kill_strays(keep: set[int]) -> list[int]:
-    """SIGKILL the process group of every other child (a dead worker's commands), then
-    reap them; returns their pids."""
-    victims = sorted(children() - keep - TRACKED)
-    for pid in victims:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    for pid in victims:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
+def kill_strays(keep: set[int], *, spare_tracked: bool = True, limit: float = 10.0) -> list[int]:
+    """SIGKILL every other child and its process group (a dead worker's commands, a
+    command's daemons), reap them, and repeat for the orphans their deaths hand us (we are
+    a subreaper, so a daemon that left its group by ``setsid`` and double fork still comes
+    to us once its parents are gone), until no other child is left or ``limit`` seconds
+    have passed. Returns the pids killed.
+
+    ``spare_tracked``: leave alone the commands a ``Child`` still waits for.
+    """
+    victims: list[int] = []
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        pids = sorted(children() - keep - (TRACKED if spare_tracked else set()))
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in pids:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        victims += pids
     return victims
 

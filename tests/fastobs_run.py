@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,6 +62,14 @@ def recorder(tmp_path: Path, name: str = "record") -> Recorder:
     path.write_text(RECORDER.format(python=sys.executable, log=str(log)))
     path.chmod(0o755)
     return Recorder(path=path, log=log)
+
+
+def worker_sitecustomize(body: str) -> str:
+    """A ``sitecustomize.py`` (put on PYTHONPATH) that runs ``body`` in fastobs's worker
+    processes only, before the worker itself starts: to fail or stall their boot."""
+    return ('import os, sys, time\n'
+            'try:\n    _cmd = open("/proc/self/cmdline", "rb").read()\nexcept OSError:\n    _cmd = b""\n'
+            'if b"fastobs.worker" in _cmd:\n' + textwrap.indent(textwrap.dedent(body), "    "))
 
 
 def fastobs_argv(*args: str) -> list[str]:

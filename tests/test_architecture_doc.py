@@ -89,7 +89,7 @@ def test_the_documented_protocol_version_is_the_code_s() -> None:
     (r"\| (\d+) \| workers failed to start", lambda: errors.EXIT_WORKER_BOOT),
     (r"\| (\d+) \| more list failures than", lambda: errors.EXIT_FATAL),
     (r"more than (\d+) MiB of\s+output waits", lambda: f"{output.HIGH_WATER / 2**20:g}"),
-    (r"until less than (\d+) KiB does", lambda: f"{output.LOW_WATER / 2**10:g}"),
+    (r"until less than\s+(\d+) KiB does", lambda: f"{output.LOW_WATER / 2**10:g}"),
     (r"`T` tick \| worker → parent \| every (second):",
      lambda: "second" if worker.HEARTBEAT_SECONDS == 1 else f"{worker.HEARTBEAT_SECONDS} s"),
 ])

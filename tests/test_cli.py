@@ -136,6 +136,9 @@ def test_defaults_match_oc_and_settings() -> None:
             id="object-file-env-var",
         ),
         pytest.param(["--output-mode=stream"], "run.output_mode", "stream", id="output-mode"),
+        pytest.param(["--output-limit", "512Ki"], "run.output_limit", 512 << 10, id="output-limit-quantity"),
+        pytest.param(["--output-limit=2000000"], "run.output_limit", 2_000_000, id="output-limit-bytes"),
+        pytest.param(["--output-limit=3M"], "run.output_limit", 3_000_000, id="output-limit-decimal"),
         pytest.param(["--shutdown-grace", "0"], "shutdown_grace", 0.0, id="shutdown-grace"),
         pytest.param(["--watch-read-timeout", "2m"], "watch_read_timeout", 120.0, id="watch-read-timeout"),
         pytest.param(["--log-format", "json"], "log_format", "json", id="log-format"),
@@ -372,6 +375,12 @@ def test_gotemplate_is_rewritten() -> None:
             'invalid argument "trace" for "--log-level" flag: must be one of debug, info, warning, error',
             id="log-level-enum",
         ),
+        pytest.param(
+            ["--output-limit", "4MB"],
+            'invalid argument "4MB" for "--output-limit" flag: must be a number of bytes, optionally '
+            "followed by Ki, Mi, Gi, k, M or G",
+            id="output-limit-unit",
+        ),
     ],
 )
 def test_flag_errors_use_pflag_wording(argv: list[str], message: str) -> None:
@@ -390,6 +399,8 @@ def test_flag_errors_use_pflag_wording(argv: list[str], message: str) -> None:
         pytest.param(["--timeout", "-1s"], "--timeout must be 0 (no limit) or more, got -1s", id="timeout"),
         pytest.param(["--backoff-cap", "0"], "--backoff-cap must be more than 0, got 0s", id="backoff-cap"),
         pytest.param(["--max-pending", "0"], "--max-pending must be at least 1, got 0", id="max-pending"),
+        pytest.param(["--output-limit", "1Gi"], "--output-limit must be from 1Ki to 256Mi, got 1Gi",
+                     id="output-limit"),
         pytest.param(
             ["--watch-read-timeout", "0"],
             "--watch-read-timeout must be more than 0, got 0s",
@@ -731,6 +742,24 @@ func (c *choice) Set(s string) error {
 	return errors.New("must be one of " + strings.Join(c.choices, ", "))
 }
 
+// A byte count as fastobs spells it (a Kubernetes quantity's binary or decimal suffix).
+type byteSize struct{ value *int }
+
+func (b *byteSize) String() string { return strconv.Itoa(*b.value) }
+func (b *byteSize) Type() string   { return "bytes" }
+func (b *byteSize) Set(s string) error {
+	units := map[string]int{"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30,
+		"k": 1000, "M": 1000000, "G": 1000000000, "": 1}
+	digits := strings.TrimRight(s, "KiMGk")
+	unit, ok := units[s[len(digits):]]
+	n, err := strconv.Atoi(digits)
+	if !ok || err != nil || strings.Trim(digits, "0123456789") != "" {
+		return errors.New("must be a number of bytes, optionally followed by Ki, Mi, Gi, k, M or G")
+	}
+	*b.value = n * unit
+	return nil
+}
+
 type level struct{ value *int }
 
 func (l *level) String() string { return strconv.Itoa(*l.value) }
@@ -779,6 +808,10 @@ func parse(specs []spec, argv []string) map[string]any {
 			} else {
 				fs.IntVarP(ints[s.Dest], s.Name, s.Short, int(s.Default.(float64)), "")
 			}
+		case "bytes":
+			ints[s.Dest] = new(int)
+			*ints[s.Dest] = int(s.Default.(float64))
+			fs.VarP(&byteSize{ints[s.Dest]}, s.Name, s.Short, "")
 		case "duration":
 			durs[s.Dest] = new(time.Duration)
 			fs.DurationVarP(durs[s.Dest], s.Name, s.Short, time.Duration(s.Default.(float64)*1e9), "")
@@ -918,6 +951,10 @@ _ARGV_PIECES = [
     "--concurrency=0b101",
     "-lapp=web",
     "--kill_grace=3s",
+    "--output-limit=4Mi",
+    "--output-limit",
+    "--output-limit=12",
+    "--output-limit=-1k",
 ]
 
 

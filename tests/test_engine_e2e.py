@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -17,6 +18,7 @@ from fastobs_run import (
     run_fastobs,
     start_fastobs,
     wait_until,
+    worker_sitecustomize,
 )
 
 pytestmark = pytest.mark.cluster
@@ -37,9 +39,10 @@ def test_failing_key_does_not_hold_up_others(k8s, ns, tmp_path: Path) -> None:
     script = tmp_path / "act.sh"
     script.write_text(f'#!/bin/sh\n{rec.path} "$@"\n[ "$2" = bad ] && exit 9\nexit 0\n')
     script.chmod(0o755)
+    # --exit-after leaves room for a slow start on a busy machine: the retries alone need 2.1 s.
     res = run_fastobs(k8s.env, "cm", "-n", ns, NO_METRICS, "--workers", "1", "--concurrency", "2",
                       "--backoff-base", "300ms", "--backoff-attempts", "3", "--maximum-errors", "-1",
-                      "--exit-after", "6s", "--", str(script))
+                      "--exit-after", "12s", "--", str(script))
     assert res.returncode == 0, res.stderr
     names = [argv[1] for argv in rec.argvs()]
     assert names.count("bad") == 4, names  # the first run and 3 backoff retries
@@ -68,15 +71,10 @@ def test_parent_killed_workers_and_commands_stop(k8s, ns, tmp_path: Path) -> Non
                lambda: not any(alive(p) for p in [*workers, grandchild]), timeout=20)
 
 
-SITE_CRASH_WORKER = """import os, sys
-try:
-    _cmd = open("/proc/self/cmdline", "rb").read()
-except OSError:
-    _cmd = b""
-if b"fastobs.worker" in _cmd:
+SITE_CRASH_WORKER = worker_sitecustomize("""
     sys.stderr.write("worker boot failure injected by the test\\n")
     os._exit(7)
-"""
+""")
 
 
 def test_workers_failing_at_boot_stop_fastobs_with_named_exit_code(k8s, ns, tmp_path: Path) -> None:
@@ -90,34 +88,82 @@ def test_workers_failing_at_boot_stop_fastobs_with_named_exit_code(k8s, ns, tmp_
     assert res.returncode == 3, res.stderr
     last = res.stderr.strip().splitlines()[-1]
     # Why it failed, in words: how the worker exited and the end of what it printed.
-    assert last == ("error: worker 0 failed to start 5 times in a row; last error: exited with status 7; "
-                    "its last output: worker boot failure injected by the test"), last
-    assert "worker 0 failed to start (exited with status 7; its last output: worker boot failure injected " \
-           "by the test), attempt 1" in res.stderr
+    assert last == ("error: worker 0 failed to start 5 times in a row; last error: exited with status 7 "
+                    "before it was ready; its last output: worker boot failure injected by the test"), last
+    first = (r"worker 0 \(pid \d+\) exited with status 7 before it was ready; its last output: worker boot "
+             r"failure injected by the test; restarting it \(attempt 2 of 5\)")
+    assert re.search(first, res.stderr), res.stderr
     assert "Traceback" not in res.stderr and "bytes read" not in res.stderr
 
 
+# The first worker to start writes its pid and stalls its boot: it can be killed before HELLO.
+SITE_SLOW_FIRST_WORKER = worker_sitecustomize("""
+    try:
+        _fd = os.open(os.environ["T_FIRST_WORKER"], os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    except FileExistsError:
+        pass
+    else:
+        os.write(_fd, str(os.getpid()).encode())
+        os.close(_fd)
+        time.sleep(60)
+""")
+
+
+def test_worker_sigkilled_before_it_was_ready_is_restarted(k8s, ns, tmp_path: Path) -> None:
+    """A worker SIGKILLed while it boots (before HELLO) is restarted like any dead worker,
+    with a message that says so, and the keys queued for it run once its replacement is up."""
+    keys = [f"b{i}" for i in range(8)]
+    k8s.apply({"apiVersion": "v1", "kind": "List", "items": [configmap(k, ns) for k in keys]})
+    rec = recorder(tmp_path)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SITE_SLOW_FIRST_WORKER)
+    first = tmp_path / "first-worker"
+    proc = start_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "--workers", "2", "--", str(rec.path),
+                         extra_env={"PYTHONPATH": str(site), "T_FIRST_WORKER": str(first)})
+    try:
+        wait_until("a worker to start", lambda: first.exists() and first.read_text())
+        worker = int(first.read_text())
+        os.kill(worker, signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    print(err)
+    assert proc.returncode == 0, err
+    assert sorted(argv[1] for argv in rec.argvs()) == sorted(keys)
+    assert re.search(rf"worker \d \(pid {worker}\) was killed by SIGKILL before it was ready; restarting it "
+                     r"\(attempt 2 of 5\)", err), err
+    assert "Traceback" not in err and "bytes read" not in err
+
+
 def test_worker_sigkill_redispatches_in_flight_keys(k8s, ns, tmp_path: Path) -> None:
-    """A worker killed while its commands run: they are re-dispatched, nothing is lost."""
+    """A worker killed while its commands run: they are re-dispatched, nothing is lost.
+
+    The worker killed is one that runs a command (the command's parent), so it has said
+    HELLO and has keys in flight, however slowly the others boot."""
     keys = [f"c{i}" for i in range(8)]
     k8s.apply({"apiVersion": "v1", "kind": "List", "items": [configmap(k, ns) for k in keys]})
     rec = recorder(tmp_path)
     began = tmp_path / "began"
     script = tmp_path / "act.sh"
-    script.write_text(f'#!/bin/sh\necho "$2" >> {began}\nsleep 0.5\nexec {rec.path} "$@"\n')
+    script.write_text(f'#!/bin/sh\necho "$2 $PPID" >> {began}\nsleep 0.5\nexec {rec.path} "$@"\n')
     script.chmod(0o755)
     proc = start_fastobs(k8s.env, "cm", "-n", ns, NO_METRICS, "--workers", "2", "--concurrency", "4",
                          "--", str(script))
     try:
         wait_until("commands to start", lambda: began.exists() and len(began.read_text().split()) >= 2)
-        workers = children(proc.pid)
-        os.kill(workers[0], signal.SIGKILL)
+        worker = int(began.read_text().split()[1])
+        assert worker in children(proc.pid)
+        os.kill(worker, signal.SIGKILL)
         calls = rec.wait_for(lambda c: {x["argv"][1] for x in c} == set(keys), timeout=60)
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert {c["argv"][1] for c in calls} == set(keys)
-    assert "restarting it and re-dispatching" in err
+    assert re.search(rf"worker \d \(pid {worker}\) was killed by SIGKILL; restarting it and "
+                     r"re-dispatching [1-9]\d* keys", err), err
 
 
 def test_second_signal_kills_commands_at_once(k8s, ns, tmp_path: Path) -> None:

@@ -82,8 +82,9 @@ def test_typed_messages_round_trip() -> None:
 
     kind, payload = _one_frame(protocol.encode_output(7, 2, b"line\n"))
     assert (kind, protocol.decode_output(payload)) == (protocol.OUTPUT, ({"id": 7, "fd": 2}, b"line\n"))
-    assert protocol.decode_stop(_one_frame(protocol.encode_stop(2.5))[1]) == 2.5
-    assert protocol.decode_stop(b"") == 0.0
+    assert protocol.decode_stop(_one_frame(protocol.encode_stop(2.5))[1]) == {"grace": 2.5}
+    assert protocol.decode_stop(_one_frame(protocol.encode_stop(0, now=True))[1]) == {"grace": 0, "now": True}
+    assert protocol.decode_stop(b"") == {"grace": 0.0}
     fatal = protocol.decode_fatal(_one_frame(protocol.encode_fatal("boom", 7))[1])
     assert fatal == {"message": "boom", "id": 7}
     hello = protocol.decode_hello(_one_frame(protocol.encode_hello(123))[1])
