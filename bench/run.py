@@ -41,6 +41,7 @@ from harness import (  # noqa: E402
     free_port,
     histogram_quantiles,
     launch,
+    load_average,
     log,
     machine,
     percentile,
@@ -51,7 +52,7 @@ from harness import (  # noqa: E402
     wait_running,
 )
 from loader import Loader  # noqa: E402
-from systems import Workload, argv_for, available, main_exe, write_scripts  # noqa: E402
+from systems import Workload, argv_for, available, choose_oc, main_exe, version, write_scripts  # noqa: E402
 
 PEERS = ("oc-observe", "kopf", "kubectl-xargs")
 
@@ -81,6 +82,11 @@ def _skip(scenario: str, system: str, why: str) -> Row:
     return Row(scenario, system, note=f"not measured: {why}")
 
 
+def _row(scenario: str, label: str, system: str) -> Row:
+    """A new row for ``system``, naming its version and the machine's load at its start."""
+    return Row(scenario, label, version=version(system), load=load_average())
+
+
 def run_once_system(
     ctx: Ctx,
     scenario: str,
@@ -97,23 +103,20 @@ def run_once_system(
     if why:
         return _skip(scenario, name, why)
     start_count = len(rp.requests()) if rp else 0
+    row = _row(scenario, name, system)
     argv, env = argv_for(system, w)
     proc = launch(argv, env)
     with RssSampler(proc.popen.pid, main_exe=main_exe(system)) as rss:
         status, end, err = wait(proc, timeout)
-    row = Row(
-        scenario,
-        name,
-        parent_rss_mib=round(rss.parent_max, 1),
-        worker_rss_mib=round(rss.child_max, 1) if rss.child_max else None,
-    )
     if status != 0:
+        row.sampled(rss, 0)
         row.note = f"failed: exit {status}" + (
             f": {err.strip().splitlines()[-1][:100]}" if err.strip() else ""
         )
         return row
     reqs = rp.requests()[start_count:] if rp else []
     first = next((float(r["t"]) for r in reqs if r["path"].endswith("/pods")), None)
+    row.sampled(rss, events, since=first)
     row.finish(events, end - (first or proc.started))
     row.extra["wall_s"] = round(end - proc.started, 3)
     return row
@@ -129,13 +132,14 @@ def scenario_spawn(ctx: Ctx) -> list[Row]:
     act = ctx.scripts["act.sh"]
     rows: list[Row] = []
     if ctx.wants("xargs-limit"):
+        row = _row("spawn", f"xargs -P{conc} (limit)", "xargs-limit")
         t0 = time.time()
         seq = subprocess.Popen(
             ["awk", f'BEGIN {{ for (i = 0; i < {n}; i++) print "ns-" i, "pod-" i }}'], stdout=subprocess.PIPE
         )
         subprocess.run(["xargs", "-P", str(conc), "-n", "2", str(act)], stdin=seq.stdout, check=True)
         seq.wait()
-        rows.append(Row("spawn", f"xargs -P{conc} (limit)").finish(n, time.time() - t0))
+        rows.append(row.finish(n, time.time() - t0))
     for procs in (1, 2):
         if ctx.wants("spawner-limit"):
             out = subprocess.run(
@@ -155,7 +159,9 @@ def scenario_spawn(ctx: Ctx) -> list[Row]:
                 timeout=300,
             )
             doc = json.loads(out.stdout)
-            rows.append(Row("spawn", f"python spawner x{procs} (limit)").finish(n, doc["seconds"]))
+            rows.append(
+                _row("spawn", f"python spawner x{procs} (limit)", "spawner-limit").finish(n, doc["seconds"])
+            )
     with Replay(objects=n) as rp:
         w = Workload(rp.kubeconfig, act, conc, expect=n)
         if ctx.wants("fastobs"):
@@ -235,6 +241,7 @@ def scenario_churn(ctx: Ctx) -> list[Row]:
             )
             argv, env = argv_for("fastobs", w)
             last_rv = keys + updates
+            row = _row("churn", label, "fastobs")
             proc = launch(argv, env)
             with RssSampler(proc.popen.pid) as rss:
                 ok = wait_running(proc, _has_rv(logf, last_rv), ctx.t(240), 0.1)
@@ -245,12 +252,7 @@ def scenario_churn(ctx: Ctx) -> list[Row]:
             stats = rp.stats()
             stop(proc)
             entries = read_log(logf)
-            row = Row(
-                "churn",
-                label,
-                parent_rss_mib=round(rss.parent_max, 1),
-                worker_rss_mib=round(rss.child_max, 1) or None,
-            )
+            row.sampled(rss, len(entries), since=rp.first_list_time())
             if not ok:
                 row.note = "failed: the last update's command never ran"
                 rows.append(row)
@@ -299,17 +301,13 @@ def scenario_ingest(ctx: Ctx) -> list[Row]:
         with Replay(objects=1_000, watch_events=n) as rp:
             w = Workload(rp.kubeconfig, None, 16, once=False)
             argv, env = argv_for("fastobs", w)
+            row = _row("ingest-watch", "fastobs", "fastobs")
             proc = launch(argv, env)
             with RssSampler(proc.popen.pid) as rss:
                 done = wait_running(proc, lambda: bool(rp.stats()["stream_done"]), ctx.t(300), 0.2)
             stats = rp.stats()
             stop(proc)
-            row = Row(
-                "ingest-watch",
-                "fastobs",
-                parent_rss_mib=round(rss.parent_max, 1),
-                worker_rss_mib=round(rss.child_max, 1) or None,
-            )
+            row.sampled(rss, n, since=stats["stream_started"])
             if done:
                 row.finish(n, stats["stream_done"] - stats["stream_started"])
                 row.note = "time for the server to write every event (the client reads at its own pace)"
@@ -349,7 +347,8 @@ def scenario_startup(ctx: Ctx) -> list[Row]:
                     continue
                 firsts.append(first - proc.started)
                 cmds.append(min(t for _, _, t in entries) - proc.started)
-        row = Row("startup", system, note=note)
+        row = _row("startup", system, system)
+        row.note = note
         if firsts:
             row.extra.update(
                 first_list_ms=round(sorted(firsts)[len(firsts) // 2] * 1000, 1),
@@ -383,19 +382,16 @@ def _lag_run(ctx: Ctx, keys: int, events: int, rate: float, tag: str) -> tuple[R
         )
         argv, env = argv_for("fastobs", w)
         first_rv, last_rv = keys + 1, keys + events
+        row = _row("lag", f"fastobs @ {tag}", "fastobs")
         proc = launch(argv, env)
         with RssSampler(proc.popen.pid) as rss:
             ok = wait_running(proc, _has_rv(logf, last_rv), ctx.t(60 + events / 200), 0.1)
             wait_for(lambda: sum(1 for rv, _, _ in read_log(logf) if rv >= first_rv) >= events, 2, 0.1)
         stats = rp.stats()
         own = _own_lag(port)
+        stages = _stages(port)
         stop(proc)
-    row = Row(
-        "lag",
-        f"fastobs @ {tag}",
-        parent_rss_mib=round(rss.parent_max, 1),
-        worker_rss_mib=round(rss.child_max, 1) or None,
-    )
+    row.sampled(rss, events, since=stats["stream_started"])
     if not ok:
         row.note = "failed: the last event's command never ran"
         return row, 0.0
@@ -407,6 +403,7 @@ def _lag_run(ctx: Ctx, keys: int, events: int, rate: float, tag: str) -> tuple[R
     row.finish(len(runs), span)
     row.lag_p50_ms, row.lag_p99_ms = round(percentile(lags, 50), 2), round(percentile(lags, 99), 2)
     row.extra["offered_rate"] = rate
+    _breakdown(row, lags, stages)
     if own[0] is not None:
         # fastobs's own histogram starts at receipt (no transport) and also counts the
         # initial list's commands, so it is a cross-check, not the same figure.
@@ -419,6 +416,46 @@ def _lag_run(ctx: Ctx, keys: int, events: int, rate: float, tag: str) -> tuple[R
             f"p50 ≤ {own[0] * 1000:g} ms, p99 ≤ {p99}"
         )
     return row, row.events_per_s
+
+
+def _stages(port: int) -> dict[str, tuple[float, float, float | None]]:
+    """Per start-lag stage of fastobs (queue, handoff, spawn): (count, sum s, p99 bucket
+    bound s) from its fastobs_command_start_stage_seconds histogram."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for stage in ("queue", "handoff", "spawn"):
+        lines = [ln for ln in text.splitlines() if f'stage="{stage}"' in ln]
+        sub_text = "\n".join(lines)
+        name = "fastobs_command_start_stage_seconds"
+        count = next((float(ln.rsplit(" ", 1)[1]) for ln in lines if ln.startswith(name + "_count")), 0.0)
+        total = next((float(ln.rsplit(" ", 1)[1]) for ln in lines if ln.startswith(name + "_sum")), 0.0)
+        if count:
+            out[stage] = (count, total, histogram_quantiles(sub_text, name, (0.99,))[0])
+    return out
+
+
+def _breakdown(row: Row, lags_ms: list[float], stages: dict[str, tuple[float, float, float | None]]) -> None:
+    """The lag's breakdown, receipt → dispatch → worker → exec, as means (and p99 bucket
+    bounds) in ms: ``receipt`` is the server's write to fastobs's receipt plus what follows
+    the exec (derived: the end-to-end mean less the stages fastobs measures itself)."""
+    if not stages or not lags_ms or len(stages) < 3:
+        return
+    means = {k: v[1] / v[0] * 1000 for k, v in stages.items()}
+    e2e = sum(lags_ms) / len(lags_ms)
+    parts = {"receipt": e2e - sum(means.values()), "dispatch": means["queue"], "worker": means["handoff"],
+             "exec": means["spawn"]}
+    row.extra["breakdown_mean_ms"] = {k: round(v, 3) for k, v in parts.items()}
+    row.extra["breakdown_p99_le_ms"] = {
+        name: (None if stages[k][2] is None else stages[k][2] * 1000)
+        for name, k in (("dispatch", "queue"), ("worker", "handoff"), ("exec", "spawn"))
+    }
+    text = " → ".join(f"{k} {v:.2f}" for k, v in parts.items())
+    p99 = ", ".join(f"{k} ≤ {v:g}" for k, v in row.extra["breakdown_p99_le_ms"].items() if v is not None)
+    row.note = f"mean ms: {text} (p99 ≤ ms: {p99})" + (f"; {row.note}" if row.note else "")
 
 
 def _own_lag(port: int) -> list[float | None]:
@@ -524,9 +561,12 @@ def _live_lag(ctx: Ctx, system: str, kubeconfig: Path, ns: str, count: int, rate
         rv_arg=True,
         fastobs_flags=("-n", ns),
     )
+    port = free_port()
+    if system == "fastobs":
+        w.fastobs_flags = (*w.fastobs_flags, "--listen-addr", f"127.0.0.1:{port}")
     argv, env = argv_for(system, w)
+    row = _row("apiserver-lag", f"{system} @ {rate:.0f}/s", system)
     proc = launch(argv, env)
-    row = Row("apiserver-lag", f"{system} @ {rate:.0f}/s")
     with RssSampler(proc.popen.pid, main_exe=main_exe(system)) as rss:
         synced = wait_running(proc, lambda: len(read_log(logf)) >= count, 120, 0.1)
         if not synced:
@@ -536,10 +576,10 @@ def _live_lag(ctx: Ctx, system: str, kubeconfig: Path, ns: str, count: int, rate
         writes = asyncio.run(_patch(kubeconfig, ns, count, rate, rnd))
         want = {rv for rv, _ in writes}
         done = wait_running(proc, lambda: want <= {rv for rv, _, _ in read_log(logf)}, 60 + count / 50, 0.1)
+        stages = _stages(port) if system == "fastobs" else {}
     stop(proc)
-    row.parent_rss_mib = round(rss.parent_max, 1)
-    row.worker_rss_mib = round(rss.child_max, 1) or None
     ran = {rv: t for rv, _, t in read_log(logf)}
+    row.sampled(rss, len(writes), since=min((t for _, t in writes), default=None))
     lags = [(ran[rv] - t) * 1000 for rv, t in writes if rv in ran]
     if not lags:
         row.note = "failed: no patched object reached the command"
@@ -548,6 +588,7 @@ def _live_lag(ctx: Ctx, system: str, kubeconfig: Path, ns: str, count: int, rate
     row.lag_p50_ms, row.lag_p99_ms = round(percentile(lags, 50), 2), round(percentile(lags, 99), 2)
     if not done:
         row.note = f"only {len(lags)} of {count} patches reached the command"
+    _breakdown(row, lags, stages)
     return row
 
 
@@ -624,6 +665,10 @@ def table(rows: list[Row]) -> str:
         "lag p99 ms",
         "parent MiB",
         "worker MiB",
+        "parent µs/ev",
+        "workers µs/ev",
+        "load",
+        "version",
         "note",
     )
     lines = [head]
@@ -639,6 +684,10 @@ def table(rows: list[Row]) -> str:
                 _fmt(r.lag_p99_ms),
                 _fmt(r.parent_rss_mib),
                 _fmt(r.worker_rss_mib),
+                _fmt(r.parent_cpu_us, 0),
+                _fmt(r.worker_cpu_us, 0),
+                _fmt(r.load),
+                r.version,
                 r.note,
             )
         )
@@ -654,14 +703,15 @@ def table(rows: list[Row]) -> str:
 def markdown(rows: list[Row]) -> str:
     out = [
         "| scenario | system | events | s | events/s | lag p50 ms | lag p99 ms | parent MiB | worker MiB "
-        "| note |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| parent µs/ev | workers µs/ev | load | version | note |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:
         out.append(
             f"| {r.scenario} | {r.system} | {r.events or '-'} | {_fmt(r.seconds or None, 2)} | "
             f"{_fmt(r.events_per_s or None, 0)} | {_fmt(r.lag_p50_ms)} | {_fmt(r.lag_p99_ms)} | "
-            f"{_fmt(r.parent_rss_mib)} | {_fmt(r.worker_rss_mib)} | {r.note} |"
+            f"{_fmt(r.parent_rss_mib)} | {_fmt(r.worker_rss_mib)} | {_fmt(r.parent_cpu_us, 0)} | "
+            f"{_fmt(r.worker_cpu_us, 0)} | {_fmt(r.load)} | {r.version} | {r.note} |"
         )
     return "\n".join(out)
 
@@ -678,6 +728,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--kubeconfig", type=Path, help="apiserver scenario: use this cluster instead of a private one"
     )
+    p.add_argument(
+        "--oc",
+        type=Path,
+        help="the oc binary for the oc observe peer (default: oc on PATH, else the package build "
+        "in bench/.peers/oc)",
+    )
     p.add_argument("scenarios", nargs="*", metavar="SCENARIO", help=f"default: all of {', '.join(SCENARIOS)}")
     args = p.parse_args(argv)
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
@@ -686,6 +742,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"fastobs-bench-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
     systems = set(args.systems.split(",")) if args.systems else None
+    oc = choose_oc(args.oc.resolve() if args.oc else None)
+    log(f"oc observe peer: {oc} ({version('oc-observe')})")
     ctx = Ctx(args.quick, write_scripts(work), work, systems, args.kubeconfig)
     started = time.time()
     rows: list[Row] = []
