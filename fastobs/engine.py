@@ -181,6 +181,11 @@ class Engine:
         self.tracker.handled(ev, ok=ok, arg=result.get("arg"))
         if not result.get("nocmd"):
             self.metrics.command_started(lag_seconds=max(0.0, float(result["started"]) - ev.received))
+            rx, spawned = result.get("rx"), result.get("spawned")
+            if rx is not None and spawned is not None and ev.dispatched:
+                self.metrics.command_stages(
+                    queue=ev.dispatched - ev.received, handoff=rx - ev.dispatched, spawn=spawned - rx
+                )
             self._record(ev, result)
         if result.get("dropped"):
             self.metrics.output_dropped(int(result.get("dropped", 0)))

@@ -389,12 +389,14 @@ class Pool:
             return
         q = self.queues[i]
         frames: list[bytes] = []
+        now = time.monotonic()
         while len(w.inflight) < self.capacity:
             ev = q.pop()
             if ev is None:
                 break
             job_id = next(self._ids)
             w.inflight[job_id] = ev
+            ev.dispatched = now
             self.handler.on_dispatch(ev)
             job: protocol.Job = {
                 "id": job_id,

@@ -284,6 +284,8 @@ class Runner:
             if stdin != self._devnull:
                 os.lseek(stdin, 0, os.SEEK_SET)
             status = await self._one_attempt(argv, env, stdin, outs, errs, on_line, budget)
+            if not attempts and status.spawned:
+                result["spawned"] = status.spawned
             attempts.append((status.oc_code, status.seconds))
             if status.ok:
                 break
@@ -333,6 +335,7 @@ class Runner:
             status.message = spawn.exec_error(argv[0], exc)
             return status
         self._running[child.pid] = child
+        spawned = time.monotonic()
         streams.started()
         timed_out = False
         try:
@@ -361,11 +364,14 @@ class Runner:
             status.message = killed_for
             return status
         if timed_out:
-            return _Status(False, "timeout", "", -1, seconds)
-        if code == 0:
-            return _Status(True, "", "0", 0, seconds)
-        reason, label = spawn.describe_status(code)
-        return _Status(False, reason, label, code if code > 0 else -1, seconds)
+            status = _Status(False, "timeout", "", -1, seconds)
+        elif code == 0:
+            status = _Status(True, "", "0", 0, seconds)
+        else:
+            reason, label = spawn.describe_status(code)
+            status = _Status(False, reason, label, code if code > 0 else -1, seconds)
+        status.spawned = spawned
+        return status
 
 
 def template_failure(error: TemplateError, job: Job, *, quote_object: bool) -> TemplateError:
@@ -398,9 +404,11 @@ def object_dir(prefix: str) -> str:
 
 
 class _Status:
-    __slots__ = ("ok", "reason", "code", "oc_code", "seconds", "message")
+    __slots__ = ("ok", "reason", "code", "oc_code", "seconds", "message", "spawned")
 
     def __init__(self, ok: bool, reason: str, code: str, oc_code: int, seconds: float) -> None:
+        self.spawned = 0.0
+        """Monotonic time the command had been exec'd (0: it never started)."""
         self.message = ""
         """Spawn errors: Go's exec error text (``code`` is then the errno name); commands
         killed at shutdown: why."""

@@ -117,7 +117,7 @@ class Worker:
                 self._config.set_exception(protocol.ProtocolError(f"expected CONFIG, got {kind!r}"))
         elif kind == protocol.RUN:
             job, obj = protocol.decode_run(payload)
-            task = asyncio.create_task(self._job(job, obj))
+            task = asyncio.create_task(self._job(job, obj, time.monotonic()))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
         elif kind == protocol.STOP:
@@ -138,7 +138,7 @@ class Worker:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _job(self, job: protocol.Job, obj: bytes | None) -> None:
+    async def _job(self, job: protocol.Job, obj: bytes | None, rx: float) -> None:
         async with self.slots:
             task = asyncio.current_task()
             assert task is not None
@@ -167,6 +167,7 @@ class Worker:
                 out = err = b""
             finally:
                 self.started.pop(job_id, None)
+            result["rx"] = rx
             self._send_done(result, out, err)
 
     def _send_done(self, result: protocol.Done, out: bytes, err: bytes) -> None:
