@@ -7,6 +7,7 @@ environment, stdin written to a file) and checks what oc observe users rely on.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -304,6 +305,64 @@ def test_unknown_resource(k8s) -> None:
     res = run_fastobs(k8s.env, "foos", "--once")
     assert res.returncode == 1
     assert res.stderr.strip() == 'error: the server doesn\'t have a resource type "foos"'
+
+
+def _workers_with_marker(marker: str) -> list[int]:
+    """Live fastobs worker processes whose environment holds ``marker``."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if (marker.encode() in (d / "environ").read_bytes()
+                    and b"fastobs.worker" in (d / "cmdline").read_bytes()
+                    and (d / "stat").read_text().split()[2] != "Z"):
+                found.append(int(d.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("end", ["discovery times out", "SIGKILL during discovery"])
+def test_workers_start_during_discovery_and_never_outlive_it(end: str) -> None:
+    """Worker processes start before discovery, so their boot overlaps it; when discovery
+    fails, or fastobs is killed in the middle of it, none of them is left behind."""
+    import socket as sock_mod
+
+    listener = sock_mod.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # accepts connections, never answers: discovery hangs
+    port = listener.getsockname()[1]
+    marker = f"FASTOBS_TEST_MARK=discovery-{time.monotonic_ns()}"
+    env = dict(os.environ, **dict([marker.split("=", 1)]))
+    env.pop("KUBECONFIG", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastobs", "cm", "--server", f"http://127.0.0.1:{port}", "--token", "t",
+         "--request-timeout", "4s", "--workers", "3", NO_METRICS, "--", "true"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while len(_workers_with_marker(marker)) < 3 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        booted = _workers_with_marker(marker)
+        print(f"{end}: workers running while discovery hangs: {booted}")
+        assert len(booted) == 3, "the workers were not started during discovery"
+        if end == "SIGKILL during discovery":
+            proc.kill()
+        proc.wait(60)
+        gone_by = time.monotonic() + (5 if end.startswith("SIGKILL") else 0.5)
+        while _workers_with_marker(marker) and time.monotonic() < gone_by:
+            time.sleep(0.05)
+        left = _workers_with_marker(marker)
+        print(f"{end}: exit {proc.returncode}, workers left: {left}")
+        assert left == []
+        if end == "discovery times out":
+            assert proc.returncode == 1, proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        listener.close()
 
 
 def test_forbidden_for_restricted_identity(k8s, restricted) -> None:
