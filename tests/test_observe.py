@@ -365,6 +365,53 @@ def test_workers_start_during_discovery_and_never_outlive_it(end: str) -> None:
         listener.close()
 
 
+_SLOW_WORKER_BOOT = """\
+import time
+with open("/proc/self/cmdline", "rb") as f:
+    if b"fastobs.worker" in f.read():
+        time.sleep(3)  # the worker is still booting when discovery fails
+"""
+
+
+def test_discovery_fails_while_prestarted_workers_boot(tmp_path: Path) -> None:
+    """Discovery is refused at once while the pre-started workers are still importing
+    (a sitecustomize holds each one for 3 s): fastobs exits 1 with the error, and no
+    worker survives it, not even one that has not yet read a byte of its socket."""
+    (tmp_path / "sitecustomize.py").write_text(_SLOW_WORKER_BOOT)
+    import socket as sock_mod
+
+    closed = sock_mod.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]  # bound, never listening: connections are refused
+    marker = f"FASTOBS_TEST_MARK=refused-{time.monotonic_ns()}"
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), **dict([marker.split("=", 1)]))
+    env.pop("KUBECONFIG", None)
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastobs", "cm", "--server", f"https://127.0.0.1:{port}", "--token", "t",
+         "--workers", "3", NO_METRICS, "--", "true"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: set[int] = set()
+    try:
+        while proc.poll() is None and time.monotonic() - t0 < 60:
+            seen.update(_workers_with_marker(marker))
+            time.sleep(0.01)
+        proc.wait(60)
+        left = _workers_with_marker(marker)  # before reading stderr: a survivor would hold it open
+        _, err = proc.communicate(timeout=60)
+        print(f"exit {proc.returncode} after {time.monotonic() - t0:.2f} s; workers seen booting: "
+              f"{sorted(seen)}; left: {left}; stderr: {err.strip()}")
+        assert len(seen) == 3, "the workers were not started before discovery"
+        assert proc.returncode == 1
+        assert err.startswith("error: unable to reach the server")
+        assert left == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        closed.close()
+
+
 def test_forbidden_for_restricted_identity(k8s, restricted) -> None:
     """A list the identity may not do: clear error lines, then oc's list-error exit (255)."""
     env = dict(k8s.env, KUBECONFIG=str(restricted.kubeconfig))
