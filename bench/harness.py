@@ -319,7 +319,8 @@ class Replay:
     """A running ``replay.py``: its kubeconfig, request log and statistics."""
 
     def __init__(
-        self, objects: int, watch_events: int = 0, watch_rate: float = 0.0, namespaces: int = 10
+        self, objects: int, watch_events: int = 0, watch_rate: float = 0.0, namespaces: int = 10,
+        hold_watch: bool = False,
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="fastobs-replay-"))
         argv = [
@@ -335,6 +336,7 @@ class Replay:
             str(watch_rate),
             "--namespaces",
             str(namespaces),
+            *(["--hold-watch"] if hold_watch else []),
         ]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, start_new_session=True)
         assert self.proc.stdout is not None
@@ -372,9 +374,16 @@ class Replay:
         return None
 
     def stats(self) -> dict[str, Any]:
+        return self._get("stats")
+
+    def go(self) -> None:
+        """``hold_watch``: start replaying the watch events now."""
+        self._get("go")
+
+    def _get(self, what: str) -> dict[str, Any]:
         ctx = ssl.create_default_context(cafile=str(self.dir / "ca.crt"))
         with urllib.request.urlopen(
-            f"https://127.0.0.1:{self.port}/_bench/stats", context=ctx, timeout=10
+            f"https://127.0.0.1:{self.port}/_bench/{what}", context=ctx, timeout=10
         ) as resp:
             doc: dict[str, Any] = json.loads(resp.read())
         return doc
