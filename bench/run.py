@@ -359,8 +359,37 @@ def scenario_startup(ctx: Ctx) -> list[Row]:
                 f"first list request {row.extra['first_list_ms']} ms, first command "
                 f"{row.extra['first_command_ms']} ms after launch (median of {len(firsts)})"
             )
+            if system == "fastobs":
+                row.extra.update(_import_costs(reps))
+                row.note += (
+                    f"; of which the parent's imports {row.extra['import_ms']} ms "
+                    f"(aiohttp alone {row.extra['import_aiohttp_ms']} ms, a bare interpreter "
+                    f"{row.extra['interpreter_ms']} ms)"
+                )
         rows.append(row)
     return rows
+
+
+def _import_costs(reps: int) -> dict[str, float]:
+    """Where fastobs's start-up goes before its first request: the wall time of a bare
+    interpreter, of importing everything the parent imports, and of aiohttp alone
+    (medians of ``reps`` fresh interpreters)."""
+    probes = {
+        "interpreter_ms": "pass",
+        "import_ms": "import fastobs.cli, fastobs.daemon",
+        "import_aiohttp_ms": "import aiohttp",
+    }
+    out = {}
+    for key, stmt in probes.items():
+        times = []
+        for _ in range(max(reps, 3)):
+            t0 = time.monotonic()
+            subprocess.run([str(PY), "-c", stmt], check=True)
+            times.append((time.monotonic() - t0) * 1000)
+        out[key] = round(sorted(times)[len(times) // 2], 1)
+    out["import_ms"] = round(out["import_ms"] - out["interpreter_ms"], 1)
+    out["import_aiohttp_ms"] = round(out["import_aiohttp_ms"] - out["interpreter_ms"], 1)
+    return out
 
 
 # ------------------------------------------------------------------ lag
