@@ -505,7 +505,7 @@ def _breakdown(row: Row, lags_ms: list[float], stages: dict[str, tuple[float, fl
              "exec": means["spawn"]}
     row.extra["breakdown_mean_ms"] = {k: round(v, 3) for k, v in parts.items()}
     row.extra["breakdown_p99_le_ms"] = {
-        name: (None if stages[k][2] is None else stages[k][2] * 1000)
+        name: (None if (bound := stages[k][2]) is None else bound * 1000)
         for name, k in (("dispatch", "queue"), ("worker", "handoff"), ("exec", "spawn"))
     }
     text = " → ".join(f"{k} {v:.2f}" for k, v in parts.items())
