@@ -46,12 +46,36 @@ class Row:
     lag_p99_ms: float | None = None
     parent_rss_mib: float | None = None
     worker_rss_mib: float | None = None
+    parent_cpu_us: float | None = None
+    """CPU (user + system) of the system's main process per event, start-up excluded."""
+    worker_cpu_us: float | None = None
+    """CPU of all worker processes together per event (fastobs only; commands never count)."""
+    version: str = ""
+    """The version of the system measured (each row names its peer's)."""
+    load: float | None = None
+    """The 1-minute load average when the row started: above the CPU count, other
+    processes took CPU from the system and its figures are not comparable."""
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def finish(self, events: int, seconds: float) -> Row:
         self.events, self.seconds = events, seconds
         self.events_per_s = events / seconds if seconds > 0 else 0.0
+        return self
+
+    def sampled(self, s: RssSampler, events: int, since: float | None = None) -> Row:
+        """Fills in RSS and per-event CPU from a sampler; CPU spent before ``since`` (the
+        first list request: start-up) is left out."""
+        self.parent_rss_mib = round(s.parent_max, 1)
+        self.worker_rss_mib = round(s.child_max, 1) or None
+        if events > 0:
+            parent = s.parent_cpu() - (s.parent_cpu_at(since) if since else 0.0)
+            self.parent_cpu_us = round(parent / events * 1e6, 1) if parent > 0 else None
+            workers = s.worker_cpu() - (s.worker_cpu_at(since) if since else 0.0)
+            self.worker_cpu_us = round(workers / events * 1e6, 1) if s.worker_pids else None
+        starved = s.runqueue_share()
+        if starved is not None:
+            self.extra["parent_runqueue_wait_pct"] = round(starved * 100, 1)
         return self
 
     def as_json(self) -> dict[str, Any]:
@@ -135,11 +159,15 @@ def wait(proc: Proc, timeout: float) -> tuple[int | None, float, str]:
 
 
 class RssSampler:
-    """Polls VmRSS of the system's main process and of its worker processes.
+    """Polls VmRSS and CPU time of the system's main process and of its worker processes.
 
     The main process is the launched one, or with ``main_exe`` the descendant whose
     executable has that name (the kubectl of a shell pipeline); workers are direct
     children running ``python ... fastobs`` (user commands are never counted).
+    CPU is user + system time from ``/proc/PID/stat`` (the process's own, never its
+    children's), kept as a time series so start-up can be subtracted; the main process's
+    run-queue wait (``/proc/PID/schedstat``) says how long it was ready to run but had no
+    CPU: a busy machine shows there first.
     """
 
     def __init__(self, pid: int, interval: float = 0.05, main_exe: str = "") -> None:
@@ -147,6 +175,13 @@ class RssSampler:
         self.main_exe = main_exe.encode()
         self.parent_max = 0.0
         self.child_max = 0.0
+        self.worker_pids: set[int] = set()
+        self._main: list[tuple[float, float]] = []
+        """(wall time, CPU seconds) of the main process."""
+        self._workers: dict[int, list[tuple[float, float]]] = {}
+        self._sched: tuple[float, float] | None = None
+        """(run seconds, run-queue wait seconds) of the main process, last seen."""
+        self._started = time.time()
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -161,16 +196,74 @@ class RssSampler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            if self.main_exe:
-                for pid in _descendants(self.pid):
-                    if _exe_name(pid) == self.main_exe:
-                        self.parent_max = max(self.parent_max, _rss_mib(pid))
-            else:
-                self.parent_max = max(self.parent_max, _rss_mib(self.pid))
+            now = time.time()
+            mains = [p for p in _descendants(self.pid) if _exe_name(p) == self.main_exe] if self.main_exe \
+                else [self.pid]
+            for pid in mains[:1]:
+                self.parent_max = max(self.parent_max, _rss_mib(pid))
+                cpu = _cpu_seconds(pid)
+                if cpu is not None:
+                    self._main.append((now, cpu))
+                self._sched = _schedstat(pid) or self._sched
             for child in _children(self.pid):
                 if _is_worker(child):
+                    self.worker_pids.add(child)
                     self.child_max = max(self.child_max, _rss_mib(child))
+                    cpu = _cpu_seconds(child)
+                    if cpu is not None:
+                        self._workers.setdefault(child, []).append((now, cpu))
             self._stop.wait(self._interval)
+
+    def parent_cpu(self) -> float:
+        return self._main[-1][1] if self._main else 0.0
+
+    def parent_cpu_at(self, t: float) -> float:
+        return _at(self._main, t)
+
+    def worker_cpu(self) -> float:
+        return sum(series[-1][1] for series in self._workers.values())
+
+    def worker_cpu_at(self, t: float) -> float:
+        return sum(_at(series, t) for series in self._workers.values())
+
+    def runqueue_share(self) -> float | None:
+        """The main process's run-queue wait as a share of its lifetime (None: unknown)."""
+        if self._sched is None or not self._main:
+            return None
+        return self._sched[1] / max(1e-9, self._main[-1][0] - self._started)
+
+
+def _at(series: list[tuple[float, float]], t: float) -> float:
+    """The last sample at or before wall time ``t`` (0 before the first)."""
+    value = 0.0
+    for when, v in series:
+        if when > t:
+            break
+        value = v
+    return value
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _schedstat(pid: int) -> tuple[float, float] | None:
+    try:
+        run, wait, _ = Path(f"/proc/{pid}/schedstat").read_text().split()
+        return int(run) / 1e9, int(wait) / 1e9
+    except (OSError, ValueError):
+        return None
+
+
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
 
 
 def _rss_mib(pid: int) -> float:
@@ -226,7 +319,8 @@ class Replay:
     """A running ``replay.py``: its kubeconfig, request log and statistics."""
 
     def __init__(
-        self, objects: int, watch_events: int = 0, watch_rate: float = 0.0, namespaces: int = 10
+        self, objects: int, watch_events: int = 0, watch_rate: float = 0.0, namespaces: int = 10,
+        hold_watch: bool = False,
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="fastobs-replay-"))
         argv = [
@@ -242,6 +336,7 @@ class Replay:
             str(watch_rate),
             "--namespaces",
             str(namespaces),
+            *(["--hold-watch"] if hold_watch else []),
         ]
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, start_new_session=True)
         assert self.proc.stdout is not None
@@ -279,9 +374,16 @@ class Replay:
         return None
 
     def stats(self) -> dict[str, Any]:
+        return self._get("stats")
+
+    def go(self) -> None:
+        """``hold_watch``: start replaying the watch events now."""
+        self._get("go")
+
+    def _get(self, what: str) -> dict[str, Any]:
         ctx = ssl.create_default_context(cafile=str(self.dir / "ca.crt"))
         with urllib.request.urlopen(
-            f"https://127.0.0.1:{self.port}/_bench/stats", context=ctx, timeout=10
+            f"https://127.0.0.1:{self.port}/_bench/{what}", context=ctx, timeout=10
         ) as resp:
             doc: dict[str, Any] = json.loads(resp.read())
         return doc

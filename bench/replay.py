@@ -123,6 +123,10 @@ class Server:
         self.rec = rec
         self.args = args
         self._log = log_path.open("ab", buffering=0)
+        self.go = asyncio.Event()
+        """Set by GET /_bench/go; with --hold-watch the replayed events wait for it."""
+        if not args.hold_watch:
+            self.go.set()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -157,6 +161,9 @@ class Server:
         self._log.write(
             orjson.dumps({"t": time.time(), "method": method, "path": path, "query": query}) + b"\n"
         )
+        if path == "/_bench/go":
+            self.go.set()  # --hold-watch: the watch's events start now
+            return self.send(writer, 200, b"{}")
         if path == "/_bench/stats":
             return self.send(
                 writer,
@@ -349,6 +356,9 @@ class Server:
             return
         wanted = set(rec.indices(namespace)) if namespace is not None else None
         rate = self.args.watch_rate
+        if not self.go.is_set():
+            await writer.drain()
+            await self.go.wait()
         t0 = time.monotonic()
         wall0 = time.time()
         if not rec.stream_started:
@@ -438,6 +448,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--watch-events", type=int, default=0)
     p.add_argument("--watch-rate", type=float, default=0.0, help="events/s; 0 = as fast as the client reads")
     p.add_argument("--bookmark-interval", type=float, default=5.0)
+    p.add_argument("--hold-watch", action="store_true",
+                   help="replay the watch events only after GET /_bench/go (steady-state lag)")
     return p.parse_args(argv)
 
 

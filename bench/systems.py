@@ -21,9 +21,14 @@ from pathlib import Path
 from harness import BENCH, ROOT
 
 FASTOBS = ROOT / ".venv" / "bin" / "fastobs"
-OC = BENCH / ".peers" / "oc" / "oc"
+OC_PACKAGE_BUILD = BENCH / ".peers" / "oc" / "oc"
+"""The upstream observe package rebuilt by ``peers/build-oc-observe.sh`` (the fallback)."""
+OC = OC_PACKAGE_BUILD
+"""The ``oc`` measured as the oc observe peer: see :func:`choose_oc`."""
 KOPF = BENCH / ".peers" / "kopf-venv" / "bin" / "kopf"
 KUBECTL = ROOT / ".venv" / "bin" / "kubectl"
+KOPF_WITHOUT_UVLOOP = "import sys; sys.modules['uvloop'] = None; from kopf.cli import main; sys.exit(main())"
+"""kopf's CLI with ``import uvloop`` failing: see :func:`argv_for`."""
 
 ACT_SH = '#!/bin/sh\nns="$1"; name="$2"\nexit 0\n'
 IO_SH = "#!/bin/sh\nexec sleep 0.02\n"
@@ -95,6 +100,67 @@ def write_scripts(d: Path) -> dict[str, Path]:
         if built.returncode == 0:
             out[name] = d / name
     return out
+
+
+def choose_oc(given: Path | None) -> Path:
+    """The ``oc`` binary for the oc observe peer: ``--oc PATH``, else a real ``oc`` on
+    PATH, else the package build under ``bench/.peers/oc`` (which may be missing)."""
+    global OC
+    on_path = shutil.which("oc")
+    OC = given or (Path(on_path) if on_path else OC_PACKAGE_BUILD)
+    return OC
+
+
+def _first_line(argv: list[str], pattern: str = "") -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    lines = [ln.strip() for ln in (out.stdout + out.stderr).splitlines() if ln.strip()]
+    for ln in lines:
+        if pattern in ln:
+            return ln
+    return ""
+
+
+_VERSIONS: dict[str, str] = {}
+
+
+def version(system: str) -> str:
+    """What each row names: the version of the system (and which oc build was used)."""
+    if system in _VERSIONS:
+        return _VERSIONS[system]
+    v = ""
+    if system.startswith("fastobs"):
+        v = "fastobs " + _first_line([str(ROOT / ".venv" / "bin" / "python"), "-c",
+                                      "import fastobs; print(fastobs.__version__)"])
+        head = _first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+        if head:
+            v += f" ({head})"
+    elif system == "oc-observe":
+        if OC == OC_PACKAGE_BUILD:
+            v = "observe package build (bench/peers/build-oc-observe.sh)"
+        else:
+            line = _first_line([str(OC), "version", "--client"], "Client Version")
+            v = "oc " + (line.split(":", 1)[1].strip() if line else "(version unknown)")
+    elif system == "kopf":
+        line = _first_line([str(KOPF.with_name("python")), "-c",
+                            "import sys, kopf, importlib.metadata as m; "
+                            "print(m.version('kopf'), sys.version.split()[0])"])
+        if line:
+            kv, py = line.split()
+            v = f"kopf {kv}, Python {py}, asyncio loop (uvloop blocked)"
+    elif system == "kubectl-xargs":
+        line = _first_line([str(KUBECTL), "version", "--client"], "Client Version")
+        xargs = _first_line(["xargs", "--version"], "xargs")
+        v = "kubectl " + (line.split(":", 1)[1].strip() if line else "?") + (f", {xargs}" if xargs else "")
+    elif system == "xargs-limit":
+        v = _first_line(["xargs", "--version"], "xargs")
+    elif system == "spawner-limit":
+        v = "Python " + _first_line([str(ROOT / ".venv" / "bin" / "python"), "-c",
+                                     "import platform; print(platform.python_version())"])
+    _VERSIONS[system] = v
+    return v
 
 
 def fastobs_runnable() -> str:
@@ -188,8 +254,14 @@ def argv_for(system: str, w: Workload) -> tuple[list[str], dict[str, str]]:
         env.update(
             BENCH_CMD=str(w.command or ""), BENCH_EXPECT=str(w.expect), BENCH_CONCURRENCY=str(w.concurrency)
         )
+        # kopf's CLI switches to uvloop whenever it can import it, and uvloop's
+        # subprocess_exec forks the whole interpreter per command (a 220 MB kopf spawns
+        # about 9x slower). Its best setting for a command runner is asyncio's own loop, so
+        # uvloop is made unimportable for the run, whatever the venv holds.
         return [
-            str(KOPF),
+            str(KOPF.with_name("python")),
+            "-c",
+            KOPF_WITHOUT_UVLOOP,
             "run",
             "--standalone",
             "-A",

@@ -28,8 +28,10 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 from dataclasses import replace
+from subprocess import Popen
 
 from . import logs, spawn
 from .buckets import Bucketer, shard_selector
@@ -41,6 +43,7 @@ from .kube import KubeClient, Resource
 from .metrics import Metrics
 from .output import Output
 from .ownership import Ownership
+from .pool import discard_workers, launch_worker
 from .selector import SelectorError, unable_to_find, validate_field_selector, validate_label_selector
 from .settings import Settings
 from .source import Source
@@ -68,6 +71,20 @@ async def _main(settings: Settings) -> int:
     # triggers thousands of collections per page, each walking the young objects again.
     gc.freeze()
     gc.set_threshold(50_000, 20, 50)
+    # Workers boot (their own imports) while credentials load and discovery runs; they
+    # wait for their CONFIG, which needs what discovery tells (a namespaced resource?).
+    prestarted = [launch_worker() for _ in range(_worker_count(settings))]
+    try:
+        return await _connected(settings, prestarted)
+    finally:
+        discard_workers(prestarted)
+
+
+def _worker_count(settings: Settings) -> int:
+    return settings.workers or os.cpu_count() or 1
+
+
+async def _connected(settings: Settings, prestarted: list[tuple[Popen[bytes], socket.socket]]) -> int:
     client = await KubeClient.connect(
         kubeconfig=settings.kubeconfig,
         context=settings.context,
@@ -80,7 +97,7 @@ async def _main(settings: Settings) -> int:
     try:
         resource = await client.resolve(settings.resource)
         settings = _finish_settings(settings, resource)
-        return await _run(settings, client, resource)
+        return await _run(settings, client, resource, prestarted)
     finally:
         await client.close()
 
@@ -120,13 +137,14 @@ def check_after_discovery(settings: Settings, resource: Resource | None = None) 
             raise UsageError(message) from None
 
 
-async def _run(settings: Settings, client: KubeClient, resource: Resource) -> int:
+async def _run(settings: Settings, client: KubeClient, resource: Resource,
+               prestarted: list[tuple[Popen[bytes], socket.socket]]) -> int:
     if settings.run.delete_command and not settings.names_command:
         sys.stderr.write(logs.oc_line(
             f'If you are modifying resources outside of "{resource.gvr_string()}", you should '
             "use the --names command to ensure you don't miss deletions that occur while the command is "
             "not running.", "warning"))
-    workers = settings.workers or os.cpu_count() or 1
+    workers = _worker_count(settings)
     output = Output(quiet=settings.run.quiet, stream=settings.run.output_mode == "stream")
     metrics = Metrics(oc_metrics=bool(settings.listen_addr))
     ownership = None
@@ -165,6 +183,8 @@ async def _run(settings: Settings, client: KubeClient, resource: Resource) -> in
     # worker says HELLO, so start-up costs max(boot, first list), not their sum.
     # A dead worker's commands come to us, to be stopped before their keys run again.
     engine.pool.adopts_orphans = spawn.become_subreaper()
+    engine.pool.prestarted.extend(prestarted)
+    prestarted.clear()
     # Back-pressure from stdout: while the output cannot keep up, nothing new is dispatched
     # and the workers' results wait in their sockets (so a flood of lines waits in its pipe).
     engine.pool.may_dispatch = output.has_room
@@ -208,7 +228,8 @@ async def _join_group(settings: Settings, client: KubeClient, resource: Resource
     metrics.set_group_provider(coordinator)
     engine.role = coordinator.role
     engine.group_loop = coordinator.loop_healthy
-    os.environ["FASTOBS_IDENTITY"] = coordinator.holder  # the commands see who runs them
+    # The commands see who runs them; the workers started before the group was joined.
+    engine.pool.configure(replace(engine.pool.run_settings, identity=coordinator.holder))
     await coordinator.start()
     return coordinator
 

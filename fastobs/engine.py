@@ -216,6 +216,11 @@ class Engine:
         self.tracker.handled(ev, ok=ok, arg=result.get("arg"))
         if not result.get("nocmd"):
             self.metrics.command_started(lag_seconds=max(0.0, float(result["started"]) - ev.received))
+            rx, spawned = result.get("rx"), result.get("spawned")
+            if rx is not None and spawned is not None and ev.dispatched:
+                self.metrics.command_stages(
+                    queue=ev.dispatched - ev.received, handoff=rx - ev.dispatched, spawn=spawned - rx
+                )
             self._record(ev, result)
         if self._debug:
             logger.debug("command %s", "succeeded" if ok else "failed", extra=_fields(ev, result))

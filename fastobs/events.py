@@ -48,6 +48,8 @@ class Event:
     """time.monotonic() when the parent received it; the lag metrics start here. An event
     that replaces a pending one (coalescing) takes over that one's receipt time, so the
     lag counts from the first change still waiting for a command."""
+    dispatched: float = 0.0
+    """time.monotonic() when it was last handed to a worker (0: not yet)."""
     backlog: bool = False
     """True for items of a list, relist or resync; live watch events go first."""
     cached_arg: str | None = None

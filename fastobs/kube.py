@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from fastobs import __version__
+from fastobs import __version__, credentials
 from fastobs.errors import ConfigError, ResourceError
 
 log = logging.getLogger(__name__)
@@ -111,18 +111,29 @@ class _Credentials:
         self._build_ssl()
 
     def _load(self) -> None:
-        from kubernetes.client import Configuration  # lazy: ~230 ms, only the parent pays it
-
-        cfg = Configuration()
+        # Tokens, client certificates and the service account are read by ``credentials``;
+        # only what needs the kubernetes package's loader (exec plugins, auth providers)
+        # imports it (~200 ms of start-up).
+        cfg: Any = credentials.Config()
         paths = self._kubeconfig or os.environ.get("KUBECONFIG", "")
         if self._kubeconfig and not os.path.exists(os.path.expanduser(self._kubeconfig)):
             raise ConfigError(f"stat {self._kubeconfig}: no such file or directory")
         if not paths and os.path.exists(os.path.expanduser("~/.kube/config")):
             paths = os.path.expanduser("~/.kube/config")
         if paths and _any_exists(paths):
-            self._load_kubeconfig(cfg, paths)
+            fast = credentials.load_kubeconfig(paths, self._context)
+            if fast is not None:
+                cfg, self.context_namespace = fast
+            else:
+                cfg = _configuration()
+                self._load_kubeconfig(cfg, paths)
         elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-            self._load_incluster(cfg)
+            fast = credentials.load_incluster(_SA_DIR)
+            if fast is not None:
+                cfg, self.context_namespace = fast
+            else:
+                cfg = _configuration()
+                self._load_incluster(cfg)
         elif self.overrides.server:
             pass  # kubectl accepts --server (and --token) without any kubeconfig
         elif paths:
@@ -226,6 +237,12 @@ class _Overrides:
         if self.insecure_skip_tls_verify:
             cfg.verify_ssl = False
             cfg.ssl_ca_cert = None
+
+
+def _configuration() -> Any:
+    from kubernetes.client import Configuration  # lazy: ~200 ms, only the loader's users pay it
+
+    return Configuration()
 
 
 def _exec_failure(loader: Any, user: Any) -> str:

@@ -71,6 +71,8 @@ LAG_BUCKETS = (
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 )
 """Event-to-command lag: 1 ms (an idle fastobs) to 10 min (a deep backlog)."""
+STAGE_BUCKETS = (0.0001, 0.00025, 0.0005) + LAG_BUCKETS
+"""One stage of the start lag: from 100 us (a hand-off on an idle machine) up."""
 DURATION_BUCKETS = LAG_BUCKETS + (1800.0, 3600.0)
 """Command run time: commands may legitimately run for an hour."""
 
@@ -196,6 +198,11 @@ class Metrics:
             "fastobs_command_start_lag_seconds",
             "Time from receiving the first change a command sees (the oldest one it coalesces) "
             "to starting the command.", buckets=LAG_BUCKETS, registry=r)
+        self._stage = Histogram(
+            "fastobs_command_start_stage_seconds",
+            "Where the start lag goes: queue (receipt to dispatch), handoff (dispatch to the "
+            "worker reading the job), spawn (the worker reading it to the command's exec).",
+            ["stage"], buckets=STAGE_BUCKETS, registry=r)
         self._end_lag = Histogram(
             "fastobs_command_end_lag_seconds",
             "Time from receiving the first change a command sees to the end of the command "
@@ -240,6 +247,7 @@ class Metrics:
         # Series an alert divides by or takes increase() of must exist at 0 from the start,
         # or the first failure after a restart is invisible to rate().
         self._events = {t: self._events_total.labels(type=t) for t in EVENT_TYPES}
+        self._stages = tuple(self._stage.labels(stage=s) for s in ("queue", "handoff", "spawn"))
         self._durations = {res: self._duration.labels(result=res) for res in RESULTS}
         self._commands = {(res, t): self._commands_total.labels(result=res, type=t)
                           for res in RESULTS for t in EVENT_TYPES}
@@ -287,6 +295,13 @@ class Metrics:
     def command_started(self, *, lag_seconds: float) -> None:
         """Observe the time from the receipt of the first change the command sees to its start."""
         self._start_lag.observe(lag_seconds)
+
+    def command_stages(self, *, queue: float, handoff: float, spawn: float) -> None:
+        """Observe the three stages of one command's start lag (seconds; never negative)."""
+        q, h, s = self._stages
+        q.observe(max(0.0, queue))
+        h.observe(max(0.0, handoff))
+        s.observe(max(0.0, spawn))
 
     def command_finished(
         self,

@@ -72,6 +72,41 @@ STDERR_TAIL = 3
 """Lines of a worker's stderr quoted when it dies."""
 
 
+WORKER_COMMAND: tuple[str, ...] = (sys.executable, "-m", "fastobs.worker")
+
+
+def launch_worker(command: tuple[str, ...] = WORKER_COMMAND) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """Start one worker process connected to a new socketpair; returns it and our end.
+    The worker boots (its imports) on its own and then waits for its CONFIG frame."""
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        popen = subprocess.Popen(
+            [*command, str(child_sock.fileno())],
+            pass_fds=(child_sock.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            close_fds=True,
+        )
+    except OSError:
+        parent_sock.close()
+        raise
+    finally:
+        child_sock.close()
+    return popen, parent_sock
+
+
+def discard_workers(prestarted: list[tuple[subprocess.Popen[bytes], socket.socket]]) -> None:
+    """Stop worker processes that were started but never used (start-up failed)."""
+    for popen, sock in prestarted:
+        sock.close()
+        with contextlib.suppress(ProcessLookupError):
+            popen.kill()
+        popen.wait()
+        if popen.stderr is not None:
+            popen.stderr.close()
+    prestarted.clear()
+
+
 class DispatchGate(Protocol):
     def open(self) -> bool:
         """False while nothing may be dispatched at all (the replica's Lease is not valid)."""
@@ -171,9 +206,12 @@ class Pool:
         self.may_dispatch: Callable[[], bool] = lambda: True
         """False while results cannot be printed fast enough: queued events wait (daemon
         wires it to ``output``, which calls :meth:`pump_all` when there is room again)."""
-        self.worker_command: tuple[str, ...] = (sys.executable, "-m", "fastobs.worker")
+        self.worker_command: tuple[str, ...] = WORKER_COMMAND
         """How a worker starts (its socket's fd is appended); tests start other programs."""
         self.heartbeat_stale = HEARTBEAT_STALE
+        self.prestarted: list[tuple[subprocess.Popen[bytes], socket.socket]] = []
+        """Worker processes started before the pool (during discovery), each waiting for
+        its CONFIG; the first spawns take them instead of starting new ones."""
         self._stop_frame = protocol.encode_stop(0)
         self._config = protocol.encode_config(run)
         self.gate: DispatchGate | None = None
@@ -183,6 +221,11 @@ class Pool:
         """The output is full: the workers' frames are not read (see :meth:`hold_results`)."""
 
     # ------------------------------------------------------------------ life cycle
+
+    def configure(self, run: RunSettings) -> None:
+        """The settings the workers get in their CONFIG frame; only before :meth:`start`."""
+        self.run_settings = run
+        self._config = protocol.encode_config(run)
 
     async def start(self) -> None:
         if self._watchdog is None:
@@ -221,23 +264,16 @@ class Pool:
 
             w.object_dir = object_dir(f"fastobs-{os.getpid()}-w{w.index}-")
             config = protocol.encode_config(replace(self.run_settings, object_dir=w.object_dir))
-        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             async with self._forking:
-                w.popen = subprocess.Popen(
-                    [*self.worker_command, str(child_sock.fileno())],
-                    pass_fds=(child_sock.fileno(),),
-                    stdin=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                    close_fds=True,
-                )
+                if self.prestarted:  # started during discovery, waiting for its CONFIG
+                    w.popen, parent_sock = self.prestarted.pop()
+                else:
+                    w.popen, parent_sock = launch_worker(self.worker_command)
                 w.child = spawn.Child(w.popen)  # tracked from now on: never swept as a leftover
         except OSError:
-            parent_sock.close()
             self._remove_object_dir(w)
             raise
-        finally:
-            child_sock.close()
         w.stderr_tail.clear()
         assert w.popen.stderr is not None
         w.stderr_relay = asyncio.ensure_future(_relay_stderr(w.popen.stderr, w.stderr_tail))
@@ -416,6 +452,7 @@ class Pool:
             return
         q = self.queues[i]
         frames: list[bytes] = []
+        now = time.monotonic()
         while len(w.inflight) < self.capacity:
             ev = q.pop()
             if ev is None:
@@ -426,6 +463,7 @@ class Pool:
                 continue
             job_id = next(self._ids)
             w.inflight[job_id] = ev
+            ev.dispatched = now
             self.handler.on_dispatch(ev)
             job: protocol.Job = {
                 "id": job_id,

@@ -152,6 +152,10 @@ class Done(TypedDict):
     """No command was configured for this event type: only the header was printed."""
     dropped: NotRequired[int]
     """Bytes of output over ``--output-limit`` that were dropped (marked in the output)."""
+    rx: NotRequired[float]
+    """Monotonic time the worker read the job (the hand-off ends here)."""
+    spawned: NotRequired[float]
+    """Monotonic time the first attempt's command had been exec'd (spawn returned)."""
     ol: NotRequired[int]
     """Framing: the length of stdout among the bytes after the header (set by encode_done)."""
 

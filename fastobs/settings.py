@@ -73,6 +73,10 @@ class RunSettings:
     object_dir: str = ""
     """The private directory of one worker's object files (``--object-channel=file``),
     made by the parent for each worker it starts, so that it can remove a dead worker's."""
+    identity: str = ""
+    """In a group of replicas: this process's holder (identity and incarnation), the
+    commands' ``FASTOBS_IDENTITY``. It goes in the CONFIG frame because the workers start
+    (during discovery) before the replica joins its group."""
 
     def to_json_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -110,7 +110,7 @@ class Child:
 def start(
     argv: Sequence[str],
     *,
-    env: Mapping[str, str] | None,
+    env: Mapping[bytes, bytes] | Mapping[str, str] | None,
     stdin: int,
     stdout: int,
     stderr: int,

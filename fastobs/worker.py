@@ -122,7 +122,7 @@ class Worker:
                 self._config.set_exception(protocol.ProtocolError(f"expected CONFIG, got {kind!r}"))
         elif kind == protocol.RUN:
             job, obj = protocol.decode_run(payload)
-            task = asyncio.create_task(self._job(job, obj))
+            task = asyncio.create_task(self._job(job, obj, time.monotonic()))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
         elif kind == protocol.LEASE:
@@ -149,7 +149,7 @@ class Worker:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _job(self, job: protocol.Job, obj: bytes | None) -> None:
+    async def _job(self, job: protocol.Job, obj: bytes | None, rx: float) -> None:
         async with self.slots:
             task = asyncio.current_task()
             assert task is not None
@@ -179,6 +179,7 @@ class Worker:
             finally:
                 self.started.pop(job_id, None)
                 self.fence.forget(job_id)
+            result["rx"] = rx
             self._send_done(result, out, err)
 
     def _send_done(self, result: protocol.Done, out: bytes, err: bytes) -> None:

@@ -582,3 +582,83 @@ async def test_in_cluster_service_account(k8s: Any, tmp_path: Path, monkeypatch:
         assert await get_status(client) == 200
     finally:
         await client.close()
+
+
+# --------------------------------------------------------------------------- lazy imports
+
+_CONNECT_AND_REPORT = """
+import sys, uvloop, fastobs.kube as k
+async def main():
+    c = await k.KubeClient.connect(kubeconfig=sys.argv[1])
+    try:
+        r = await c.request("GET", "/api/v1/namespaces/default")
+        async with r:
+            await r.read()
+            print(r.status, c.namespace, "kubernetes" in sys.modules)
+    finally:
+        await c.close()
+uvloop.run(main())
+"""
+
+
+@pytest.mark.parametrize("kind", ["token", "token-file", "inline-ca", "exec-plugin"])
+def test_only_exec_plugins_import_the_kubernetes_package(k8s: Any, tmp_path: Path, kind: str) -> None:
+    # Importing the kubernetes package costs ~200 ms of start-up: a kubeconfig with a token
+    # (or a client certificate, tested above through the same path) must not pay for it,
+    # and must still authenticate against the real apiserver.
+    import base64
+
+    (tmp_path / "tok").write_text(k8s.token + "\n")
+    ca: str | Path | None = k8s.ca_file
+    extra: dict[str, Any] = {}
+    user: dict[str, Any] = {"token": k8s.token}
+    if kind == "token-file":
+        user = {"tokenFile": "tok"}  # relative: resolved next to the kubeconfig, as kubectl does
+    elif kind == "inline-ca":
+        data = base64.b64encode(Path(k8s.ca_file).read_bytes()).decode()
+        ca, extra = None, {"certificate-authority-data": data}
+    elif kind == "exec-plugin":
+        script, _ = exec_plugin(tmp_path, [k8s.token], lifetime_s=3600)
+        user = exec_user(script)
+    cfg = write_kubeconfig(tmp_path / "kc", server=k8s.server, ca=ca, user=user, namespace="ctx-ns",
+                           cluster_extra=extra)
+    out = subprocess.run([sys.executable, "-c", _CONNECT_AND_REPORT, str(cfg)], capture_output=True,
+                         text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    print(kind, out.stdout.strip(), out.stderr.strip()[-300:])
+    assert out.returncode == 0, out.stderr
+    status, namespace, imported = out.stdout.split()
+    assert (status, namespace) == ("200", "ctx-ns")
+    assert imported == ("True" if kind == "exec-plugin" else "False")
+
+
+def test_kubeconfig_files_merge_first_wins_like_kubectl(tmp_path: Path) -> None:
+    from fastobs import credentials
+
+    a = tmp_path / "a"
+    a.write_text(json.dumps({
+        "current-context": "one",
+        "contexts": [{"name": "one", "context": {"cluster": "c", "user": "u", "namespace": "n1"}}],
+        "clusters": [{"name": "c", "cluster": {"server": "https://first:6443/"}}],
+    }))
+    b = tmp_path / "b"
+    b.write_text(json.dumps({
+        "current-context": "two",
+        "contexts": [{"name": "two", "context": {"cluster": "c", "user": "u"}}],
+        "clusters": [{"name": "c", "cluster": {"server": "https://second:6443"}}],
+        "users": [{"name": "u", "user": {"username": "ann", "password": "pw"}}],
+    }))
+    loaded = credentials.load_kubeconfig(f"{a}:{b}", "")
+    assert loaded is not None
+    cfg, ns = loaded
+    assert (cfg.host, ns) == ("https://first:6443", "n1")
+    assert cfg.auth_settings() == {"BearerToken": {"value": "Basic YW5uOnB3"}}
+    cfg2, ns2 = credentials.load_kubeconfig(f"{a}:{b}", "two") or (None, None)
+    assert cfg2 is not None and (cfg2.host, ns2) == ("https://first:6443", "")
+    # What the fast path does not know goes to the kubernetes loader, which words the errors.
+    b.write_text(json.dumps({"current-context": "x", "contexts": [{"name": "x", "context": {
+        "cluster": "c", "user": "u"}}], "clusters": [{"name": "c", "cluster": {"server": "https://s"}}],
+        "users": [{"name": "u", "user": {"auth-provider": {"name": "oidc"}}}]}))
+    assert credentials.load_kubeconfig(str(b), "") is None
+    (tmp_path / "bad").write_text("clusters: [\n")
+    assert credentials.load_kubeconfig(str(tmp_path / "bad"), "") is None
+    assert credentials.load_kubeconfig(str(a), "missing") is None

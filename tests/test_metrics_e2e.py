@@ -360,6 +360,16 @@ def test_lag_histograms_count_every_command_once_and_include_its_run_time(
     assert all(start[b] >= end[b] for b in bounds), (start, end)
     assert (s.value("fastobs_command_start_lag_seconds_sum") or 0) <= (
         s.value("fastobs_command_end_lag_seconds_sum") or 0)
+    # The start lag's breakdown: every command is counted once in each stage, and queue +
+    # handoff (receipt to the worker reading the job) precede the start, so they sum to at
+    # most the start lag; spawn ends after the start (it includes the fork and exec).
+    stages = {st: s.value("fastobs_command_start_stage_seconds_count", stage=st)
+              for st in ("queue", "handoff", "spawn")}
+    assert stages == {"queue": len(calls), "handoff": len(calls), "spawn": len(calls)}, stages
+    sums = {st: s.value("fastobs_command_start_stage_seconds_sum", stage=st) or 0.0 for st in stages}
+    print(f"start-lag stages over {len(calls)} commands (s): {sums}")
+    assert sums["queue"] + sums["handoff"] <= (s.value("fastobs_command_start_lag_seconds_sum") or 0) + 1e-6
+    assert sums["spawn"] > 0
 
 
 def test_a_key_kept_busy_by_churn_reports_the_lag_of_its_first_waiting_change(

@@ -7,6 +7,7 @@ environment, stdin written to a file) and checks what oc observe users rely on.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -304,6 +305,111 @@ def test_unknown_resource(k8s) -> None:
     res = run_fastobs(k8s.env, "foos", "--once")
     assert res.returncode == 1
     assert res.stderr.strip() == 'error: the server doesn\'t have a resource type "foos"'
+
+
+def _workers_with_marker(marker: str) -> list[int]:
+    """Live fastobs worker processes whose environment holds ``marker``."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if (marker.encode() in (d / "environ").read_bytes()
+                    and b"fastobs.worker" in (d / "cmdline").read_bytes()
+                    and (d / "stat").read_text().split()[2] != "Z"):
+                found.append(int(d.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("end", ["discovery times out", "SIGKILL during discovery"])
+def test_workers_start_during_discovery_and_never_outlive_it(end: str) -> None:
+    """Worker processes start before discovery, so their boot overlaps it; when discovery
+    fails, or fastobs is killed in the middle of it, none of them is left behind."""
+    import socket as sock_mod
+
+    listener = sock_mod.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # accepts connections, never answers: discovery hangs
+    port = listener.getsockname()[1]
+    marker = f"FASTOBS_TEST_MARK=discovery-{time.monotonic_ns()}"
+    env = dict(os.environ, **dict([marker.split("=", 1)]))
+    env.pop("KUBECONFIG", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastobs", "cm", "--server", f"http://127.0.0.1:{port}", "--token", "t",
+         "--request-timeout", "4s", "--workers", "3", NO_METRICS, "--", "true"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while len(_workers_with_marker(marker)) < 3 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        booted = _workers_with_marker(marker)
+        print(f"{end}: workers running while discovery hangs: {booted}")
+        assert len(booted) == 3, "the workers were not started during discovery"
+        if end == "SIGKILL during discovery":
+            proc.kill()
+        proc.wait(60)
+        gone_by = time.monotonic() + (5 if end.startswith("SIGKILL") else 0.5)
+        while _workers_with_marker(marker) and time.monotonic() < gone_by:
+            time.sleep(0.05)
+        left = _workers_with_marker(marker)
+        print(f"{end}: exit {proc.returncode}, workers left: {left}")
+        assert left == []
+        if end == "discovery times out":
+            assert proc.returncode == 1, proc.stderr.read() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        listener.close()
+
+
+_SLOW_WORKER_BOOT = """\
+import time
+with open("/proc/self/cmdline", "rb") as f:
+    if b"fastobs.worker" in f.read():
+        time.sleep(3)  # the worker is still booting when discovery fails
+"""
+
+
+def test_discovery_fails_while_prestarted_workers_boot(tmp_path: Path) -> None:
+    """Discovery is refused at once while the pre-started workers are still importing
+    (a sitecustomize holds each one for 3 s): fastobs exits 1 with the error, and no
+    worker survives it, not even one that has not yet read a byte of its socket."""
+    (tmp_path / "sitecustomize.py").write_text(_SLOW_WORKER_BOOT)
+    import socket as sock_mod
+
+    closed = sock_mod.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]  # bound, never listening: connections are refused
+    marker = f"FASTOBS_TEST_MARK=refused-{time.monotonic_ns()}"
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), **dict([marker.split("=", 1)]))
+    env.pop("KUBECONFIG", None)
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastobs", "cm", "--server", f"https://127.0.0.1:{port}", "--token", "t",
+         "--workers", "3", NO_METRICS, "--", "true"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: set[int] = set()
+    try:
+        while proc.poll() is None and time.monotonic() - t0 < 60:
+            seen.update(_workers_with_marker(marker))
+            time.sleep(0.01)
+        proc.wait(60)
+        left = _workers_with_marker(marker)  # before reading stderr: a survivor would hold it open
+        _, err = proc.communicate(timeout=60)
+        print(f"exit {proc.returncode} after {time.monotonic() - t0:.2f} s; workers seen booting: "
+              f"{sorted(seen)}; left: {left}; stderr: {err.strip()}")
+        assert len(seen) == 3, "the workers were not started before discovery"
+        assert proc.returncode == 1
+        assert err.startswith("error: unable to reach the server")
+        assert left == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        closed.close()
 
 
 def test_forbidden_for_restricted_identity(k8s, restricted) -> None:

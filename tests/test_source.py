@@ -22,7 +22,7 @@ from fastobs.errors import ListErrorLimit, ResourceError
 from fastobs.events import Event, EventType
 from fastobs.kube import KubeClient
 from fastobs.source import Source, _Next
-from fastobs.watchstream import Failure, object_bytes
+from fastobs.watchstream import Failure, object_bytes, parse_event
 
 pytestmark = pytest.mark.cluster
 
@@ -609,6 +609,46 @@ def test_object_bytes_are_sliced_verbatim() -> None:
     # Another encoder's layout is re-encoded rather than sliced wrongly.
     odd = b'{"object":{"kind":"X"},"type":"ADDED"}'
     assert orjson.loads(object_bytes(odd, {"kind": "X"})) == {"kind": "X"}
+
+
+def test_parse_event_decodes_only_the_key_fields_of_changes() -> None:
+    """ADDED/MODIFIED/DELETED: only name, namespace, uid and resourceVersion are decoded
+    (the object stays bytes); the same answers as a full parse, whatever the key order."""
+    obj = {"kind": "Pod", "apiVersion": "v1", "spec": {"x": [1, 2.5, {"y": None}]},
+           "metadata": {"name": "a", "namespace": "ns", "uid": "u-1", "resourceVersion": "7",
+                        "labels": {"l": "v"}}}
+    for etype in ("ADDED", "MODIFIED", "DELETED"):
+        line = orjson.dumps({"type": etype, "object": obj})
+        got_type, parsed, md = parse_event(line)
+        print(etype, md)
+        assert (got_type, parsed) == (etype, None)
+        assert md == {"name": "a", "namespace": "ns", "uid": "u-1", "resourceVersion": "7"}
+        assert orjson.loads(object_bytes(line, parsed)) == obj
+    # Another encoder's key order: the fields are found, the object is re-encoded whole.
+    odd = orjson.dumps({"object": obj, "type": "ADDED"})
+    _, parsed, md = parse_event(odd)
+    assert md["name"] == "a" and orjson.loads(object_bytes(odd, parsed)) == obj
+    # A null namespace (cluster-scoped) or no metadata at all.
+    _, _, md = parse_event(b'{"type":"ADDED","object":{"metadata":{"name":"n","namespace":null}}}')
+    assert md == {"name": "n", "namespace": None, "uid": None, "resourceVersion": None}
+    assert parse_event(b'{"type":"ADDED","object":{}}')[2] == {}
+
+
+def test_parse_event_parses_bookmarks_errors_and_odd_lines_fully() -> None:
+    bookmark = (b'{"type":"BOOKMARK","object":{"kind":"Pod","metadata":{"resourceVersion":"9",'
+                b'"annotations":{"k8s.io/initial-events-end":"true"}}}}')
+    etype, obj, md = parse_event(bookmark)
+    assert etype == "BOOKMARK" and obj is not None
+    assert md["annotations"] == {"k8s.io/initial-events-end": "true"}
+    error = b'{"type":"ERROR","object":{"kind":"Status","code":410,"message":"too old"}}'
+    etype, obj, _ = parse_event(error)
+    assert etype == "ERROR" and obj == {"kind": "Status", "code": 410, "message": "too old"}
+    # A name that is not a string is not the key decoder's to judge: the full parse takes it.
+    etype, obj, md = parse_event(b'{"type":"ADDED","object":{"metadata":{"name":5}}}')
+    assert etype == "ADDED" and obj == {"metadata": {"name": 5}} and md == {"name": 5}
+    for bad in (b'{"type":"ADDED"', b"[1]", b'{"type":"ADDED","object":"x"}'):
+        with pytest.raises(Failure):
+            parse_event(bad)
 
 
 @pytest.mark.parametrize(("code", "kind", "after"), [
