@@ -161,7 +161,7 @@ class Engine:
     def on_begun(self, ev: Event, t: float, header: str | None) -> None:
         """Stream mode only: the header goes out before the command's first line."""
         if header is not None:
-            self.output.header(ev.type.value, header)
+            self.output.header(ev.type.value, t, header)
 
     def on_output(self, ev: Event, fd: int, data: bytes) -> None:
         self.output.line(ev.key, fd, data)
@@ -176,7 +176,7 @@ class Engine:
             self._key_settled(ev.key)
             self.pool.pump(i)
             return
-        self.output.command(ev.type.value, result["header"], out, err)
+        self.output.command(ev.type.value, float(result["started"]), result["header"], out, err)
         ok = bool(result["ok"])
         self.tracker.handled(ev, ok=ok, arg=result.get("arg"))
         if not result.get("nocmd"):

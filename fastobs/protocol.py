@@ -35,7 +35,7 @@ import orjson
 
 from .settings import RunSettings
 
-VERSION = 3
+VERSION = 4
 """Bumped whenever a message changes; HELLO carries it and the parent checks it."""
 
 HELLO = b"H"
@@ -117,6 +117,7 @@ class Begun(TypedDict):
     id: int
     t: float
     header: str
+    """The header line after its ``# <TS> ``; the parent stamps it (see ``Done.header``)."""
 
 
 class Done(TypedDict):
@@ -125,7 +126,9 @@ class Done(TypedDict):
 
     id: int
     header: str
-    """The ``# <TS> <Type> <rv>\\t<command line>`` line oc prints before the output."""
+    """``<Type> <rv>\\t<command line>``: the line oc prints before the output, without its
+    ``# <TS> `` prefix; the parent stamps it from ``started``, so the stamps it prints
+    never go backwards."""
     arg: str | None
     """The template output passed as the last argument (None: no template)."""
     ok: bool

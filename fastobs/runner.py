@@ -39,7 +39,7 @@ from . import spawn
 from .encoding import kubectl_json
 from .errors import TemplateError
 from .gocompat import go_quote
-from .header import header_line, rfc3339_local
+from .header import header_body
 from .protocol import INVALID_OBJECT, Done, Job
 from .settings import QUOTE_OBJECT_VERBOSITY, RunSettings
 
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 LineSink = Callable[[int, bytes], None]
 """Stream mode: receives (fd, one line of output) as the command prints it."""
 BeginSink = Callable[[float, str], None]
-"""Receives (monotonic start time, the printed header line) when the first attempt starts."""
+"""Receives (monotonic start time, the header line's body) when the first attempt starts."""
 DRAIN_LIMIT = 1 << 20
 """Bytes read from a pipe after its command exited, at most: a grandchild may still write."""
 WATCH_DELAY = 0.05
@@ -152,19 +152,20 @@ class Runner:
             return self._devnull, path
         return self._devnull, None
 
-    def header(self, job: Job, args: list[str], started_wall: float) -> str:
-        """oc's header line for this job: ``# <TS> <Type> <rv>\\t<command line>``."""
+    def header(self, job: Job, args: list[str]) -> str:
+        """oc's header line for this job without its ``# <TS> ``: ``<Type> <rv>\\t<command
+        line>`` (the parent stamps it; see ``Done.header``)."""
         s = self.settings
         cmd = s.delete_command if job["type"] == "Deleted" else s.command
         printed = [cmd[0] if cmd else "", *cmd[1:], *args]
-        return header_line(rfc3339_local(started_wall), job["type"], job["rv"], printed)
+        return header_body(job["type"], job["rv"], printed)
 
     def failure(self, job: Job, reason: str, code: str, message: str) -> Done:
         """The result of a job whose run failed in fastobs itself: a failed command, so that
         the job still ends (and its key can run again)."""
         now = time.monotonic()
         args = [job["ns"], job["name"]] if self.settings.namespaced else [job["name"]]
-        return {"id": job["id"], "header": self.header(job, args, time.time()), "arg": None, "ok": False,
+        return {"id": job["id"], "header": self.header(job, args), "arg": None, "ok": False,
                 "started": now, "ended": now, "attempts": [(-1, 0.0)], "reason": reason, "code": code,
                 "error": message}
 
@@ -194,7 +195,7 @@ class Runner:
             # The object cannot be decoded, encoded or rendered (nested deeper than the parser
             # goes): this event fails for its key alone, and no command runs.
             return self._invalid_object(job, exc), b"", b""
-        header = self.header(job, args, time.time())
+        header = self.header(job, args)
         result: Done = {"id": job["id"], "header": header, "arg": arg, "ok": True, "started": 0.0,
                         "ended": 0.0, "attempts": []}
         if not cmd:
@@ -218,7 +219,7 @@ class Runner:
         now = time.monotonic()
         base = [job["ns"], job["name"]] if self.settings.namespaced else [job["name"]]
         detail = " ".join(str(exc).split()) or type(exc).__name__
-        header = self.header(job, base, time.time())
+        header = self.header(job, base)
         return {"id": job["id"], "header": header, "arg": None, "ok": False, "started": now, "ended": now,
                 "attempts": [], "nocmd": True, "reason": INVALID_OBJECT,
                 "error": f"the object could not be decoded for the command: {detail}"}
