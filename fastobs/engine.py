@@ -58,6 +58,8 @@ class Engine:
             shards=workers, coalesce=settings.coalesce, max_pending=settings.max_pending, clock=self.clock
         )
         self.pool = Pool(run=run, queues=self.sharder.queues, handler=self)
+        if settings.maximum_errors != -1:
+            self.pool.start_gate = self._within_error_budget
         self.outcome: Outcome = asyncio.get_running_loop().create_future()
         self.errors = 0
         self.emitted = 0
@@ -197,6 +199,7 @@ class Engine:
             self._failed(ev, result, i)
         self._key_settled(ev.key)
         self.pool.pump(i)
+        self.pool.pump_held()
 
     def _invalid_object(self, ev: Event, result: Done, queue: KeyQueue) -> None:
         """The object could not be decoded for the command: one failed event for this key,
@@ -249,6 +252,14 @@ class Engine:
         limit = s.maximum_errors
         if limit != -1 and self.errors >= limit:
             self.fail(CommandLimitError(f"reached maximum error limit of {limit}, exiting"))
+
+    def _within_error_budget(self, in_flight: int) -> bool:
+        """Whether one more command may start: oc runs one command at a time and stops at the
+        failure that reaches ``--maximum-errors``, so it never runs more failing commands
+        than that. Parallel commands keep that promise by starting only while the failures
+        still allowed outnumber the commands in flight (any of which may fail)."""
+        allowed = max(self.settings.maximum_errors, 1)  # oc: a limit of 0 stops at the 1st failure
+        return allowed - self.errors > in_flight
 
     def _arm_retry_timer(self, shard: int) -> None:
         """Wake the shard's dispatch when its earliest delayed retry is due."""

@@ -21,13 +21,14 @@ wait too, so a held worker is never taken for hung. With ``--object-channel=file
 worker gets a private directory for its object files, made here and removed here once the
 worker is gone, however it went.
 
-Invariants: worker *i* has at most ``concurrency`` jobs in flight, so a job handed to a
-worker starts at once (what is waiting is always visible in the parent's queues); an event
-is in exactly one place: a queue, a worker's in-flight table, or done; a dead worker's
-commands are killed (they are re-parented to us, a child subreaper) before its keys run
-again, so one object's commands never overlap, not even across a crash; the loop never
-blocks on a worker: exits are awaited through pidfds, and a worker whose socket closed
-but which does not exit is killed.
+Invariants: worker *i* has at most ``concurrency`` jobs in flight, and no job is sent
+while the :attr:`Pool.start_gate` says no, so a job handed to a worker starts at once
+(what is waiting is always visible in the parent's queues); an event is in exactly one
+place: a queue, a worker's in-flight table, or done; a dead worker's commands are killed
+(they are re-parented to us, a child subreaper) before its keys run again, so one
+object's commands never overlap, not even across a crash; the loop never blocks on a
+worker: exits are awaited through pidfds, and a worker whose socket closed but which does
+not exit is killed.
 """
 
 from __future__ import annotations
@@ -186,6 +187,11 @@ class Pool:
         self.may_dispatch: Callable[[], bool] = lambda: True
         """False while results cannot be printed fast enough: queued events wait (daemon
         wires it to ``output``, which calls :meth:`pump_all` when there is room again)."""
+        self.start_gate: Callable[[int], bool] | None = None
+        """Asked before each start with the number of jobs in flight on all workers; False
+        holds further starts back until a job ends (the engine's ``--maximum-errors``
+        budget: never more failing commands than the limit allows)."""
+        self._held = False
         self.worker_command: tuple[str, ...] = WORKER_COMMAND
         """How a worker starts (its socket's fd is appended); tests start other programs."""
         self.heartbeat_stale = HEARTBEAT_STALE
@@ -421,7 +427,11 @@ class Pool:
         q = self.queues[i]
         frames: list[bytes] = []
         now = time.monotonic()
+        gate = self.start_gate
         while len(w.inflight) < self.capacity:
+            if gate is not None and not gate(self.in_flight()):
+                self._held = True
+                break
             ev = q.pop()
             if ev is None:
                 break
@@ -470,6 +480,16 @@ class Pool:
                 w.last_tick = max(w.last_tick, now)
             else:
                 w.writer.pause_reading()
+
+    def in_flight(self) -> int:
+        """Jobs sent to a worker and not yet done, on all workers."""
+        return sum(len(w.inflight) for w in self.workers)
+
+    def pump_held(self) -> None:
+        """A job ended: retry the starts the gate held back, on every worker."""
+        if self._held:
+            self._held = False
+            self.pump_all()
 
     # ------------------------------------------------------------------ frames from a worker
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from fastobs_run import configmap, headers, run_fastobs
+from fastobs_run import configmap, headers, recorder, run_fastobs
 
 pytestmark = pytest.mark.cluster
 
@@ -39,6 +39,41 @@ def kinds(stdout: str) -> list[str]:
 
 def stamps(stdout: str) -> list[datetime]:
     return [datetime.fromisoformat(line.split()[1].replace("Z", "+00:00")) for line in headers(stdout)]
+
+
+# --- 2. --maximum-errors never lets parallel commands fail more often than allowed ---------
+
+
+@pytest.mark.parametrize(("limit", "runs"), [("1", 1), ("3", 3), ("0", 1)])
+def test_maximum_errors_with_parallel_commands(k8s, ns, tmp_path: Path, limit: str, runs: int) -> None:
+    """oc runs one failing command after another and stops at the failure that reaches the
+    limit (a limit of 0 stops at the first): N commands run, N error lines, then oc's line.
+    fastobs runs commands in parallel, yet starts no command that could exceed the limit."""
+    make_cms(k8s, ns, [f"cm{i}" for i in range(8)])
+    rec = recorder(tmp_path)
+    res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "--maximum-errors", limit,
+                      "--workers", "2", "--concurrency", "8", "--", str(rec.path), extra_env={"T_EXIT": "3"})
+    lines = res.stderr.strip().splitlines()
+    failure = f'error: command "{rec.path}" exited with status code 3'
+    failures = [line for line in lines if line == failure]
+    print(f"--maximum-errors={limit}: {len(rec.calls())} commands ran, {len(failures)} error lines")
+    assert res.returncode == 1
+    assert lines[-1] == f"error: reached maximum error limit of {limit}, exiting"
+    assert len(failures) == runs and len(lines) == runs + 1, lines
+    assert len(rec.calls()) == runs
+
+
+def test_maximum_errors_keeps_commands_parallel(k8s, ns, tmp_path: Path) -> None:
+    """While the failures still allowed outnumber the running commands, commands overlap."""
+    make_cms(k8s, ns, [f"cm{i}" for i in range(6)])
+    act = script(tmp_path, "act.sh", f"touch {tmp_path}/run.$2\nsleep 0.5\nls {tmp_path} | grep -c '^run' "
+                 f">> {tmp_path}/seen\nrm {tmp_path}/run.$2\nexit 3\n")
+    res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "--maximum-errors", "20",
+                      "--workers", "2", "--concurrency", "8", "--", str(act))
+    seen = [int(n) for n in (tmp_path / "seen").read_text().split()]
+    print(f"commands running at once, as each saw it: {seen}")
+    assert res.returncode == 0, res.stderr
+    assert len(seen) == 6 and max(seen) > 1
 
 
 # --- 5. the # lines' time stamps never go backwards -----------------------------------------
