@@ -224,7 +224,8 @@ async def _supervise(
             await source_task
         grace = settings.shutdown_grace if signals or error else FOREVER
         await engine.pool.stop(grace)
-        output.end_sync() if settings.once else output.flush()
+        # oc closes an open Sync block when --once is done, not when an error stops it.
+        output.end_sync() if settings.once and error is None else output.flush()
         if settings.print_metrics_on_exit and not signals:
             output.stdout(metrics.exposition())
             output.flush()

@@ -70,6 +70,13 @@ class Engine:
         """Keys of the first list not yet handed to a worker (oc's 'initial sync done')."""
         self._resync_next = False
         self._names_task: asyncio.Task[None] | None = None
+        self._listing = False
+        self._listed: dict[ObjectKey, float] = {}
+        """Keys whose list event (received at the time given) has not run yet; the list's
+        deletes wait for them, and a malformed --names key's error for those deletes."""
+        self._held: list[Event] = []
+        self._held_error: FastobsError | None = None
+        self._deferred_error: FastobsError | None = None
         self._coalesced_seen = 0
         self._retry_timers: dict[int, tuple[float, asyncio.TimerHandle]] = {}
         # Checked once: the event path must not pay for log calls nobody reads.
@@ -81,6 +88,10 @@ class Engine:
     # ------------------------------------------------------------------ source sink
 
     def list_begin(self, *, relist: bool) -> None:
+        # Deletes of a previous list still waiting go first (oc's queue is first in, first out).
+        self._listed.clear()
+        self._release_held()
+        self._listing = True
         self.tracker.list_begin(resync=self._resync_next)
         self._resync_next = False
         if relist:
@@ -121,19 +132,62 @@ class Engine:
             self.fail(exc)
 
     def _finish_list(self, known: list[str] | None) -> None:
-        try:
-            self.tracker.list_end(known)
-        except FastobsError as exc:
-            self.fail(exc)
-            return
+        deletes, error = self.tracker.list_end(known)
+        self._listing = False
+        self._held, self._held_error = deletes, error
+        if not self.first_list_done:
+            for ev in deletes:  # --once and readiness wait for them too
+                if self.initial_keys is not None:
+                    self.initial_keys.add(ev.key)
+                if self.undispatched is not None:
+                    self.undispatched.add(ev.key)
+        if not self._listed:
+            self._release_held()
         if not self.first_list_done:
             self.first_list_done = True
             self._check_once()
+
+    # ------------------------------------------------------------------ a list's deletes
+
+    def _list_event_ran(self, ev: Event) -> None:
+        """An event finished: once every event of the list has, its deletes may run."""
+        received = self._listed.get(ev.key)
+        if received is None or ev.received < received:
+            return  # not a list event (an older one of the same key ran)
+        del self._listed[ev.key]
+        if self._listed or self._listing:
+            return
+        if self._held or self._held_error is not None:
+            self._release_held()
+        else:
+            self._raise_deferred()
+
+    def _release_held(self) -> None:
+        """Run a list's deletes, in key order, after its own events, as oc queues them; a
+        malformed --names key stops fastobs once the deletes before it have run."""
+        held, self._held = self._held, []
+        error, self._held_error = self._held_error, None
+        if error is not None:
+            self._deferred_error = error
+            self._listed = {ev.key: ev.received for ev in held}
+        for ev in held:
+            self._emit(ev)
+        self._raise_deferred()
+
+    def _raise_deferred(self) -> None:
+        if self._deferred_error is None or self._listed:
+            return
+        error, self._deferred_error = self._deferred_error, None
+        # oc has already printed "Sync ended" for the delete that fails.
+        self.output.marker(EventType.DELETED.value)
+        self.fail(error)
 
     # ------------------------------------------------------------------ events into queues
 
     def _emit(self, ev: Event) -> None:
         self.emitted += 1
+        if self._listing:
+            self._listed[ev.key] = ev.received
         self.metrics.event_received(ev.type.value)
         if not self.first_list_done and self.initial_keys is not None:
             self.initial_keys.add(ev.key)
@@ -145,6 +199,7 @@ class Engine:
             # Nothing would be printed or run: complete it here, no round trip to a worker.
             self.tracker.handled(ev, ok=True, arg=None)
             self.on_dispatch(ev)
+            self._list_event_ran(ev)
             self._key_settled(ev.key)
             return
         i = self.sharder.add(ev)
@@ -175,8 +230,10 @@ class Engine:
         self.sharder.released()
         if result.get("reason") == INVALID_OBJECT:
             self._invalid_object(ev, result, queue)
+            self._list_event_ran(ev)  # a list's deletes wait for this event too
             self._key_settled(ev.key)
             self.pool.pump(i)
+            self.pool.pump_held()
             return
         self.output.command(ev.type.value, float(result["started"]), result["header"], out, err)
         ok = bool(result["ok"])
@@ -197,6 +254,7 @@ class Engine:
             queue.forget(ev.key)
         else:
             self._failed(ev, result, i)
+        self._list_event_ran(ev)  # first: a --names error waiting for this key beats --once
         self._key_settled(ev.key)
         self.pool.pump(i)
         self.pool.pump_held()
@@ -212,7 +270,10 @@ class Engine:
         logger.warning("%s event of %s failed: %s", ev.type.value, ev.key, result.get("error", ""),
                        extra=_fields(ev, result))
 
-    def on_fatal(self, exc: BaseException) -> None:
+    def on_fatal(self, exc: BaseException, ev: Event | None = None) -> None:
+        if ev is not None:
+            # The event whose template failed: oc prints its Sync marker before the error.
+            self.output.marker(ev.type.value)
         self.fail(exc)
 
     def on_restart(self, index: int) -> None:
@@ -295,7 +356,7 @@ class Engine:
         return self.first_list_done and not self.undispatched
 
     def _check_once(self) -> None:
-        if not self.first_list_done or self.initial_keys:
+        if not self.first_list_done or self.initial_keys or self._deferred_error is not None:
             return
         self.initial_keys = None  # from now on, nothing is tracked for --once
         if self.settings.once and not self.outcome.done():

@@ -41,6 +41,48 @@ def stamps(stdout: str) -> list[datetime]:
     return [datetime.fromisoformat(line.split()[1].replace("Z", "+00:00")) for line in headers(stdout)]
 
 
+# --- 1. an error at the first object comes after the lines oc had printed ------------------
+
+
+def test_strict_template_error_after_sync_started(k8s, ns, tmp_path: Path) -> None:
+    """oc prints ``Sync started`` for the event, then fails to render its argument: no
+    header for it, no ``Sync ended``, the error, exit 1."""
+    make_cms(k8s, ns, ["a"], data={"x": "1"})
+    rec = recorder(tmp_path)
+    res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "--template", "{.data.missing}",
+                      "--allow-missing-template-keys=false", "--", str(rec.path))
+    print(res.stdout, res.stderr[:200])
+    assert res.returncode == 1
+    assert kinds(res.stdout) == ["Sync started"]
+    assert res.stderr.startswith("error: unable to write arguments: error executing jsonpath "
+                                 '"{.data.missing}"')
+    assert rec.calls() == []
+
+
+def test_malformed_names_key_after_the_deletes_before_it(k8s, ns, tmp_path: Path) -> None:
+    """oc: ``Sync started``, the Sync rows, ``Sync ended``, the deletes of the keys sorted
+    before the malformed one, then ``error: unexpected key format``; nothing after it runs."""
+    make_cms(k8s, ns, ["a", "b"])
+    names = script(tmp_path, "names.sh", f"printf '{ns}/zz\\n{ns}/gone-b\\n{ns}/x/y\\n{ns}/gone-a\\n'\n")
+    dele = recorder(tmp_path, "delete")
+    res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "--workers", "1", "--concurrency", "1",
+                      "--names", str(names), "--delete", str(dele.path), "--", "true")
+    print(res.stdout, res.stderr)
+    assert res.returncode == 1
+    rows = kinds(res.stdout)
+    assert rows[0] == "Sync started" and rows[3] == "Sync ended", rows
+    assert sorted(rows[1:3]) == [f"Sync {rv}\ttrue {ns} {n}" for rv, n in zip(_rvs(k8s, ns, "a", "b"), "ab",
+                                                                                 strict=True)]
+    assert rows[4:] == [f"Deleted \t{dele.path} {ns} gone-a", f"Deleted \t{dele.path} {ns} gone-b"]
+    assert dele.argvs() == [[ns, "gone-a"], [ns, "gone-b"]]
+    assert res.stderr == f'error: unexpected key format: "{ns}/x/y"\n'
+
+
+def _rvs(k8s, ns: str, *names: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return [k8s.kubectl("get", "cm", n, "-n", ns, "-o", "jsonpath={.metadata.resourceVersion}").stdout
+            for n in names]
+
+
 # --- 2. --maximum-errors never lets parallel commands fail more often than allowed ---------
 
 
@@ -74,6 +116,34 @@ def test_maximum_errors_keeps_commands_parallel(k8s, ns, tmp_path: Path) -> None
     print(f"commands running at once, as each saw it: {seen}")
     assert res.returncode == 0, res.stderr
     assert len(seen) == 6 and max(seen) > 1
+
+
+# --- 4. --names deletes come after Sync ended, in key order ---------------------------------
+
+
+def test_names_deletes_after_sync_ended_in_key_order(k8s, ns, tmp_path: Path) -> None:
+    """oc queues the deletes of --names keys that are not on the server behind the listed
+    objects, in the sorted order of the names output: they run after ``Sync ended``. Here the
+    Sync commands are slow and there are workers to spare, so a delete that did not wait
+    would run (and print) first."""
+    make_cms(k8s, ns, ["a", "b", "c"])
+    names = script(tmp_path, "names.sh", f"printf '{ns}/zz\\n{ns}/b\\n{ns}/gone\\n{ns}/also-gone\\n'\n")
+    dele = recorder(tmp_path, "delete")
+    slow = script(tmp_path, "slow.sh", "sleep 0.5\n")
+    for parallel in (("--workers", "4", "--concurrency", "4"), ("--workers", "1", "--concurrency", "1")):
+        res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, *parallel, "--names", str(names),
+                          "--delete", str(dele.path), "--", str(slow))
+        rows = kinds(res.stdout)
+        print(parallel, rows)
+        assert res.returncode == 0, res.stderr
+        assert rows[0] == "Sync started" and rows[4] == "Sync ended", rows
+        assert all(row.startswith("Sync ") for row in rows[1:4])
+        deletes = [f"Deleted \t{dele.path} {ns} {n}" for n in ("also-gone", "gone", "zz")]
+        if parallel[1] == "1":
+            assert rows[5:] == deletes  # one command at a time: oc's order exactly
+        else:
+            assert sorted(rows[5:]) == deletes
+    assert dele.argvs()[-3:] == [[ns, "also-gone"], [ns, "gone"], [ns, "zz"]]
 
 
 # --- 5. the # lines' time stamps never go backwards -----------------------------------------
