@@ -281,12 +281,15 @@ def _settings(resource: str, command: tuple[str, ...], values: dict[str, Any]) -
         output_limit=values["output_limit"],
         quiet=values["quiet"],
         template_errors_quote_object=values["verbosity"] >= QUOTE_OBJECT_VERBOSITY,
+        log_format=values["log_format"],
+        log_level=values["log_level"],
+        verbosity=values["verbosity"],
     )
     copied = ("kubeconfig", "context", "namespace", "all_namespaces", "selector", "field_selector",
               "request_timeout", "server", "token", "insecure_skip_tls_verify", "maximum_errors", "once",
               "exit_after", "resync_period", "print_metrics_on_exit", "listen_addr", "shutdown_grace",
               "workers", "backoff_base", "backoff_cap", "backoff_attempts", "max_pending",
-              "watch_read_timeout", "log_format", "log_level", "verbosity")
+              "watch_read_timeout")
     return Settings(resource=resource, run=run, names_command=tuple(values["names"]),
                     coalesce=not values["no_coalesce"], **{name: values[name] for name in copied})
 

@@ -49,7 +49,7 @@ FOREVER = 10 * 365 * 86400.0
 
 def run(settings: Settings) -> int:
     """Run fastobs until it must stop; returns the exit code (raises FastobsError)."""
-    logs.setup(settings.log_format, settings.log_level, settings.verbosity)
+    logs.setup(settings.run.log_format, settings.run.log_level, settings.run.verbosity)
     try:
         import uvloop
 

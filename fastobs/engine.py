@@ -23,6 +23,7 @@ from typing import Any
 from . import spawn
 from .errors import CommandLimitError, FastobsError, NamesError
 from .events import Event, EventType, ObjectKey
+from .gocompat import go_process_state
 from .metrics import EngineState, Metrics
 from .output import Output
 from .pool import Pool
@@ -395,8 +396,9 @@ class Engine:
             run = s.run
             if run.retry_on_exit_code and oc_code == run.retry_on_exit_code and attempt < run.retry_count:
                 attempt += 1
+                logger.debug("retrying command: %s", go_process_state(code))  # oc's klog.V(4) line
                 continue
-            detail = f"exit status {oc_code}"
+            detail = go_process_state(code)
             if err:
                 detail += "\n" + err.decode("utf-8", "replace").rstrip("\n")
             raise NamesError(f"unable to list known keys: {detail}")

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import shutil
 import tempfile
@@ -38,13 +39,15 @@ import orjson
 from . import spawn
 from .encoding import kubectl_json
 from .errors import TemplateError
-from .gocompat import go_quote
+from .gocompat import go_process_state, go_quote
 from .header import header_body
 from .protocol import INVALID_OBJECT, Done, Job
 from .settings import QUOTE_OBJECT_VERBOSITY, RunSettings
 
 if TYPE_CHECKING:
     from .templates import Template
+
+logger = logging.getLogger(__name__)
 
 LineSink = Callable[[int, bytes], None]
 """Stream mode: receives (fd, one line of output) as the command prints it."""
@@ -206,7 +209,8 @@ class Runner:
             return result, b"", b""
         stdin, tmpfile = self._stdin_for(obj, env)
         try:
-            out, err = await self._attempts([*cmd, *args], env, stdin, result, on_begin, on_line)
+            key = f"{job['ns']}/{job['name']}" if job["ns"] else job["name"]
+            out, err = await self._attempts([*cmd, *args], env, stdin, result, on_begin, on_line, key)
         finally:
             if stdin != self._devnull:
                 os.close(stdin)
@@ -273,6 +277,7 @@ class Runner:
         result: Done,
         on_begin: BeginSink,
         on_line: LineSink | None,
+        key: str,
     ) -> tuple[bytes, bytes]:
         """Run the attempts oc's retry rule allows; fills in ``result`` and returns (stdout, stderr)."""
         s = self.settings
@@ -300,6 +305,8 @@ class Runner:
                 and retries < s.retry_count
             ):
                 retries += 1
+                # oc's klog.V(4) line, with Go's text of the attempt's end.
+                logger.debug("retrying command: %s", status.ended_as, extra={"key": key})
                 continue
             break
         result["ended"] = time.monotonic()
@@ -374,6 +381,7 @@ class Runner:
             reason, label = spawn.describe_status(code)
             status = _Status(False, reason, label, code if code > 0 else -1, seconds)
         status.spawned = spawned
+        status.ended_as = go_process_state(code)
         return status
 
 
@@ -407,7 +415,7 @@ def object_dir(prefix: str) -> str:
 
 
 class _Status:
-    __slots__ = ("ok", "reason", "code", "oc_code", "seconds", "message", "spawned")
+    __slots__ = ("ok", "reason", "code", "oc_code", "seconds", "message", "spawned", "ended_as")
 
     def __init__(self, ok: bool, reason: str, code: str, oc_code: int, seconds: float) -> None:
         self.spawned = 0.0
@@ -415,6 +423,8 @@ class _Status:
         self.message = ""
         """Spawn errors: Go's exec error text (``code`` is then the errno name); commands
         killed at shutdown: why."""
+        self.ended_as = ""
+        """Go's text of how the command ended (``exit status 3``, ``signal: killed``)."""
         self.ok = ok
         self.reason = reason
         self.code = code

@@ -72,6 +72,16 @@ class RunSettings:
     """The private directory of one worker's object files (``--object-channel=file``),
     made by the parent for each worker it starts, so that it can remove a dead worker's."""
 
+    # --- logs: the parent's and the workers' alike
+    log_format: LogFormat = "text"
+    """*new*: ``--log-format``."""
+    log_level: str = "info"
+    """*new*: ``--log-level``."""
+    verbosity: int = 0
+    """``--loglevel``/``-v`` of oc (klog verbosity): debug logs from :data:`DEBUG_VERBOSITY`
+    (among them the worker's ``retrying command: ...``, as oc logs at that level), objects
+    in template errors from :data:`QUOTE_OBJECT_VERBOSITY`."""
+
     def to_json_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -137,13 +147,6 @@ class Settings:
     watch_read_timeout: float = 90.0
     """Seconds without a byte on the watch (events or bookmarks) before the connection
     is considered half-open and re-established."""
-
-    # --- logs (*new*)
-    log_format: LogFormat = "text"
-    log_level: str = "info"
-    verbosity: int = 0
-    """``--loglevel``/``-v`` of oc (klog verbosity): debug logs from :data:`DEBUG_VERBOSITY`,
-    objects in template errors from :data:`QUOTE_OBJECT_VERBOSITY`."""
 
     @property
     def deletion_tracking(self) -> bool:

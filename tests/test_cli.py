@@ -106,9 +106,9 @@ def test_defaults_match_oc_and_settings() -> None:
         pytest.param(["--quiet", "--no-headers=false"], "run.quiet", False, id="no-headers-same-variable"),
         pytest.param(["--request-timeout", "30"], "request_timeout", 30.0, id="request-timeout-int"),
         pytest.param(["--request-timeout=1m"], "request_timeout", 60.0, id="request-timeout-duration"),
-        pytest.param(["--loglevel", "4"], "verbosity", 4, id="loglevel"),
-        pytest.param(["-v", "6"], "verbosity", 6, id="v"),
-        pytest.param(["--v=2"], "verbosity", 2, id="v-long"),
+        pytest.param(["--loglevel", "4"], "run.verbosity", 4, id="loglevel"),
+        pytest.param(["-v", "6"], "run.verbosity", 6, id="v"),
+        pytest.param(["--v=2"], "run.verbosity", 2, id="v-long"),
         pytest.param(["-s", "https://api:6443"], "server", "https://api:6443", id="s"),
         pytest.param(["--server=https://x"], "server", "https://x", id="server"),
         pytest.param(["--token", "abc"], "token", "abc", id="token"),
@@ -141,8 +141,8 @@ def test_defaults_match_oc_and_settings() -> None:
         pytest.param(["--output-limit=3M"], "run.output_limit", 3_000_000, id="output-limit-decimal"),
         pytest.param(["--shutdown-grace", "0"], "shutdown_grace", 0.0, id="shutdown-grace"),
         pytest.param(["--watch-read-timeout", "2m"], "watch_read_timeout", 120.0, id="watch-read-timeout"),
-        pytest.param(["--log-format", "json"], "log_format", "json", id="log-format"),
-        pytest.param(["--log-level", "debug"], "log_level", "debug", id="log-level"),
+        pytest.param(["--log-format", "json"], "run.log_format", "json", id="log-format"),
+        pytest.param(["--log-level", "debug"], "run.log_level", "debug", id="log-level"),
     ],
 )
 def test_flag_maps_onto_settings(argv: list[str], path: str, expected: object) -> None:

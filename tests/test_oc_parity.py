@@ -118,6 +118,39 @@ def test_maximum_errors_keeps_commands_parallel(k8s, ns, tmp_path: Path) -> None
     assert len(seen) == 6 and max(seen) > 1
 
 
+# --- 3. --loglevel 4 logs every retry --------------------------------------------------------
+
+
+def test_loglevel_4_logs_each_retry(k8s, ns, tmp_path: Path) -> None:
+    """oc at --loglevel 4 logs ``retrying command: exit status N`` on stderr before each retry
+    (of the command, and of the --names command); below 4 it logs nothing of the kind."""
+    make_cms(k8s, ns, ["a"])
+    always7 = script(tmp_path, "seven.sh", "exit 7\n")
+    for level, expected in (("4", 2), ("3", 0)):
+        res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "--loglevel", level,
+                          "--retry-on-exit-code", "7", "--", str(always7))
+        retries = retry_lines(res.stderr)
+        print(f"--loglevel {level}: {retries}")
+        assert res.returncode == 0, res.stderr
+        assert len(retries) == expected
+        assert res.stderr.splitlines()[-1] == f'error: command "{always7}" exited with status code 7'
+    killed = script(tmp_path, "killed.sh", "kill -9 $$\n")
+    res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "-v", "4", "--retry-on-exit-code=-1",
+                      "--retry-count", "1", "--", str(killed))
+    assert retry_lines(res.stderr, "signal: killed") != []
+    counter = tmp_path / "names-runs"
+    names = script(tmp_path, "names.sh", f"echo x >> {counter}\n[ $(wc -l < {counter}) -ge 2 ] || exit 7\n")
+    res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, "--loglevel", "4",
+                      "--retry-on-exit-code", "7", "--names", str(names), "--delete", "true", "--", "true")
+    assert res.returncode == 0, res.stderr
+    assert len(retry_lines(res.stderr)) == 1
+
+
+def retry_lines(stderr: str, how: str = "exit status 7") -> list[str]:
+    """fastobs's log lines carrying oc's retry message (the log format adds a level and a key)."""
+    return [line for line in stderr.splitlines() if re.search(f"retrying command: {how}( \\[|$)", line)]
+
+
 # --- 4. --names deletes come after Sync ended, in key order ---------------------------------
 
 
