@@ -320,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FastobsError as error:
         from fastobs.logs import oc_line  # a JSON record under --log-format json
 
-        _write(sys.stderr, oc_line(error.message))
+        _write(sys.stderr, oc_line(error.message, prefix=error.prefix))
         return error.exit_code
     except Exception as error:  # a bug: one line for the user, the traceback in the debug log
         from fastobs.logs import oc_line

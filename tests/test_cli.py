@@ -1084,7 +1084,7 @@ def test_cluster_oc_style_command_line(k8s: Any, ns: str) -> None:
         ),
         pytest.param(
             ["nosuchthings", "--names", "x", "-l", "a b"],
-            'error: the server doesn\'t have a resource type "nosuchthings"',
+            'the server doesn\'t have a resource type "nosuchthings"',  # no "error: ", as oc
             id="discovery-first",
         ),
     ],

@@ -8,12 +8,19 @@ fastobs runs commands in parallel, the test says which part of oc's order it kee
 
 from __future__ import annotations
 
+import contextlib
 import re
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-from fastobs_run import configmap, headers, recorder, run_fastobs
+from fastobs_run import configmap, headers, recorder, run_fastobs, start_fastobs
 
 pytestmark = pytest.mark.cluster
 
@@ -206,3 +213,223 @@ def test_header_stamps_never_go_backwards(k8s, ns, tmp_path: Path) -> None:
     for name in "abc":
         assert started[name] - 1 <= rows[name].timestamp() <= started[name] + 1, name
     assert rows["a"].timestamp() < started["a"] + 2, "a (2.5 s) was stamped when it ended"
+
+
+# --- 6. kubectl's resource-type messages, without an added "error: " -----------------------
+
+
+@pytest.mark.parametrize(("arg", "line"), [
+    ("foos", 'the server doesn\'t have a resource type "foos"'),
+    ("foos.example.com", 'the server doesn\'t have a resource type "foos" in group "example.com"'),
+    (" pods", 'the server doesn\'t have a resource type " pods"'),  # oc does not strip it
+    (".apps", "error: a resource must be present, got: apps/, Resource="),
+    (".", "error: unknown resource argument"),
+])
+def test_unknown_resource_lines(k8s, arg: str, line: str) -> None:
+    res = run_fastobs(k8s.env, arg, "--once", NO_METRICS)
+    print(repr(arg), "->", res.stderr)
+    assert (res.returncode, res.stdout, res.stderr) == (1, "", line + "\n")
+
+
+# --- 7. a refused token during discovery ----------------------------------------------------
+
+
+def test_wrong_token_is_unauthorized(k8s) -> None:
+    """oc's discovery gets 401 and kubectl's printer says so, with client-go's message."""
+    res = run_fastobs(k8s.env, "pods", "--token", "wrong", "--once", NO_METRICS)
+    assert (res.returncode, res.stdout) == (1, "")
+    assert res.stderr == ("error: You must be logged in to the server (the server has asked for the client "
+                          "to provide credentials)\n")
+
+
+# --- 8. connection failures, as kubectl prints them ------------------------------------------
+
+
+def kubeconfig(tmp_path: Path, server: str, ca: str | Path | None = None, name: str = "kc") -> Path:
+    cluster = f"    certificate-authority: {ca}\n" if ca else ""
+    path = tmp_path / name
+    path.write_text(f"apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n"
+                    f"{cluster}users:\n- name: u\n  user:\n    token: x\ncontexts:\n- name: c\n  context:\n"
+                    "    cluster: c\n    user: u\ncurrent-context: c\n")
+    return path
+
+
+def fastobs_with(k8s, config: Path, *args: str) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    return run_fastobs(dict(k8s.env, KUBECONFIG=str(config)), "pods", "--once", NO_METRICS, *args)
+
+
+class Listener:
+    """A loopback TCP server thread: ``mode`` says what it does with each connection."""
+
+    def __init__(self, mode: str, *, cert: tuple[Path, Path] | None = None) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.mode = mode
+        self.held: list[socket.socket] = []
+        self.ctx = None
+        if cert is not None:
+            self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+        if mode == "full-backlog":
+            # No accept() and a full accept queue: the kernel drops new SYNs, connects hang.
+            self.sock.listen(0)
+            for _ in range(4):
+                filler = socket.socket()
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect(("127.0.0.1", self.port))
+                self.held.append(filler)
+            return
+        self.sock.listen(64)
+        if mode != "no-accept":
+            threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            if self.mode == "http-reply":
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            elif self.mode == "garbage-reply":
+                conn.recv(4096)
+                conn.sendall(b"<html>not tls</html>\n")
+            elif self.mode == "tls-then-silence" and self.ctx is not None:
+                self.held.append(self.ctx.wrap_socket(conn, server_side=True))
+                return
+            elif self.mode == "tls" and self.ctx is not None:
+                self.ctx.wrap_socket(conn, server_side=True).recv(1)
+            conn.close()
+
+    def close(self) -> None:
+        for s in [*self.held, self.sock]:
+            s.close()
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def listeners() -> Iterator[list[Listener]]:
+    made: list[Listener] = []
+    yield made
+    for listener in made:
+        listener.close()
+
+
+def openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def expired_pki(d: Path) -> dict[str, Path]:
+    """A CA and a server certificate for 127.0.0.1 that expired on 2021-01-01."""
+    p = {n: d / n for n in ("ca.crt", "ca.key", "srv.crt", "srv.key", "srv.csr")}
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=fastobs-test-ca",
+            "-keyout", str(p["ca.key"]), "-out", str(p["ca.crt"]))
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=expired", "-keyout", str(p["srv.key"]),
+            "-out", str(p["srv.csr"]))
+    db = d / "ca"
+    (db / "certs").mkdir(parents=True)
+    (db / "index.txt").write_text("")
+    (db / "serial").write_text("01\n")
+    (d / "ca.cnf").write_text(
+        f"[ca]\ndefault_ca = d\n[d]\ndatabase = {db}/index.txt\nnew_certs_dir = {db}/certs\n"
+        f"serial = {db}/serial\ndefault_md = sha256\npolicy = p\nx509_extensions = ext\n"
+        "[p]\ncommonName = supplied\n[ext]\nsubjectAltName = IP:127.0.0.1\n")
+    openssl("ca", "-batch", "-config", str(d / "ca.cnf"), "-cert", str(p["ca.crt"]),
+            "-keyfile", str(p["ca.key"]), "-in", str(p["srv.csr"]), "-out", str(p["srv.crt"]),
+            "-startdate", "20200101000000Z", "-enddate", "20210101000000Z")
+    return p
+
+
+UNABLE = "Unable to connect to the server: "
+
+
+def test_refused_connection(k8s, tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    res = fastobs_with(k8s, kubeconfig(tmp_path, f"https://127.0.0.1:{port}"))
+    assert (res.returncode, res.stderr) == (1, f"The connection to the server 127.0.0.1:{port} was refused - "
+                                               "did you specify the right host or port?\n")
+
+
+def test_unknown_host(k8s, tmp_path: Path) -> None:
+    """Go's resolver names the name server that said so (the first in /etc/resolv.conf)."""
+    try:
+        socket.getaddrinfo("nosuchhost.invalid", 443)
+        pytest.skip("nosuchhost.invalid resolves here")
+    except socket.gaierror as error:
+        if error.errno != socket.EAI_NONAME:
+            pytest.skip(f"no name server answers here ({error})")
+    servers = [line.split()[1] for line in Path("/etc/resolv.conf").read_text().splitlines()
+               if line.startswith("nameserver")]
+    res = fastobs_with(k8s, kubeconfig(tmp_path, "https://nosuchhost.invalid:6443"))
+    print(res.stderr)
+    assert res.returncode == 1
+    assert res.stderr == f"{UNABLE}dial tcp: lookup nosuchhost.invalid on {servers[0]}:53: no such host\n"
+
+
+def test_tls_failures(k8s, tmp_path: Path, listeners: list[Listener]) -> None:
+    """An untrusted CA, a certificate for other names, an expired one, and replies that are not
+    TLS: Go's words for each, after kubectl's ``Unable to connect to the server: ``."""
+    sans = subprocess.run(["openssl", "x509", "-in", str(k8s.ca_file), "-noout", "-ext", "subjectAltName"],
+                          capture_output=True, text=True, check=True).stdout
+    names = ", ".join(re.findall(r"DNS:([^,\s]+)", sans))
+    pki = expired_pki(tmp_path)
+    expired = Listener("tls", cert=(pki["srv.crt"], pki["srv.key"]))
+    http_reply, garbage = Listener("http-reply"), Listener("garbage-reply")
+    listeners.extend([expired, http_reply, garbage])
+    port = k8s.server.rsplit(":", 1)[1]
+    verify = re.escape("tls: failed to verify certificate: x509: ")
+    cases = {  # the expected lines are regular expressions
+        "untrusted": (kubeconfig(tmp_path, k8s.server, name="a"),
+                      verify + re.escape("certificate signed by unknown authority")),
+        "other names": (kubeconfig(tmp_path, f"https://localhost:{port}", k8s.ca_file, name="b"),
+                        verify + re.escape(f"certificate is valid for {names}, not localhost")),
+        "expired": (kubeconfig(tmp_path, expired.url, pki["ca.crt"], name="c"),
+                    verify + re.escape("certificate has expired or is not yet valid: current time ")
+                    + TS + re.escape(" is after 2021-01-01T00:00:00Z")),
+        "http reply": (kubeconfig(tmp_path, http_reply.url, name="d"),
+                       re.escape("http: server gave HTTP response to HTTPS client")),
+        "not tls": (kubeconfig(tmp_path, garbage.url, name="e"),
+                    re.escape("tls: first record does not look like a TLS handshake")),
+    }
+    for case, (config, why) in cases.items():
+        res = fastobs_with(k8s, config)
+        print(f"{case}: {res.stderr.strip()}")
+        assert res.returncode == 1
+        assert re.fullmatch(re.escape(UNABLE) + why + "\n", res.stderr)
+
+
+def test_timeouts(k8s, tmp_path: Path, listeners: list[Listener]) -> None:
+    """Which of Go's timers fires first decides oc's words: the dial (30 s), the TLS handshake
+    (10 s) or the request's deadline (--request-timeout, else 32 s for discovery). Each server
+    here hangs one step; the runs go in parallel to bound the test to about half a minute."""
+    pki = expired_pki(tmp_path)  # any certificate will do: the client stops checking it
+    no_dial, no_handshake, no_answer = (Listener("full-backlog"), Listener("no-accept"),
+                                        Listener("tls-then-silence", cert=(pki["srv.crt"], pki["srv.key"])))
+    listeners.extend([no_dial, no_handshake, no_answer])
+    runs = {
+        "dial hangs": (no_dial, (), f"dial tcp 127.0.0.1:{no_dial.port}: i/o timeout"),
+        "handshake hangs": (no_handshake, ("--request-timeout=11s",), "net/http: TLS handshake timeout"),
+        "handshake hangs past the deadline": (no_handshake, ("--request-timeout=2s",),
+                                              "context deadline exceeded"),
+        "no answer": (no_answer, ("--request-timeout=3s",), "context deadline exceeded"),
+    }
+    started = time.monotonic()
+    procs = {case: start_fastobs(dict(k8s.env, KUBECONFIG=str(kubeconfig(tmp_path, server.url, name=case))),
+                                 "pods", "--once", NO_METRICS, "--insecure-skip-tls-verify", *flags)
+             for case, (server, flags, _) in runs.items()}
+    for case, proc in procs.items():
+        out, err = proc.communicate(timeout=90)
+        print(f"{case}: after {time.monotonic() - started:.1f} s: {err.strip()}")
+        assert (proc.returncode, out, err) == (1, "", f"{UNABLE}{runs[case][2]}\n")
