@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from fastobs import __version__
 from fastobs.cli import ParseError, ShowHelp, _Scan, main, parse_args
 from fastobs.daemon import check_after_discovery
 from fastobs.errors import TemplateError, UsageError
-from fastobs.flags import BY_SHORT, FLAGS, help_text
+from fastobs.flags import BY_SHORT, FLAGS, help_text, plain, with_generated_tables
 from fastobs.settings import RunSettings, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -498,6 +499,42 @@ def test_usage_doc_mentions_every_flag() -> None:
     doc = (ROOT / "docs" / "usage.md").read_text()
     missing = [flag.name for flag in FLAGS if f"--{flag.name}" not in doc]
     assert missing == []
+
+
+def test_usage_doc_flag_tables_are_the_help_texts() -> None:
+    """The flag tables of docs/usage.md are generated from the table --help prints, so the
+    two cannot disagree: every table in the document is the generated one."""
+    doc = (ROOT / "docs" / "usage.md").read_text()
+    blocks = re.findall(r"<!-- flags:(\w+) ", doc)
+    print(f"generated flag tables in docs/usage.md: {blocks}")
+    assert sorted(blocks) == ["connection", "hidden", "new", "observe"]
+    assert with_generated_tables(doc) == doc, "docs/usage.md is stale: run scripts/update-usage-doc"
+    for flag in FLAGS:
+        row = next(line for line in doc.splitlines() if line.startswith(f"| `--{flag.name}`"))
+        assert flag.help.replace("|", "\\|") in row
+        if flag.group != "hidden":
+            assert " ".join(plain(flag.help).split()) in " ".join(help_text().split()), flag.name
+
+
+def test_the_doc_check_notices_an_edited_table() -> None:
+    """Changing a help text, or the document's copy of it, makes the check above fail."""
+    doc = (ROOT / "docs" / "usage.md").read_text()
+    edited = doc.replace("Retries after the first attempt", "Retries before the first attempt")
+    assert edited != doc and with_generated_tables(edited) == doc
+
+
+@pytest.mark.parametrize(("phrase", "why"), [
+    ("(empty when there is no template)", "no argument is passed without a template"),
+    ("With --no-coalesce: events held", "--max-pending applies in both modes"),
+])
+def test_help_no_longer_says(phrase: str, why: str) -> None:
+    assert phrase not in help_text(), why
+
+
+def test_help_says_what_the_command_receives() -> None:
+    text = " ".join(help_text().split())
+    assert "then, only when --template is given, one argument with its output" in text
+    assert "with or without --no-coalesce" in text
 
 
 # --- the real entry point ---------------------------------------------------------------
