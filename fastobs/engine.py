@@ -8,7 +8,9 @@ lines to ``output``; figures to ``metrics``; the run's outcome to ``daemon``
 
 Invariants: every event the tracker emits is counted once in ``observe_counts`` and is
 either run or, when nothing needs to run (no command for its type and ``-q``), completed
-on the spot; a key's result is applied before the key can be dispatched again.
+on the spot; a key's result is applied before the key can be dispatched again; the
+deletes a list finds run after every event of that list, in key order (oc's queue order);
+with ``--maximum-errors``, no command starts that could make more failures than allowed.
 """
 
 from __future__ import annotations
