@@ -19,7 +19,7 @@ from fastobs import __version__
 from fastobs.cli import ParseError, ShowHelp, _Scan, main, parse_args
 from fastobs.daemon import check_after_discovery
 from fastobs.errors import TemplateError, UsageError
-from fastobs.flags import BY_SHORT, FLAGS, help_text, plain, with_generated_tables
+from fastobs.flags import BY_NAME, BY_SHORT, FLAGS, help_text, plain, with_generated_tables
 from fastobs.settings import RunSettings, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -1140,3 +1140,21 @@ def test_cluster_exit_after_prints_go_duration(k8s: Any, ns: str) -> None:
     done = run_on_cluster(k8s.env, "configmaps", "-n", ns, "--exit_after=1500ms", "-q")
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines()[-1] == "Shutting down after 1.5s ..."
+
+
+def test_every_output_format_the_help_names_works(tmp_path: Path) -> None:
+    """-o's help names every template format oc accepts, and each of them renders."""
+    from fastobs.templates import FORMATS, compile_template
+
+    text = BY_NAME["output"].help
+    assert [f for f in FORMATS if f"`{f}`" not in text] == []
+    obj = {"metadata": {"name": "x"}}
+    for fmt in FORMATS:
+        template = "{{.metadata.name}}" if "template" in fmt else "{.metadata.name}"
+        if fmt.endswith("file"):
+            path = tmp_path / fmt
+            path.write_text(template)
+            template = str(path)
+        rendered = compile_template(template, fmt).render(obj)
+        print(f"-o {fmt}: {rendered!r}")
+        assert rendered == ('[\n    "x"\n]\n' if fmt == "jsonpath-as-json" else "x")
