@@ -4,6 +4,7 @@ Where it sits: beside ``kube``, whose discovery (the first requests fastobs make
 :func:`status_error` for an error answer and :func:`unreachable` for a request that got no
 answer; ``kube`` raises the text as a :class:`~fastobs.errors.KubectlError`, which ``cli``
 prints as is, as oc prints it through kubectl's error printer (``StandardErrorMessage``).
+Later, ``watchstream`` words the list and watch failures it logs with :func:`go_error_text`.
 
 In: the HTTP status and body of an error answer, or the exception aiohttp raised and where
 the request went. Out: one line, kubectl's: ``error: You must be logged in to the server
@@ -34,7 +35,7 @@ import aiohttp
 from fastobs.gocompat import go_errno, go_quote
 from fastobs.header import rfc3339_local
 
-__all__ = ["Endpoint", "status_error", "unreachable"]
+__all__ = ["Endpoint", "go_error_text", "status_error", "unreachable"]
 
 GO_DIAL_TIMEOUT = 30.0
 """client-go's dialer timeout."""
@@ -125,24 +126,49 @@ async def unreachable(exc: BaseException, endpoint: Endpoint) -> str:
 
 async def go_net_error(exc: BaseException, endpoint: Endpoint) -> str:
     """What Go's HTTP client says for a request that got no answer (the error inside
-    client-go's ``url.Error``), for what aiohttp raised."""
+    client-go's ``url.Error``), for what aiohttp raised. Where the exception does not say
+    which step failed, that step is tried again to find out."""
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         return f"tls: failed to verify certificate: {await _x509(exc.certificate_error, endpoint)}"
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return _dns(exc.host, exc.os_error)
     if isinstance(exc, aiohttp.ClientConnectorSSLError):
         return await _not_tls(exc.os_error, endpoint)
+    if isinstance(exc, TimeoutError):
+        return await _timed_out(endpoint)
+    return go_error_text(exc)
+
+
+def go_error_text(exc: BaseException) -> str:
+    """Go's words for a failed request without trying any step again: for the list and
+    watch loop, which retries on its own and logs each failure (``failed to list ...``,
+    ``watch of ... failed: ...``). Where only a second try could tell (a reply that is not
+    TLS, a certificate for other names or out of date), Go's more general words."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"tls: failed to verify certificate: {_x509_now(exc.certificate_error)}"
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        reason = getattr(exc.os_error, "reason", "")
+        if reason in _NOT_TLS_REASONS:
+            return "tls: first record does not look like a TLS handshake"
+        return f"remote error: tls: {' '.join(str(exc.os_error).split())}"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return _dns(exc.host, exc.os_error)
     if isinstance(exc, aiohttp.ClientConnectorError):
         number = exc.os_error.errno
         why = go_errno(number) if number else " ".join(str(exc.os_error).split())
         return f"dial tcp {_hostport(exc.host, exc.port)}: connect: {why}"
-    if isinstance(exc, TimeoutError):
-        return await _timed_out(endpoint)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "EOF"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "unexpected EOF"  # the body ended before its chunk or length said it would
+    if isinstance(exc, TimeoutError):
+        return "context deadline exceeded"
     if isinstance(exc, OSError) and exc.errno:
         return go_errno(exc.errno)
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+_NOT_TLS_REASONS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG",
+                    "HTTP_REQUEST", "UNKNOWN_PROTOCOL")
+"""OpenSSL's reasons for a reply that is not TLS at all."""
 
 
 def _hostport(host: str, port: int | None) -> str:
@@ -222,8 +248,7 @@ async def _handshake_peer_cert(endpoint: Endpoint, *, verify: bool, check_hostna
 async def _not_tls(error: BaseException, endpoint: Endpoint) -> str:
     """A reply that is not TLS: Go says which, from its first five bytes."""
     reason = getattr(error, "reason", "")
-    if reason not in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG",
-                      "HTTP_REQUEST", "UNKNOWN_PROTOCOL"):
+    if reason not in _NOT_TLS_REASONS:
         return f"remote error: tls: {' '.join(str(error).split())}"
     if await _first_bytes(endpoint) == b"HTTP/":
         return "http: server gave HTTP response to HTTPS client"
@@ -256,8 +281,6 @@ async def _first_bytes(endpoint: Endpoint) -> bytes:
 async def _x509(error: BaseException, endpoint: Endpoint) -> str:
     """Go's x509 verification error for OpenSSL's."""
     code = getattr(error, "verify_code", None)
-    if code in (2, 18, 19, 20, 21):  # no issuer, self-signed, untrusted chain
-        return "x509: certificate signed by unknown authority"
     if code == 62:  # the chain is fine, the names are not
         cert = await _handshake_peer_cert(endpoint, verify=True)
         if isinstance(cert, dict):
@@ -266,6 +289,13 @@ async def _x509(error: BaseException, endpoint: Endpoint) -> str:
         der = await _handshake_peer_cert(endpoint, verify=False)
         if isinstance(der, bytes):
             return _validity_error(der, time.time())
+    return _x509_now(error)
+
+
+def _x509_now(error: BaseException) -> str:
+    """Go's x509 error for what OpenSSL's says without the certificate at hand."""
+    if getattr(error, "verify_code", None) in (2, 18, 19, 20, 21):  # no issuer, self-signed, untrusted chain
+        return "x509: certificate signed by unknown authority"
     return f"x509: {getattr(error, 'verify_message', '') or ' '.join(str(error).split())}"
 
 

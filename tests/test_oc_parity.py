@@ -438,3 +438,77 @@ def test_timeouts(k8s, tmp_path: Path, listeners: list[Listener]) -> None:
         out, err = proc.communicate(timeout=90)
         print(f"{case}: after {time.monotonic() - started:.1f} s: {err.strip()}")
         assert (proc.returncode, out, err) == (1, "", f"{UNABLE}{runs[case][2]}\n")
+
+
+class Proxy:
+    """A loopback TCP relay to the apiserver that can be cut: fastobs's list and watch go
+    through it, and :meth:`cut` closes every connection and the port (the server goes away)."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit("//", 1)[1].rsplit(":", 1)
+        self.target = (host, int(port))
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                return
+            self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+    def cut(self) -> None:
+        # shutdown wakes the accept() of _serve; close() alone would leave it listening.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+
+def test_watch_failures_are_logged_in_go_s_words(k8s, ns, tmp_path: Path) -> None:
+    """After start-up the list and watch loop logs each failure and tries again. The API
+    server going away (its connections cut, then nothing listening) is logged with Go's
+    words, as oc logs them (``unexpected EOF``, ``dial tcp ...: connect: connection
+    refused``), never with a Python object's repr."""
+    make_cms(k8s, ns, ["a"])
+    proxy = Proxy(k8s.server)
+    config = tmp_path / "kubeconfig"
+    config.write_text(Path(k8s.kubeconfig).read_text().replace(k8s.server, f"https://127.0.0.1:{proxy.port}"))
+    proc = start_fastobs(dict(k8s.env, KUBECONFIG=str(config)), "cm", "-n", ns, NO_METRICS, "--", "true")
+    guard = threading.Timer(60, proc.kill)  # bounds the wait for the first command below
+    guard.start()
+    try:
+        assert proc.stdout is not None
+        while f"\ttrue {ns} a" not in (line := proc.stdout.readline()):  # listed: watching now
+            assert line, "fastobs ended before it ran the command for its first object"
+        proxy.cut()
+        time.sleep(3)
+    finally:
+        guard.cancel()
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    failures = re.findall(r"watch of configmaps failed: (.*); resuming", err)
+    print("\n".join(failures))
+    refused = f"dial tcp 127.0.0.1:{proxy.port}: connect: connection refused"
+    assert refused in failures, err
+    assert set(failures) <= {"unexpected EOF", "EOF", refused}, err
+    assert "object at 0x" not in err
