@@ -247,6 +247,7 @@ def test_wrong_token_is_unauthorized(k8s) -> None:
                           "to provide credentials)\n")
 
 
+
 # --- 8. connection failures, as kubectl prints them ------------------------------------------
 
 
@@ -512,3 +513,28 @@ def test_watch_failures_are_logged_in_go_s_words(k8s, ns, tmp_path: Path) -> Non
     assert refused in failures, err
     assert set(failures) <= {"unexpected EOF", "EOF", refused}, err
     assert "object at 0x" not in err
+
+
+# --- 9. --help says what fastobs does --------------------------------------------------------
+
+
+def test_help_claims_hold_on_the_server(k8s, ns, tmp_path: Path) -> None:
+    """--help (and docs/usage.md, made from the same texts) says the command gets one
+    template argument only when --template is given, and names the go-template formats:
+    each claim is checked here against what the command receives for a real object."""
+    from fastobs.flags import BY_NAME
+
+    help_text = " ".join(run_fastobs(k8s.env, "--help").stdout.split())
+    assert "then, only when --template is given, one argument with its output" in help_text
+    make_cms(k8s, ns, ["a"], data={"n": "1000000"})
+    rec = recorder(tmp_path)
+    runs = {"no template": ((), [ns, "a"])}
+    for fmt in ("go-template", "template", "jsonpath"):
+        assert f"`{fmt}`" in BY_NAME["output"].help
+        template = "{{.data.n}} {{.metadata.name}}" if "template" in fmt else "{.data.n} {.metadata.name}"
+        runs[fmt] = (("-o", fmt, "--template", template), [ns, "a", "1000000 a"])
+    for case, (flags, argv) in runs.items():
+        res = run_fastobs(k8s.env, "cm", "-n", ns, "--once", NO_METRICS, *flags, "--", str(rec.path))
+        print(f"{case}: {rec.argvs()[-1]}")
+        assert res.returncode == 0, res.stderr
+        assert rec.argvs()[-1] == argv
