@@ -403,7 +403,7 @@ def test_discovery_fails_while_prestarted_workers_boot(tmp_path: Path) -> None:
               f"{sorted(seen)}; left: {left}; stderr: {err.strip()}")
         assert len(seen) == 3, "the workers were not started before discovery"
         assert proc.returncode == 1
-        assert err.startswith("error: unable to reach the server")
+        assert err.startswith("The connection to the server 127.0.0.1:"), err
         assert left == []
     finally:
         if proc.poll() is None:
