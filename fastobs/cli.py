@@ -324,15 +324,17 @@ def _settings(resource: str, command: tuple[str, ...], values: dict[str, Any]) -
         output_limit=values["output_limit"],
         quiet=values["quiet"],
         template_errors_quote_object=values["verbosity"] >= QUOTE_OBJECT_VERBOSITY,
+        log_format=values["log_format"],
+        log_level=values["log_level"],
+        verbosity=values["verbosity"],
     )
     copied = ("kubeconfig", "context", "namespace", "all_namespaces", "selector", "field_selector",
               "request_timeout", "server", "token", "insecure_skip_tls_verify", "maximum_errors", "once",
               "exit_after", "resync_period", "print_metrics_on_exit", "listen_addr", "shutdown_grace",
               "workers", "backoff_base", "backoff_cap", "backoff_attempts", "max_pending",
-              "watch_read_timeout", "log_format", "log_level", "verbosity", "lease_name",
-              "lease_namespace", "identity", "lease_duration", "renew_deadline", "retry_period",
-              "lease_kill_grace", "drain_timeout", "buckets", "shard_key", "shard_filter",
-              "resync_on_start")
+              "watch_read_timeout", "lease_name", "lease_namespace", "identity", "lease_duration",
+              "renew_deadline", "retry_period", "lease_kill_grace", "drain_timeout", "buckets", "shard_key",
+              "shard_filter", "resync_on_start")
     return Settings(resource=resource, run=run, names_command=tuple(values["names"]),
                     coalesce=not values["no_coalesce"], **{name: values[name] for name in copied})
 
@@ -363,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FastobsError as error:
         from fastobs.logs import oc_line  # a JSON record under --log-format json
 
-        _write(sys.stderr, oc_line(error.message))
+        _write(sys.stderr, oc_line(error.message, prefix=error.prefix))
         return error.exit_code
     except Exception as error:  # a bug: one line for the user, the traceback in the debug log
         from fastobs.logs import oc_line

@@ -56,7 +56,7 @@ FOREVER = 10 * 365 * 86400.0
 
 def run(settings: Settings) -> int:
     """Run fastobs until it must stop; returns the exit code (raises FastobsError)."""
-    logs.setup(settings.log_format, settings.log_level, settings.verbosity)
+    logs.setup(settings.run.log_format, settings.run.log_level, settings.run.verbosity)
     try:
         import uvloop
 
@@ -292,7 +292,8 @@ async def _supervise(
         await engine.pool.stop(grace)
         if coordinator is not None and not isinstance(error, GroupConfigError):
             await coordinator.shutdown()  # the commands ended: hand every bucket over
-        output.end_sync() if settings.once else output.flush()
+        # oc closes an open Sync block when --once is done, not when an error stops it.
+        output.end_sync() if settings.once and error is None else output.flush()
         if settings.print_metrics_on_exit and not signals:
             output.stdout(metrics.exposition())
             output.flush()

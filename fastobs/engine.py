@@ -12,7 +12,9 @@ previous owner already ran are skipped), and is told which states ran.
 
 Invariants: every event the tracker emits is counted once in ``observe_counts`` and is
 either run or, when nothing needs to run (no command for its type and ``-q``), completed
-on the spot; a key's result is applied before the key can be dispatched again.
+on the spot; a key's result is applied before the key can be dispatched again; the
+deletes a list finds run after every event of that list, in key order (oc's queue order);
+with ``--maximum-errors``, no command starts that could make more failures than allowed.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from . import spawn
 from .errors import CommandLimitError, FastobsError, NamesError
 from .events import Event, EventType, ObjectKey
 from .fencing import FENCED
+from .gocompat import go_process_state
 from .metrics import EngineState, Metrics
 from .output import Output
 from .ownership import Ownership
@@ -67,6 +70,8 @@ class Engine:
         )
         self.pool = Pool(run=run, queues=self.sharder.queues, handler=self)
         self.pool.gate = ownership
+        if settings.maximum_errors != -1:
+            self.pool.start_gate = self._within_error_budget
         self.outcome: Outcome = asyncio.get_running_loop().create_future()
         self.errors = 0
         self.emitted = 0
@@ -77,6 +82,13 @@ class Engine:
         """Keys of the first list not yet handed to a worker (oc's 'initial sync done')."""
         self._resync_next = False
         self._names_task: asyncio.Task[None] | None = None
+        self._listing = False
+        self._listed: dict[ObjectKey, float] = {}
+        """Keys whose list event (received at the time given) has not run yet; the list's
+        deletes wait for them, and a malformed --names key's error for those deletes."""
+        self._held: list[Event] = []
+        self._held_error: FastobsError | None = None
+        self._deferred_error: FastobsError | None = None
         self._coalesced_seen = 0
         self._retry_timers: dict[int, tuple[float, asyncio.TimerHandle]] = {}
         # Checked once: the event path must not pay for log calls nobody reads.
@@ -91,6 +103,10 @@ class Engine:
     # ------------------------------------------------------------------ source sink
 
     def list_begin(self, *, relist: bool) -> None:
+        # Deletes of a previous list still waiting go first (oc's queue is first in, first out).
+        self._listed.clear()
+        self._release_held()
+        self._listing = True
         self.tracker.list_begin(resync=self._resync_next)
         self._resync_next = False
         if relist:
@@ -138,11 +154,20 @@ class Engine:
         own = self.ownership
         if own is not None and known is not None:
             known = [k for k in known if own.owns_key(k)]  # the other replicas own the rest
-        try:
-            self.tracker.list_end(known)
-        except FastobsError as exc:
-            self.fail(exc)
-            return
+        deletes, error = self.tracker.list_end(known)
+        self._listing = False
+        self._held, self._held_error = deletes, error
+        if not self.first_list_done:
+            for ev in deletes:  # --once and readiness wait for them too
+                if self.initial_keys is not None:
+                    self.initial_keys.add(ev.key)
+                if self.undispatched is not None:
+                    self.undispatched.add(ev.key)
+        if not self._listed or own is not None:
+            # In a group a list's deletes are taken at once: each holds its bucket's watermark
+            # back from where the stream was at this list (ownership.accept); taken later, the
+            # watermark could pass them before they ran.
+            self._release_held()
         if own is not None:
             own.list_ended()
         self.resumed()
@@ -154,6 +179,41 @@ class Engine:
             self.first_list_done = True
             self._check_once()
 
+    # ------------------------------------------------------------------ a list's deletes
+
+    def _list_event_ran(self, ev: Event) -> None:
+        """An event finished: once every event of the list has, its deletes may run."""
+        received = self._listed.get(ev.key)
+        if received is None or ev.received < received:
+            return  # not a list event (an older one of the same key ran)
+        del self._listed[ev.key]
+        if self._listed or self._listing:
+            return
+        if self._held or self._held_error is not None:
+            self._release_held()
+        else:
+            self._raise_deferred()
+
+    def _release_held(self) -> None:
+        """Run a list's deletes, in key order, after its own events, as oc queues them; a
+        malformed --names key stops fastobs once the deletes before it have run."""
+        held, self._held = self._held, []
+        error, self._held_error = self._held_error, None
+        if error is not None:
+            self._deferred_error = error
+            self._listed = {ev.key: ev.received for ev in held}
+        for ev in held:
+            self._emit(ev)
+        self._raise_deferred()
+
+    def _raise_deferred(self) -> None:
+        if self._deferred_error is None or self._listed:
+            return
+        error, self._deferred_error = self._deferred_error, None
+        # oc has already printed "Sync ended" for the delete that fails.
+        self.output.marker(EventType.DELETED.value)
+        self.fail(error)
+
     # ------------------------------------------------------------------ events into queues
 
     def _emit(self, ev: Event) -> None:
@@ -161,6 +221,8 @@ class Engine:
             self.tracker.handled(ev, ok=True, arg=None)  # its bucket's previous owner ran it
             return
         self.emitted += 1
+        if self._listing:
+            self._listed[ev.key] = ev.received
         self.metrics.event_received(ev.type.value)
         if not self.first_list_done and self.initial_keys is not None:
             self.initial_keys.add(ev.key)
@@ -172,6 +234,7 @@ class Engine:
             # Nothing would be printed or run: complete it here, no round trip to a worker.
             self.tracker.handled(ev, ok=True, arg=None)
             self.on_dispatch(ev)
+            self._list_event_ran(ev)
             self._key_settled(ev.key)
             return
         i = self.sharder.add(ev)
@@ -190,7 +253,7 @@ class Engine:
     def on_begun(self, ev: Event, t: float, header: str | None) -> None:
         """Stream mode only: the header goes out before the command's first line."""
         if header is not None:
-            self.output.header(ev.type.value, header)
+            self.output.header(ev.type.value, t, header)
 
     def on_output(self, ev: Event, fd: int, data: bytes) -> None:
         self.output.line(ev.key, fd, data)
@@ -202,16 +265,20 @@ class Engine:
         self.sharder.released()
         if result.get("reason") == INVALID_OBJECT:
             self._invalid_object(ev, result, queue)
+            self._list_event_ran(ev)  # a list's deletes wait for this event too
             self._key_settled(ev.key)
             self.pool.pump(i)
+            self.pool.pump_held()
             return
         if result.get("dropped"):  # a fenced command's output was cut too
             self.metrics.output_dropped(int(result.get("dropped", 0)))
         if result.get("reason") == FENCED and self.ownership is not None:
-            self._fenced(ev, result, out, err)
+            if not self._fenced(ev, result, out, err):
+                self._list_event_ran(ev)
             self.pool.pump(i)
+            self.pool.pump_held()
             return
-        self.output.command(ev.type.value, result["header"], out, err)
+        self.output.command(ev.type.value, float(result["started"]), result["header"], out, err)
         ok = bool(result["ok"])
         self.tracker.handled(ev, ok=ok, arg=result.get("arg"))
         if not result.get("nocmd"):
@@ -230,8 +297,10 @@ class Engine:
                 self.ownership.ran(ev)
         else:
             self._failed(ev, result, i)
+        self._list_event_ran(ev)  # first: a --names error waiting for this key beats --once
         self._key_settled(ev.key)
         self.pool.pump(i)
+        self.pool.pump_held()
 
     def _invalid_object(self, ev: Event, result: Done, queue: KeyQueue) -> None:
         """The object could not be decoded for the command: one failed event for this key,
@@ -246,18 +315,20 @@ class Engine:
         logger.warning("%s event of %s failed: %s", ev.type.value, ev.key, result.get("error", ""),
                        extra=_fields(ev, result))
 
-    def _fenced(self, ev: Event, result: Done, out: bytes, err: bytes) -> None:
+    def _fenced(self, ev: Event, result: Done, out: bytes, err: bytes) -> bool:
         """The command was stopped (or never started) because this replica lost the Lease or
-        hands the object's bucket over: not a failure; it runs again if the bucket stays here."""
+        hands the object's bucket over: not a failure; it runs again (True) if the bucket
+        stays here."""
         assert self.ownership is not None
         if result.get("attempts"):
-            self.output.command(ev.type.value, result["header"], out, err)
+            self.output.command(ev.type.value, float(result["started"]), result["header"], out, err)
         again = self.ownership.stopped(ev)
         if again:
             self.sharder.queues[self.sharder.shard(ev.key)].requeue(ev)
         what = "stopped" if result.get("attempts") else "not started"
         logger.info("command for %s %s by fencing%s", ev.key, what,
                     "; it runs again once the Lease is renewed" if again else "", extra=_fields(ev, result))
+        return again
 
     def on_dropped(self, ev: Event) -> None:
         """The pool dropped an event of a bucket being handed over (its next owner runs it)."""
@@ -273,7 +344,10 @@ class Engine:
         self.tracker.forget(records)
         self.sharder.released()
 
-    def on_fatal(self, exc: BaseException) -> None:
+    def on_fatal(self, exc: BaseException, ev: Event | None = None) -> None:
+        if ev is not None:
+            # The event whose template failed: oc prints its Sync marker before the error.
+            self.output.marker(ev.type.value)
         self.fail(exc)
 
     def on_restart(self, index: int) -> None:
@@ -314,6 +388,14 @@ class Engine:
         if limit != -1 and self.errors >= limit:
             self.fail(CommandLimitError(f"reached maximum error limit of {limit}, exiting"))
 
+    def _within_error_budget(self, in_flight: int) -> bool:
+        """Whether one more command may start: oc runs one command at a time and stops at the
+        failure that reaches ``--maximum-errors``, so it never runs more failing commands
+        than that. Parallel commands keep that promise by starting only while the failures
+        still allowed outnumber the commands in flight (any of which may fail)."""
+        allowed = max(self.settings.maximum_errors, 1)  # oc: a limit of 0 stops at the 1st failure
+        return allowed - self.errors > in_flight
+
     def _arm_retry_timer(self, shard: int) -> None:
         """Wake the shard's dispatch when its earliest delayed retry is due."""
         due = self.sharder.queues[shard].next_timer()
@@ -348,7 +430,7 @@ class Engine:
         return self.first_list_done and not self.undispatched
 
     def _check_once(self) -> None:
-        if not self.first_list_done or self.initial_keys:
+        if not self.first_list_done or self.initial_keys or self._deferred_error is not None:
             return
         self.initial_keys = None  # from now on, nothing is tracked for --once
         if self.settings.once and not self.outcome.done():
@@ -387,8 +469,9 @@ class Engine:
             run = s.run
             if run.retry_on_exit_code and oc_code == run.retry_on_exit_code and attempt < run.retry_count:
                 attempt += 1
+                logger.debug("retrying command: %s", go_process_state(code))  # oc's klog.V(4) line
                 continue
-            detail = f"exit status {oc_code}"
+            detail = go_process_state(code)
             if err:
                 detail += "\n" + err.decode("utf-8", "replace").rstrip("\n")
             raise NamesError(f"unable to list known keys: {detail}")

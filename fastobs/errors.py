@@ -9,6 +9,7 @@ Exception tree::
     ├── UsageError               bad flags or arguments (oc's messages)
     ├── ConfigError              kubeconfig / credentials could not be loaded
     ├── ResourceError            discovery failed or the resource type is unknown
+    │   └── KubectlError         printed as kubectl prints it, without an added "error: "
     ├── TemplateError            a template failed to parse (start-up) or to render (event)
     ├── CommandLimitError        --maximum-errors command failures reached
     ├── NamesError               the --names command failed
@@ -34,6 +35,8 @@ class FastobsError(Exception):
     """Base of every error fastobs reports as ``error: <message>``."""
 
     exit_code = EXIT_ERROR
+    prefix = "error: "
+    """What ``cli`` prints before the message."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -50,6 +53,14 @@ class ConfigError(FastobsError):
 
 class ResourceError(FastobsError):
     """Raised when discovery fails or the server does not serve the resource type."""
+
+
+class KubectlError(ResourceError):
+    """Raised for what oc reports through kubectl's error printer, which adds no ``error: ``
+    of its own: an unknown resource type, an unreachable server, an error answer during
+    discovery (the message carries kubectl's own prefix, if any)."""
+
+    prefix = ""
 
 
 class TemplateError(FastobsError):

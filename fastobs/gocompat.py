@@ -4,11 +4,13 @@ Where it sits: under every stage that must read or print a value exactly as ``oc
 (a Go program) does. ``cli`` parses flag values with :func:`parse_go_int`,
 :func:`parse_go_bool` and :func:`parse_go_duration`; ``flags``, ``cli``, ``daemon``,
 ``selector``, ``header`` and the templates quote with :func:`go_quote`; the daemon prints
-durations with :func:`format_go_duration`; the templates print floats with
-:func:`go_format_float`, ``encoding`` with :func:`go_json_float`, ``metrics`` (beside its
-exposition's own zero rule) with :func:`go_format_float`. The Go template parser reads
-numbers with :func:`parse_go_int`, :func:`parse_go_uint` and :func:`parse_go_float`, and
-classifies characters with :func:`go_unicode_category` and :func:`go_is_print`.
+durations with :func:`format_go_duration`; ``runner`` and ``engine`` say how a command
+ended with :func:`go_process_state`, ``kube_errors`` why a connection failed with
+:func:`go_errno`; the templates print floats with :func:`go_format_float`, ``encoding``
+with :func:`go_json_float`, ``metrics`` (beside its exposition's own zero rule) with
+:func:`go_format_float`. The Go template parser reads numbers with :func:`parse_go_int`,
+:func:`parse_go_uint` and :func:`parse_go_float`, and classifies characters with
+:func:`go_unicode_category` and :func:`go_is_print`.
 
 In: strings (flag values, user input; bytes that were not UTF-8 arrive as surrogate
 escapes, as ``os.fsdecode`` makes them) and numbers. Out: Python values, or Go's text.
@@ -16,28 +18,33 @@ escapes, as ``os.fsdecode`` makes them) and numbers. Out: Python values, or Go's
 Invariant: each function is one Go function, reproduced exactly -- ``strconv.Quote``,
 ``QuoteToASCII``, ``QuoteRune``, ``IsPrint``, ``strconv.ParseInt``, ``ParseUint``,
 ``ParseFloat``, ``strconv.ParseBool``, ``strconv.FormatFloat(v, 'g', -1, 64)`` (which is
-``fmt``'s ``%v``), ``encoding/json``'s float spelling, ``time.ParseDuration`` and
-``time.Duration.String`` -- with Go's error messages, and each is checked against the Go
-toolchain (``tests/test_quoting.py``, ``test_encoding.py``, ``test_durations.py``,
-``test_cli.py``'s pflag comparison, ``test_gotemplate.py``). Character classes follow Go's
-Unicode 15.0 tables, also on Python 3.11 (Unicode 14.0). There is one implementation of each
-here; no other module spells these values itself.
+``fmt``'s ``%v``), ``encoding/json``'s float spelling, ``time.ParseDuration``,
+``time.Duration.String``, ``os.ProcessState.String`` and ``syscall.Errno.Error`` -- with
+Go's error messages, and each is checked against the Go toolchain (``tests/test_quoting.py``,
+``test_encoding.py``, ``test_durations.py``, ``test_cli.py``'s pflag comparison,
+``test_gotemplate.py``). Character classes follow Go's Unicode 15.0 tables, also on Python
+3.11 (Unicode 14.0). There is one implementation of each here; no other module spells these
+values itself.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+import os
 import re
+import signal
 import unicodedata
 
 __all__ = [
     "DurationError",
     "format_go_duration",
     "format_go_duration_ns",
+    "go_errno",
     "go_format_float",
     "go_json_float",
     "go_is_print",
+    "go_process_state",
     "go_quote",
     "go_quote_rune",
     "go_unicode_category",
@@ -543,3 +550,34 @@ def format_go_duration_ns(nanoseconds: int) -> str:
 def format_go_duration(seconds: float) -> str:
     """Format seconds like Go's ``Duration.String()``: ``1s``, ``1m30s``, ``1h0m0s``, ``100ms``."""
     return format_go_duration_ns(round(seconds * _NS_PER_SECOND))
+
+
+# --- os and syscall: how a command ended, why a connection failed ---------------------------
+
+
+def go_process_state(returncode: int) -> str:
+    """Go's ``os.ProcessState.String()`` for a ``Popen`` return code, which is what oc prints
+    for a failed command (``exit status 3``, ``signal: killed``)."""
+    if returncode >= 0:
+        return f"exit status {returncode}"
+    number = -returncode
+    return f"signal: {_go_case(signal.strsignal(number) if number < 32 else None, f'signal {number}')}"
+
+
+def go_errno(number: int) -> str:
+    """Go's ``syscall.Errno.Error()``: ``connection refused``, ``no route to host``..."""
+    try:
+        text: str | None = os.strerror(number)
+    except ValueError:
+        text = None
+    if text is None or text.startswith("Unknown error"):
+        return f"errno {number}"
+    return _go_case(text, "")
+
+
+def _go_case(text: str | None, fallback: str) -> str:
+    """Go's tables of signal and errno texts are glibc's, starting in lower case unless
+    they start with an initialism ("CPU time limit exceeded", "I/O possible")."""
+    if not text:
+        return fallback
+    return text[:1].lower() + text[1:] if text[1:2].islower() else text

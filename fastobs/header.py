@@ -1,9 +1,10 @@
 """Header lines as ``oc observe`` prints them before each command.
 
-Where it sits: in each worker, the ``runner`` calls :func:`header_line` with the event type,
-resourceVersion and the argv it builds, when the command starts; the line travels in the
-DONE (or, in stream mode, BEGUN) frame, and the parent's ``output`` prints it unless ``-q``,
-beside its own ``Sync started``/``Sync ended`` lines stamped with :func:`rfc3339_local`.
+Where it sits: in each worker, the ``runner`` calls :func:`header_body` with the event type,
+resourceVersion and the argv it builds, when the command starts; the body travels in the
+DONE (or, in stream mode, BEGUN) frame with the start time, and the parent's ``output``
+stamps it with :class:`Stamps` and prints it unless ``-q``, beside its own ``Sync
+started``/``Sync ended`` lines stamped by the same :class:`Stamps`.
 
 In: a Unix time, an event type, a resourceVersion and an argv. Out: text without the final
 newline, byte-for-byte what oc prints: ``# <TS> <Type> <rv>\\t<command line>``.
@@ -11,7 +12,8 @@ newline, byte-for-byte what oc prints: ``# <TS> <Type> <rv>\\t<command line>``.
 Invariants: an argv element is Go-quoted (``strconv.Quote``) exactly when it is empty or holds
 a double quote, a backslash or an ASCII space, as oc does; elements that came from undecodable
 bytes (surrogate escapes) are quoted as the bytes Go would have seen. The timestamp is Go RFC
-3339 with whole seconds in the local zone, formatted once per second.
+3339 with whole seconds in the local zone, formatted once per second; the stamps of the lines
+of one run never go backwards (:class:`Stamps`), as oc's never do.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Sequence
 
 from fastobs.gocompat import go_quote
 
-__all__ = ["format_cmdline", "header_line", "rfc3339_local"]
+__all__ = ["Stamps", "format_cmdline", "header_body", "header_line", "rfc3339_local"]
 
 
 def _needs_quoting(arg: str) -> bool:
@@ -39,9 +41,33 @@ def format_cmdline(argv: Sequence[str]) -> str:
     return " ".join(go_quote(arg) if _needs_quoting(arg) else arg for arg in argv)
 
 
+def header_body(type_: str, rv: str, argv: Sequence[str]) -> str:
+    """Return ``<type> <rv>\\t<command line>``: the header line after its ``# <TS> ``."""
+    return f"{type_} {rv}\t{format_cmdline(argv)}"
+
+
 def header_line(ts: str, type_: str, rv: str, argv: Sequence[str]) -> str:
     """Return ``# <ts> <type> <rv>\\t<command line>`` (no trailing newline)."""
-    return f"# {ts} {type_} {rv}\t{format_cmdline(argv)}"
+    return f"# {ts} {header_body(type_, rv, argv)}"
+
+
+class Stamps:
+    """The ``<TS>`` of each ``#`` line, never earlier than the one printed before it.
+
+    oc runs one command at a time and stamps each line as it prints it, so its stamps only
+    go forward. fastobs prints a command's header when the command ends (grouped output),
+    stamped with the time it started, and commands run in parallel: a command that started
+    earlier may end later. Each stamp is therefore the line's own time or the last stamp
+    printed, whichever is later.
+    """
+
+    def __init__(self) -> None:
+        self._last = -math.inf
+
+    def stamp(self, epoch: float) -> str:
+        """The ``<TS>`` to print for a line whose own time is ``epoch`` (a Unix time)."""
+        self._last = max(self._last, math.floor(epoch))
+        return rfc3339_local(self._last)
 
 
 _last_second: int | None = None

@@ -31,7 +31,8 @@ import aiohttp
 import orjson
 
 from fastobs import __version__, credentials
-from fastobs.errors import ConfigError, ResourceError
+from fastobs.errors import ConfigError, KubectlError, ResourceError
+from fastobs.kube_errors import Endpoint, status_error, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -392,18 +393,26 @@ class KubeClient:
                 return
             self._creds = fresh
 
+    def _endpoint(self) -> Endpoint:
+        cfg = self._creds.cfg
+        return Endpoint(url=self._host, server_name=self._server_hostname, proxy=self._proxy,
+                        ca_file=cfg.ssl_ca_cert or None, verify=bool(cfg.verify_ssl),
+                        timeout=self._request_timeout)
+
     # ----------------------------------------------------------------- discovery
 
     async def resolve(self, arg: str) -> Resource:
         """Resolve a resource argument like kubectl (plural, singular, kind, short name, ``r.group``)."""
-        typed, _, group = arg.strip().partition(".")
-        if not typed:
+        typed, _, group = arg.partition(".")  # not stripped: oc looks " pods" up as it is
+        if not typed and not group:
             raise ResourceError("unknown resource argument")
+        if not typed:  # client-go's REST mapper on a group without a resource
+            raise ResourceError(f"a resource must be present, got: {group}/, Resource=")
         served = await self._discover()
         found = _match(served, typed.lower(), group.lower())
         if found is None:
             where = f' in group "{group}"' if group else ""
-            raise ResourceError(f'the server doesn\'t have a resource type "{typed}"{where}')
+            raise KubectlError(f'the server doesn\'t have a resource type "{typed}"{where}')
         return found
 
     async def _discover(self) -> list[_Served]:
@@ -413,9 +422,7 @@ class KubeClient:
             except ResourceError:
                 raise
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                raise ResourceError(
-                    f"unable to reach the server at {self._host}: {_one_line(exc) or 'timeout'}"
-                ) from None
+                raise KubectlError(await unreachable(exc, self._endpoint())) from None
         return self._served
 
     async def _discover_uncached(self) -> list[_Served]:
@@ -447,8 +454,10 @@ class KubeClient:
             out.extend(_from_resource_list(group, version, rl.get("resources", [])))
         return out
 
-    async def _get_json(self, path: str, accept: str, tolerate: bool = False) -> dict[str, Any]:
-        """GET a discovery document; ``tolerate`` skips an unavailable group (kubectl warns)."""
+    async def _get_json(self, path: str, accept: str, tolerate: bool = False,
+                        retried: bool = False) -> dict[str, Any]:
+        """GET a discovery document; ``tolerate`` skips an unavailable group (kubectl warns),
+        but not a 401: credentials the server refuses are refused everywhere."""
         creds = self._creds
         auth = await creds.authorization_async()
         headers = {"Accept": accept}
@@ -461,14 +470,14 @@ class KubeClient:
                                            timeout=timeout)
         async with resp:
             body = await resp.read()
-            if resp.status == 401 and not tolerate:
+            if resp.status == 401 and not retried:
                 await self._reload_credentials()
-                return await self._get_json(path, accept, tolerate=True)
+                return await self._get_json(path, accept, tolerate, retried=True)
             if resp.status != 200:
-                if tolerate:
+                if tolerate and resp.status != 401:
                     log.warning("discovery of %s failed: HTTP %d", path, resp.status)
                     return {}
-                raise ResourceError(f"discovery of {path} failed: {status_message(resp.status, body)}")
+                raise KubectlError(status_error(resp.status, body, resp.content_type))
         try:
             doc: dict[str, Any] = orjson.loads(body)
         except orjson.JSONDecodeError:

@@ -58,12 +58,16 @@ def _record(created: float, level: str, logger: str, msg: str,
     return data
 
 
-def oc_line(message: str, level: str = "error", fields: Mapping[str, object] | None = None) -> str:
+def oc_line(message: str, level: str = "error", fields: Mapping[str, object] | None = None, *,
+            prefix: str | None = None) -> str:
     """One of the lines oc itself prints on stderr (``error: ...``, ``warning: ...``, or a
     bare notice for ``info``), newline included: as oc prints it, or, under
-    ``--log-format json``, as a JSON record of that level carrying ``fields`` (key, type...)."""
+    ``--log-format json``, as a JSON record of that level carrying ``fields`` (key, type...).
+    ``prefix`` replaces the text's ``<level>: `` (kubectl's discovery lines carry their own)."""
     if _json:
         return orjson.dumps(_record(time.time(), level, "fastobs", message, fields or {})).decode() + "\n"
+    if prefix is not None:
+        return f"{prefix}{message}\n"
     return f"{level}: {message}\n" if level in ("error", "warning") else f"{message}\n"
 
 

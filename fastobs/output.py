@@ -7,10 +7,11 @@ Formats (oc-compatible): ``# <TS> <Type> <rv>\\t<cmdline>`` before a command's o
 ``# <TS> Sync started`` when Sync events begin and ``# <TS> Sync ended`` when a non-Sync
 event follows them (and at ``--once`` exit); ``-q`` drops every ``#`` line.
 
-Invariants: output of different commands never mixes within a line. In grouped mode
-(default) a command's header and all its output are written together when it ends; in
-stream mode each line is written as it comes, prefixed with the object key. Writes are
-buffered and handed over once per event-loop turn, not once per line.
+Invariants: output of different commands never mixes within a line; the ``<TS>`` of the
+``#`` lines never goes backwards. In grouped mode (default) a command's header and all its
+output are written together when it ends; in stream mode each line is written as it comes,
+prefixed with the object key. Writes are buffered and handed over once per event-loop turn,
+not once per line.
 
 A slow or stuck stdout never blocks the event loop (``/livez`` and ``/metrics`` keep
 answering): one writer thread does the blocking writes, in order, nothing dropped. Past
@@ -34,7 +35,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 
-from .header import rfc3339_local
+from .header import Stamps
 from .logs import oc_line
 
 logger = logging.getLogger(__name__)
@@ -63,28 +64,34 @@ class Output:
         """Called (on the loop) when HIGH_WATER bytes or more wait to be written."""
         self.on_room: Callable[[], None] = lambda: None
         """Called (on the loop) when output that had reached HIGH_WATER is below LOW_WATER."""
+        self._stamps = Stamps()
 
     # ------------------------------------------------------------------ oc lines
 
-    def _marker(self, type_: str) -> None:
-        if type_ == "Sync" and not self.syncing:
-            self.syncing = True
-            self._out += f"# {rfc3339_local(time.time())} Sync started\n".encode()
-        elif type_ != "Sync" and self.syncing:
-            self.syncing = False
-            self._out += f"# {rfc3339_local(time.time())} Sync ended\n".encode()
-
-    def header(self, type_: str, header: str) -> None:
-        if self.quiet:
+    def marker(self, type_: str, ts: str | None = None) -> None:
+        """The ``Sync started``/``Sync ended`` line oc prints before an event of ``type_``
+        (when the event changes between Sync and not Sync), stamped ``ts`` or now."""
+        if self.quiet or (type_ == "Sync") == self.syncing:
             return
-        self._marker(type_)
-        self._out += header.encode("utf-8", "surrogateescape") + b"\n"
+        self.syncing = type_ == "Sync"
+        ts = ts or self._stamps.stamp(time.time())
+        self._out += f"# {ts} Sync {'started' if self.syncing else 'ended'}\n".encode()
         self._schedule()
 
-    def command(self, type_: str, header: str, out: bytes, err: bytes) -> None:
+    def header(self, type_: str, started: float, body: str) -> None:
+        """The ``# <TS> <body>`` line of a command that started at ``started`` (monotonic)."""
+        if self.quiet:
+            return
+        # Stamped when it started (as oc), but never earlier than the line printed before it.
+        ts = self._stamps.stamp(time.time() - time.monotonic() + started)
+        self.marker(type_, ts)
+        self._out += f"# {ts} ".encode() + body.encode("utf-8", "surrogateescape") + b"\n"
+        self._schedule()
+
+    def command(self, type_: str, started: float, header: str, out: bytes, err: bytes) -> None:
         """Grouped mode: the header, then everything the command printed."""
         if not self.stream:
-            self.header(type_, header)
+            self.header(type_, started, header)
         self._out += out
         self._err += err
         self._schedule()
@@ -114,9 +121,7 @@ class Output:
 
     def end_sync(self) -> None:
         """At --once exit: close an open Sync block, as oc does."""
-        if self.syncing and not self.quiet:
-            self.syncing = False
-            self._out += f"# {rfc3339_local(time.time())} Sync ended\n".encode()
+        self.marker("")
         self.flush()
 
     # ------------------------------------------------------------------ flushing

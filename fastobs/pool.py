@@ -26,13 +26,14 @@ leaves: nothing is sent while the replica's Lease is not valid (the events wait 
 queues), and an event of a bucket this replica is giving up is dropped. The Lease's deadline
 goes to every worker (:meth:`Pool.set_deadline`), which enforces it on its own.
 
-Invariants: worker *i* has at most ``concurrency`` jobs in flight, so a job handed to a
-worker starts at once (what is waiting is always visible in the parent's queues); an event
-is in exactly one place: a queue, a worker's in-flight table, or done; a dead worker's
-commands are killed (they are re-parented to us, a child subreaper) before its keys run
-again, so one object's commands never overlap, not even across a crash; the loop never
-blocks on a worker: exits are awaited through pidfds, and a worker whose socket closed
-but which does not exit is killed.
+Invariants: worker *i* has at most ``concurrency`` jobs in flight, and no job is sent
+while the :attr:`Pool.start_gate` says no, so a job handed to a worker starts at once
+(what is waiting is always visible in the parent's queues); an event is in exactly one
+place: a queue, a worker's in-flight table, or done; a dead worker's commands are killed
+(they are re-parented to us, a child subreaper) before its keys run again, so one
+object's commands never overlap, not even across a crash; the loop never blocks on a
+worker: exits are awaited through pidfds, and a worker whose socket closed but which does
+not exit is killed.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ class PoolHandler(Protocol):
     def on_begun(self, ev: Event, t: float, header: str | None) -> None: ...
     def on_done(self, ev: Event, result: protocol.Done, out: bytes, err: bytes) -> None: ...
     def on_output(self, ev: Event, fd: int, data: bytes) -> None: ...
-    def on_fatal(self, exc: BaseException) -> None: ...
+    def on_fatal(self, exc: BaseException, ev: Event | None = None) -> None: ...
     def on_restart(self, index: int) -> None: ...
     def on_dropped(self, ev: Event) -> None: ...
     def on_hung(self, index: int) -> None: ...
@@ -206,6 +207,11 @@ class Pool:
         self.may_dispatch: Callable[[], bool] = lambda: True
         """False while results cannot be printed fast enough: queued events wait (daemon
         wires it to ``output``, which calls :meth:`pump_all` when there is room again)."""
+        self.start_gate: Callable[[int], bool] | None = None
+        """Asked before each start with the number of jobs in flight on all workers; False
+        holds further starts back until a job ends (the engine's ``--maximum-errors``
+        budget: never more failing commands than the limit allows)."""
+        self._held = False
         self.worker_command: tuple[str, ...] = WORKER_COMMAND
         """How a worker starts (its socket's fd is appended); tests start other programs."""
         self.heartbeat_stale = HEARTBEAT_STALE
@@ -447,17 +453,21 @@ class Pool:
         # A closing connection gets nothing: its end re-dispatches what it had.
         if not w.ready or self.stopping or writer is None or writer.is_closing() or not self.may_dispatch():
             return
-        gate = self.gate
-        if gate is not None and not gate.open():
+        own = self.gate
+        if own is not None and not own.open():
             return
         q = self.queues[i]
         frames: list[bytes] = []
         now = time.monotonic()
+        gate = self.start_gate
         while len(w.inflight) < self.capacity:
+            if gate is not None and not gate(self.in_flight()):
+                self._held = True
+                break
             ev = q.pop()
             if ev is None:
                 break
-            if gate is not None and not gate.admits(ev):
+            if own is not None and not own.admits(ev):
                 q.done(ev.key)
                 self.handler.on_dropped(ev)
                 continue
@@ -473,8 +483,8 @@ class Pool:
                 "rv": ev.rv,
                 "cached_arg": ev.cached_arg,
             }
-            if gate is not None:
-                job["bucket"], job["epoch"] = gate.stamp(ev)
+            if own is not None:
+                job["bucket"], job["epoch"] = own.stamp(ev)
             frames.append(protocol.encode_run(job, ev.obj or b""))
         if frames:
             writer.write(b"".join(frames))
@@ -509,6 +519,18 @@ class Pool:
             else:
                 w.writer.pause_reading()
 
+    def in_flight(self, match: Callable[[Event], bool] | None = None) -> int:
+        """Jobs sent to a worker and not yet done, on all workers (those ``match`` selects)."""
+        if match is None:
+            return sum(len(w.inflight) for w in self.workers)
+        return sum(1 for w in self.workers for ev in w.inflight.values() if match(ev))
+
+    def pump_held(self) -> None:
+        """A job ended: retry the starts the gate held back, on every worker."""
+        if self._held:
+            self._held = False
+            self.pump_all()
+
     # ------------------------------------------------------------------ fencing
 
     def set_deadline(self, until: float, grace: float) -> None:
@@ -529,9 +551,6 @@ class Pool:
                 w.writer.write(protocol.encode_kill(ids, grace))
                 told += len(ids)
         return told
-
-    def in_flight(self, match: Callable[[Event], bool]) -> int:
-        return sum(1 for w in self.workers for ev in w.inflight.values() if match(ev))
 
     # ------------------------------------------------------------------ frames from a worker
 
@@ -558,7 +577,9 @@ class Pool:
             if w.index == 0:
                 self.reap_orphans()  # once a second is plenty for stray zombies
         elif kind == protocol.FATAL:
-            self.handler.on_fatal(TemplateError(protocol.decode_fatal(payload)["message"]))
+            fatal = protocol.decode_fatal(payload)
+            failed = w.inflight.get(fatal["id"]) if "id" in fatal else None
+            self.handler.on_fatal(TemplateError(fatal["message"]), failed)
 
     async def _worker_exited(self, w: WorkerProc) -> None:
         """A worker's stream ended: replace it. Whatever fails on the way stops fastobs with

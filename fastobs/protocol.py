@@ -124,6 +124,7 @@ class Begun(TypedDict):
     id: int
     t: float
     header: str
+    """The header line after its ``# <TS> ``; the parent stamps it (see ``Done.header``)."""
 
 
 class Done(TypedDict):
@@ -132,7 +133,9 @@ class Done(TypedDict):
 
     id: int
     header: str
-    """The ``# <TS> <Type> <rv>\\t<command line>`` line oc prints before the output."""
+    """``<Type> <rv>\\t<command line>``: the line oc prints before the output, without its
+    ``# <TS> `` prefix; the parent stamps it from ``started``, so the stamps it prints
+    never go backwards."""
     arg: str | None
     """The template output passed as the last argument (None: no template)."""
     ok: bool

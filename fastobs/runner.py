@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import shutil
 import tempfile
@@ -39,18 +40,20 @@ from . import spawn
 from .encoding import kubectl_json
 from .errors import TemplateError
 from .fencing import FENCED, Fence
-from .gocompat import go_quote
-from .header import header_line, rfc3339_local
+from .gocompat import go_process_state, go_quote
+from .header import header_body
 from .protocol import INVALID_OBJECT, Done, Job
 from .settings import QUOTE_OBJECT_VERBOSITY, RunSettings
 
 if TYPE_CHECKING:
     from .templates import Template
 
+logger = logging.getLogger(__name__)
+
 LineSink = Callable[[int, bytes], None]
 """Stream mode: receives (fd, one line of output) as the command prints it."""
 BeginSink = Callable[[float, str], None]
-"""Receives (monotonic start time, the printed header line) when the first attempt starts."""
+"""Receives (monotonic start time, the header line's body) when the first attempt starts."""
 DRAIN_LIMIT = 1 << 20
 """Bytes read from a pipe after its command exited, at most: a grandchild may still write."""
 WATCH_DELAY = 0.05
@@ -162,19 +165,20 @@ class Runner:
             return self._devnull, path
         return self._devnull, None
 
-    def header(self, job: Job, args: list[str], started_wall: float) -> str:
-        """oc's header line for this job: ``# <TS> <Type> <rv>\\t<command line>``."""
+    def header(self, job: Job, args: list[str]) -> str:
+        """oc's header line for this job without its ``# <TS> ``: ``<Type> <rv>\\t<command
+        line>`` (the parent stamps it; see ``Done.header``)."""
         s = self.settings
         cmd = s.delete_command if job["type"] == "Deleted" else s.command
         printed = [cmd[0] if cmd else "", *cmd[1:], *args]
-        return header_line(rfc3339_local(started_wall), job["type"], job["rv"], printed)
+        return header_body(job["type"], job["rv"], printed)
 
     def failure(self, job: Job, reason: str, code: str, message: str) -> Done:
         """The result of a job whose run failed in fastobs itself: a failed command, so that
         the job still ends (and its key can run again)."""
         now = time.monotonic()
         args = [job["ns"], job["name"]] if self.settings.namespaced else [job["name"]]
-        return {"id": job["id"], "header": self.header(job, args, time.time()), "arg": None, "ok": False,
+        return {"id": job["id"], "header": self.header(job, args), "arg": None, "ok": False,
                 "started": now, "ended": now, "attempts": [(-1, 0.0)], "reason": reason, "code": code,
                 "error": message}
 
@@ -204,7 +208,7 @@ class Runner:
             # The object cannot be decoded, encoded or rendered (nested deeper than the parser
             # goes): this event fails for its key alone, and no command runs.
             return self._invalid_object(job, exc), b"", b""
-        header = self.header(job, args, time.time())
+        header = self.header(job, args)
         result: Done = {"id": job["id"], "header": header, "arg": arg, "ok": True, "started": 0.0,
                         "ended": 0.0, "attempts": []}
         if not cmd:
@@ -215,7 +219,8 @@ class Runner:
             return result, b"", b""
         stdin, tmpfile = self._stdin_for(obj, env)
         try:
-            out, err = await self._attempts([*cmd, *args], env, stdin, result, on_begin, on_line)
+            key = f"{job['ns']}/{job['name']}" if job["ns"] else job["name"]
+            out, err = await self._attempts([*cmd, *args], env, stdin, result, on_begin, on_line, key)
         finally:
             if stdin != self._devnull:
                 os.close(stdin)
@@ -228,7 +233,7 @@ class Runner:
         now = time.monotonic()
         base = [job["ns"], job["name"]] if self.settings.namespaced else [job["name"]]
         detail = " ".join(str(exc).split()) or type(exc).__name__
-        header = self.header(job, base, time.time())
+        header = self.header(job, base)
         return {"id": job["id"], "header": header, "arg": None, "ok": False, "started": now, "ended": now,
                 "attempts": [], "nocmd": True, "reason": INVALID_OBJECT,
                 "error": f"the object could not be decoded for the command: {detail}"}
@@ -282,6 +287,7 @@ class Runner:
         result: Done,
         on_begin: BeginSink,
         on_line: LineSink | None,
+        key: str,
     ) -> tuple[bytes, bytes]:
         """Run the attempts oc's retry rule allows; fills in ``result`` and returns (stdout, stderr)."""
         s = self.settings
@@ -313,6 +319,8 @@ class Runner:
                 and retries < s.retry_count
             ):
                 retries += 1
+                # oc's klog.V(4) line, with Go's text of the attempt's end.
+                logger.debug("retrying command: %s", status.ended_as, extra={"key": key})
                 continue
             break
         result["ended"] = time.monotonic()
@@ -394,6 +402,7 @@ class Runner:
             reason, label = spawn.describe_status(code)
             status = _Status(False, reason, label, code if code > 0 else -1, seconds)
         status.spawned = spawned
+        status.ended_as = go_process_state(code)
         return status
 
 
@@ -427,7 +436,7 @@ def object_dir(prefix: str) -> str:
 
 
 class _Status:
-    __slots__ = ("ok", "reason", "code", "oc_code", "seconds", "message", "spawned")
+    __slots__ = ("ok", "reason", "code", "oc_code", "seconds", "message", "spawned", "ended_as")
 
     def __init__(self, ok: bool, reason: str, code: str, oc_code: int, seconds: float) -> None:
         self.spawned = 0.0
@@ -435,6 +444,8 @@ class _Status:
         self.message = ""
         """Spawn errors: Go's exec error text (``code`` is then the errno name); commands
         killed at shutdown: why."""
+        self.ended_as = ""
+        """Go's text of how the command ended (``exit status 3``, ``signal: killed``)."""
         self.ok = ok
         self.reason = reason
         self.code = code

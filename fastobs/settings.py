@@ -78,6 +78,16 @@ class RunSettings:
     commands' ``FASTOBS_IDENTITY``. It goes in the CONFIG frame because the workers start
     (during discovery) before the replica joins its group."""
 
+    # --- logs: the parent's and the workers' alike
+    log_format: LogFormat = "text"
+    """*new*: ``--log-format``."""
+    log_level: str = "info"
+    """*new*: ``--log-level``."""
+    verbosity: int = 0
+    """``--loglevel``/``-v`` of oc (klog verbosity): debug logs from :data:`DEBUG_VERBOSITY`
+    (among them the worker's ``retrying command: ...``, as oc logs at that level), objects
+    in template errors from :data:`QUOTE_OBJECT_VERBOSITY`."""
+
     def to_json_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -163,13 +173,6 @@ class Settings:
     shard_key: ShardKey = "name"
     shard_filter: ShardFilter = "auto"
     resync_on_start: bool = False
-
-    # --- logs (*new*)
-    log_format: LogFormat = "text"
-    log_level: str = "info"
-    verbosity: int = 0
-    """``--loglevel``/``-v`` of oc (klog verbosity): debug logs from :data:`DEBUG_VERBOSITY`,
-    objects in template errors from :data:`QUOTE_OBJECT_VERBOSITY`."""
 
     @property
     def deletion_tracking(self) -> bool:

@@ -54,13 +54,13 @@ import orjson
 from fastobs.errors import ListErrorLimit, UsageError
 from fastobs.events import Event, EventType, object_key
 from fastobs.kube import KubeClient, Resource, status_message
+from fastobs.kube_errors import go_error_text
 from fastobs.selector import unable_to_find
 from fastobs.watchstream import (
     CONNECT_TIMEOUT,
     Failure,
     LineHandler,
     PartialObject,
-    describe,
     error_event,
     http_failure,
     object_bytes,
@@ -281,7 +281,7 @@ class Source:
                 body = await resp.read()
             doc = orjson.loads(body) if resp.status == 200 else {}
         except (aiohttp.ClientError, OSError, TimeoutError, orjson.JSONDecodeError) as exc:
-            log.warning("could not ask the server about shardSelector: %s", describe(exc))
+            log.warning("could not ask the server about shardSelector: %s", go_error_text(exc))
             return False
         if resp.status != 200:
             log.info("the server refused shardSelector: %s", status_message(resp.status, body))
@@ -467,7 +467,7 @@ class Source:
         except TimeoutError as exc:
             raise self._timeout(exc) from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise Failure("connection", describe(exc)) from None
+            raise Failure("connection", go_error_text(exc)) from None
         self.stats.bytes_received += len(body)
         self.stats.last_activity = time.monotonic()
         if resp.status != 200:
@@ -617,7 +617,7 @@ class Source:
         except TimeoutError as exc:
             raise self._timeout(exc) from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise Failure("connection", describe(exc)) from None
+            raise Failure("connection", go_error_text(exc)) from None
 
     def _timeout(self, exc: TimeoutError) -> Failure:
         detail = " ".join(str(exc).split())
@@ -632,7 +632,7 @@ class Source:
         except TimeoutError as exc:
             raise self._timeout(exc) from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise Failure("connection", describe(exc)) from None
+            raise Failure("connection", go_error_text(exc)) from None
 
     def _set_up(self, up: bool) -> None:
         self.stats.watch_up = up

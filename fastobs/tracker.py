@@ -2,8 +2,9 @@
 
 Where it sits: in the parent, between ``source`` (list items and watch events) and the
 queues. In: events and list boundaries. Out: the events worth running, including
-``Deleted`` events it synthesizes for keys that vanished (relist, ``--names``) or whose
-object was replaced by a new one under the same name (new uid).
+``Deleted`` events it synthesizes for keys whose object was replaced by a new one under the
+same name (new uid), and, returned at the end of each list for the ``engine`` to run after
+the list's own events, those of keys that vanished (relist, ``--names``).
 
 Per key it keeps only a small slotted record (resourceVersion, uid, the last
 resourceVersion handled successfully, the list generation it was last seen in, and the
@@ -81,31 +82,39 @@ class Tracker:
             rec.rv = ev.rv
         self.emit(ev)
 
-    def list_end(self, known: Iterable[str] | None = None) -> None:
-        """After the last page: emit ``Deleted`` for known keys missing from the list.
+    def list_end(self, known: Iterable[str] | None = None) -> tuple[list[Event], NamesError | None]:
+        """After the last page: the ``Deleted`` events of known keys missing from the list.
 
-        ``known`` is the ``--names`` output (it replaces the in-memory set, as in oc).
+        ``known`` is the sorted ``--names`` output (it replaces the in-memory set, as in
+        oc). The deletes are returned, not emitted, in key order: oc queues them behind the
+        list's own events, in the order of the names output. A malformed ``--names`` key
+        stops oc when its turn comes, so the deletes before it are returned with the
+        :class:`NamesError` it raises, and none after it.
         """
         gen = self.gen
+        deletes: list[Event] = []
+        self.resync = False
         if known is None:
-            vanished = [k for k, r in self.records.items() if r.gen != gen]
-            for key in vanished:
+            for key in sorted(k for k, r in self.records.items() if r.gen != gen):
                 gone = self.records.pop(key)
                 if self.tracking:
-                    self.emit(self._synth_delete(key, gone))
-        else:
-            for raw in known:
-                key = ObjectKey(raw)
-                rec = self.records.get(key)
-                if rec is not None and rec.gen == gen:
-                    continue
-                if rec is not None:
-                    del self.records[key]
-                self.emit(self._synth_delete(key, rec))
-            # Keys neither listed nor named are forgotten (oc only deletes what --names knows).
-            for key in [k for k, r in self.records.items() if r.gen != gen]:
+                    deletes.append(self._synth_delete(key, gone))
+            return deletes, None
+        for raw in known:
+            key = ObjectKey(raw)
+            rec = self.records.get(key)
+            if rec is not None and rec.gen == gen:
+                continue
+            try:
+                deletes.append(self._synth_delete(key, rec))
+            except NamesError as error:
+                return deletes, error
+            if rec is not None:
                 del self.records[key]
-        self.resync = False
+        # Keys neither listed nor named are forgotten (oc only deletes what --names knows).
+        for key in [k for k, r in self.records.items() if r.gen != gen]:
+            del self.records[key]
+        return deletes, None
 
     def watch_event(self, ev: Event) -> None:
         key = ev.key

@@ -32,13 +32,13 @@ import msgspec
 import orjson
 
 from fastobs.kube import status_message
+from fastobs.kube_errors import go_error_text
 
 __all__ = [
     "CONNECT_TIMEOUT",
     "Failure",
     "LineHandler",
     "PartialObject",
-    "describe",
     "error_event",
     "http_failure",
     "object_bytes",
@@ -134,7 +134,7 @@ async def _read(content: aiohttp.StreamReader, stall: _Stall, handle: LineHandle
         except (aiohttp.ClientError, OSError) as exc:
             if stall.fired:
                 raise stall.failure() from None
-            raise Failure("connection", describe(exc), retry_now=handled > 0) from None
+            raise Failure("connection", go_error_text(exc), retry_now=handled > 0) from None
         stall.waiting_since = 0.0
         if not chunk:
             if stall.fired:
@@ -469,9 +469,3 @@ def object_bytes(line: bytes, obj: Any) -> bytes:
     if obj is None:  # parse_event left it unparsed
         obj = orjson.loads(line)["object"]
     return orjson.dumps(obj)
-
-
-def describe(exc: BaseException) -> str:
-    """One line for a connection error (aiohttp's messages may span lines or be empty)."""
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__

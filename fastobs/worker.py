@@ -30,7 +30,7 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from . import protocol, spawn
+from . import logs, protocol, spawn
 from .errors import FastobsError, TemplateError
 from .fencing import Fence
 
@@ -85,6 +85,7 @@ class Worker:
         self.transport = await protocol.connect(sock, self._on_frame, self._on_eof, self._on_pause)
         payload = await self._config
         settings = protocol.decode_config(payload)
+        logs.setup(settings.log_format, settings.log_level, settings.verbosity)  # as the parent logs
         try:
             runner = Runner(settings)
         except FastobsError as exc:  # the template (checked by the parent; a template file may be gone)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from fastobs import __version__
 from fastobs.cli import ParseError, ShowHelp, _Scan, main, parse_args
 from fastobs.daemon import check_after_discovery
 from fastobs.errors import TemplateError, UsageError
-from fastobs.flags import BY_SHORT, FLAGS, help_text
+from fastobs.flags import BY_NAME, BY_SHORT, FLAGS, help_text, plain, with_generated_tables
 from fastobs.settings import RunSettings, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,9 +107,9 @@ def test_defaults_match_oc_and_settings() -> None:
         pytest.param(["--quiet", "--no-headers=false"], "run.quiet", False, id="no-headers-same-variable"),
         pytest.param(["--request-timeout", "30"], "request_timeout", 30.0, id="request-timeout-int"),
         pytest.param(["--request-timeout=1m"], "request_timeout", 60.0, id="request-timeout-duration"),
-        pytest.param(["--loglevel", "4"], "verbosity", 4, id="loglevel"),
-        pytest.param(["-v", "6"], "verbosity", 6, id="v"),
-        pytest.param(["--v=2"], "verbosity", 2, id="v-long"),
+        pytest.param(["--loglevel", "4"], "run.verbosity", 4, id="loglevel"),
+        pytest.param(["-v", "6"], "run.verbosity", 6, id="v"),
+        pytest.param(["--v=2"], "run.verbosity", 2, id="v-long"),
         pytest.param(["-s", "https://api:6443"], "server", "https://api:6443", id="s"),
         pytest.param(["--server=https://x"], "server", "https://x", id="server"),
         pytest.param(["--token", "abc"], "token", "abc", id="token"),
@@ -141,8 +142,8 @@ def test_defaults_match_oc_and_settings() -> None:
         pytest.param(["--output-limit=3M"], "run.output_limit", 3_000_000, id="output-limit-decimal"),
         pytest.param(["--shutdown-grace", "0"], "shutdown_grace", 0.0, id="shutdown-grace"),
         pytest.param(["--watch-read-timeout", "2m"], "watch_read_timeout", 120.0, id="watch-read-timeout"),
-        pytest.param(["--log-format", "json"], "log_format", "json", id="log-format"),
-        pytest.param(["--log-level", "debug"], "log_level", "debug", id="log-level"),
+        pytest.param(["--log-format", "json"], "run.log_format", "json", id="log-format"),
+        pytest.param(["--log-level", "debug"], "run.log_level", "debug", id="log-level"),
         pytest.param(["--lease-name", "obs"], "lease_name", "obs", id="lease-name"),
         pytest.param(["--lease-name=g", "--lease-namespace", "ops"], "lease_namespace", "ops",
                      id="lease-namespace"),
@@ -515,6 +516,42 @@ def test_usage_doc_mentions_every_flag() -> None:
     doc = (ROOT / "docs" / "usage.md").read_text()
     missing = [flag.name for flag in FLAGS if f"--{flag.name}" not in doc]
     assert missing == []
+
+
+def test_usage_doc_flag_tables_are_the_help_texts() -> None:
+    """The flag tables of docs/usage.md are generated from the table --help prints, so the
+    two cannot disagree: every table in the document is the generated one."""
+    doc = (ROOT / "docs" / "usage.md").read_text()
+    blocks = re.findall(r"<!-- flags:(\w+) ", doc)
+    print(f"generated flag tables in docs/usage.md: {blocks}")
+    assert sorted(blocks) == ["connection", "hidden", "new", "observe"]
+    assert with_generated_tables(doc) == doc, "docs/usage.md is stale: run scripts/update-usage-doc"
+    for flag in FLAGS:
+        row = next(line for line in doc.splitlines() if line.startswith(f"| `--{flag.name}`"))
+        assert flag.help.replace("|", "\\|") in row
+        if flag.group != "hidden":
+            assert " ".join(plain(flag.help).split()) in " ".join(help_text().split()), flag.name
+
+
+def test_the_doc_check_notices_an_edited_table() -> None:
+    """Changing a help text, or the document's copy of it, makes the check above fail."""
+    doc = (ROOT / "docs" / "usage.md").read_text()
+    edited = doc.replace("Retries after the first attempt", "Retries before the first attempt")
+    assert edited != doc and with_generated_tables(edited) == doc
+
+
+@pytest.mark.parametrize(("phrase", "why"), [
+    ("(empty when there is no template)", "no argument is passed without a template"),
+    ("With --no-coalesce: events held", "--max-pending applies in both modes"),
+])
+def test_help_no_longer_says(phrase: str, why: str) -> None:
+    assert phrase not in help_text(), why
+
+
+def test_help_says_what_the_command_receives() -> None:
+    text = " ".join(help_text().split())
+    assert "then, only when --template is given, one argument with its output" in text
+    assert "with or without --no-coalesce" in text
 
 
 # --- the real entry point ---------------------------------------------------------------
@@ -1101,7 +1138,7 @@ def test_cluster_oc_style_command_line(k8s: Any, ns: str) -> None:
         ),
         pytest.param(
             ["nosuchthings", "--names", "x", "-l", "a b"],
-            'error: the server doesn\'t have a resource type "nosuchthings"',
+            'the server doesn\'t have a resource type "nosuchthings"',  # no "error: ", as oc
             id="discovery-first",
         ),
     ],
@@ -1120,3 +1157,21 @@ def test_cluster_exit_after_prints_go_duration(k8s: Any, ns: str) -> None:
     done = run_on_cluster(k8s.env, "configmaps", "-n", ns, "--exit_after=1500ms", "-q")
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines()[-1] == "Shutting down after 1.5s ..."
+
+
+def test_every_output_format_the_help_names_works(tmp_path: Path) -> None:
+    """-o's help names every template format oc accepts, and each of them renders."""
+    from fastobs.templates import FORMATS, compile_template
+
+    text = BY_NAME["output"].help
+    assert [f for f in FORMATS if f"`{f}`" not in text] == []
+    obj = {"metadata": {"name": "x"}}
+    for fmt in FORMATS:
+        template = "{{.metadata.name}}" if "template" in fmt else "{.metadata.name}"
+        if fmt.endswith("file"):
+            path = tmp_path / fmt
+            path.write_text(template)
+            template = str(path)
+        rendered = compile_template(template, fmt).render(obj)
+        print(f"-o {fmt}: {rendered!r}")
+        assert rendered == ('[\n    "x"\n]\n' if fmt == "jsonpath-as-json" else "x")

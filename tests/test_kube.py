@@ -165,7 +165,8 @@ def test_collection_paths_and_gvr_strings() -> None:
     ("deployment.v1.apps", 'the server doesn\'t have a resource type "deployment" in group "v1.apps"'),
     ("pods.apps", 'the server doesn\'t have a resource type "pods" in group "apps"'),
     ("", "unknown resource argument"),
-    (".apps", "unknown resource argument"),
+    (".apps", "a resource must be present, got: apps/, Resource="),
+    (".", "unknown resource argument"),
 ])
 def test_unknown_resources_give_oc_messages(k8s: Any, arg: str, message: str) -> None:
     with pytest.raises(ResourceError) as err:
@@ -178,8 +179,8 @@ def test_unreachable_server_is_one_clear_line(tmp_path: Path) -> None:
                            cluster_extra={"insecure-skip-tls-verify": True})
     with pytest.raises(ResourceError) as err:
         uvloop.run(resolve_once(cfg, "pods"))
-    assert err.value.message.startswith("unable to reach the server at https://127.0.0.1:9: ")
-    assert "\n" not in err.value.message
+    assert err.value.message == ("The connection to the server 127.0.0.1:9 was refused - did you specify the "
+                                 "right host or port?")
 
 
 def test_legacy_discovery_resolves_the_same(k8s: Any, crds: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -441,7 +442,8 @@ def test_insecure_skip_tls_verify(k8s: Any, tmp_path: Path) -> None:
     unverified = write_kubeconfig(tmp_path / "b", server=k8s.server, user={"token": k8s.token})
     with pytest.raises(ResourceError) as err:
         uvloop.run(resolve_once(unverified, "po"))
-    assert "certificate verify failed" in err.value.message
+    assert err.value.message == ("Unable to connect to the server: tls: failed to verify certificate: x509: "
+                                 "certificate signed by unknown authority")
 
 
 def openssl(*args: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from fastobs.gocompat import go_quote
+from fastobs.gocompat import go_errno, go_process_state, go_quote
 from fastobs.header import format_cmdline, header_line, rfc3339_local
 
 GOREF = Path(__file__).parent / "data" / "template" / "goref.go"
@@ -154,3 +154,23 @@ def test_rfc3339_format_and_cache() -> None:
     first = rfc3339_local(1_700_000_000.1)
     assert rfc3339_local(1_700_000_000.9) == first
     assert rfc3339_local(1_700_000_001.0) != first
+
+
+def test_go_process_state_matches_go(tmp_path: Path) -> None:
+    """go_process_state spells an exit status and every signal as Go's os.ProcessState does."""
+    signals = [*range(1, 32), 34, 64]  # and real-time signals, which Go does not name
+    names = run_goref({"signal": signals}, tmp_path)["signal"]
+    ours = [go_process_state(-n) for n in signals]
+    print(f"{len(signals)} signals compared with Go, e.g. {ours[8]!r}")
+    assert ours == [f"signal: {name}" for name in names]
+    assert go_process_state(0) == "exit status 0" and go_process_state(7) == "exit status 7"
+
+
+def test_go_errno_matches_go(tmp_path: Path) -> None:
+    """go_errno spells every errno as Go's syscall.Errno does (connection errors quote it)."""
+    numbers = [*range(1, 133), 200]  # Go names errnos up to ERFKILL (132)
+    texts = run_goref({"errno": numbers}, tmp_path)["errno"]
+    ours = [go_errno(n) for n in numbers]
+    wrong = [(n, mine, go) for n, mine, go in zip(numbers, ours, texts, strict=True) if mine != go]
+    print(f"{len(numbers)} errnos compared with Go, {len(wrong)} differ: {wrong}")
+    assert wrong == []

@@ -1,8 +1,8 @@
 // goref prints what Go's standard library gives for the inputs on stdin, so that tests can
 // compare fastobs's Python re-implementations with the real thing.
 //
-// stdin:  {"quote": [base64 bytes...], "fmtv": [numbers...], "json": [values...], "tsv": [unix seconds...]}
-// stdout: {"quote": [strconv.Quote...], "fmtv": [fmt %v...], "json": [json.Marshal...], "tsv": [RFC 3339...]}
+// stdin:  {"quote": [base64 bytes...], "fmtv": [numbers...], "json": [values...], "tsv": [unix seconds...], "signal": [numbers...], "errno": [numbers...]}
+// stdout: {"quote": [strconv.Quote...], "fmtv": [fmt %v...], "json": [json.Marshal...], "tsv": [RFC 3339...], "signal": [names...], "errno": [texts...]}
 package main
 
 import (
@@ -11,21 +11,26 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"syscall"
 	"time"
 )
 
 type request struct {
-	Quote [][]byte          `json:"quote"`
-	Fmtv  []float64         `json:"fmtv"`
-	JSON  []json.RawMessage `json:"json"`
-	Tsv   []int64           `json:"tsv"`
+	Quote  [][]byte          `json:"quote"`
+	Fmtv   []float64         `json:"fmtv"`
+	JSON   []json.RawMessage `json:"json"`
+	Tsv    []int64           `json:"tsv"`
+	Signal []int             `json:"signal"`
+	Errno  []int             `json:"errno"`
 }
 
 type response struct {
-	Quote []string `json:"quote"`
-	Fmtv  []string `json:"fmtv"`
-	JSON  []string `json:"json"`
-	Tsv   []string `json:"tsv"`
+	Quote  []string `json:"quote"`
+	Fmtv   []string `json:"fmtv"`
+	JSON   []string `json:"json"`
+	Tsv    []string `json:"tsv"`
+	Signal []string `json:"signal"`
+	Errno  []string `json:"errno"`
 }
 
 // unstructured mirrors k8s.io/apimachinery's JSON decoding: integers become int64, other numbers float64.
@@ -56,7 +61,7 @@ func main() {
 	if err := json.NewDecoder(os.Stdin).Decode(&req); err != nil {
 		panic(err)
 	}
-	resp := response{Quote: []string{}, Fmtv: []string{}, JSON: []string{}, Tsv: []string{}}
+	resp := response{Quote: []string{}, Fmtv: []string{}, JSON: []string{}, Tsv: []string{}, Signal: []string{}, Errno: []string{}}
 	for _, b := range req.Quote {
 		resp.Quote = append(resp.Quote, strconv.Quote(string(b)))
 	}
@@ -78,6 +83,12 @@ func main() {
 	}
 	for _, s := range req.Tsv {
 		resp.Tsv = append(resp.Tsv, time.Unix(s, 0).Format(time.RFC3339))
+	}
+	for _, n := range req.Signal {
+		resp.Signal = append(resp.Signal, syscall.Signal(n).String())
+	}
+	for _, n := range req.Errno {
+		resp.Errno = append(resp.Errno, syscall.Errno(n).Error())
 	}
 	if err := json.NewEncoder(os.Stdout).Encode(resp); err != nil {
 		panic(err)
