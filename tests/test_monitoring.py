@@ -640,10 +640,12 @@ def _events(p: Panels, run: Run) -> None:
     control = run.scenario("control")
     updated = p.values("Events by type", "A", "control", type="Updated")
     # The churn thread patched every 0.2 s (less often on a busy machine): the panel's peak is
-    # at least the run's mean patch rate, and not far above one patch per interval (rate()
-    # extrapolates over late scrapes on a loaded machine: 2.06 per interval was seen).
+    # near the run's mean patch rate or above, and not far above one patch per interval.
+    # Both bounds have slack: rate() extrapolates over late scrapes on a loaded machine (2.06
+    # patches per interval was seen), and on a quiet one the peak can sit a hair under the
+    # mean (5.0 against 5.02).
     mean = control.patches / (run.t_end - run.t0)
-    assert mean <= max(updated) <= 3 / control.interval, (max(updated), mean)
+    assert 0.9 * mean <= max(updated) <= 3 / control.interval, (max(updated), mean)
     # The Sync events of the first list came before the first scrape: a counter's first
     # sample is its start, so rate() shows them as nothing. The series is there all the same.
     assert {s["metric"]["type"] for s in p.get("Events by type", "A", "control")} >= {"Sync", "Updated"}
