@@ -408,6 +408,10 @@ class Coordinator:
         self.valid_until = sent + self.rd
         self.ownership.extend(self.valid_until)
         self.kick()  # suspended buckets can be won back now
+        self._arm_fence()
+
+    def _arm_fence(self) -> None:
+        """Call :meth:`_deadline` when the Lease's validity ends."""
         if self._fence_timer is not None:
             self._fence_timer.cancel()
         loop = asyncio.get_running_loop()
@@ -418,6 +422,10 @@ class Coordinator:
         self._fence_timer = None
         if clock() >= self.valid_until:
             self._fence(f"member Lease not renewed for {self.rd:g}s")
+        else:
+            # The loop's timers may fire before the fencing clock reaches the deadline (uvloop
+            # rounds them to milliseconds): try again then, or this replica never fences.
+            self._arm_fence()
 
     def _fence(self, why: str) -> None:
         self.valid_until = min(self.valid_until, clock())
