@@ -217,6 +217,8 @@ async def _join_group(settings: Settings, client: KubeClient, resource: Resource
             engine.resumed()  # a watch from a watermark: what came before it already ran
 
     source.on_rewind = rewound
+    source.on_seed = engine.seed_item
+    source.on_seeded = ownership.seeded
     scope = f"ns/{namespace}" if namespace else "*"
     kind = resource.resource + (f".{resource.group}" if resource.group else "")
     coordinator = Coordinator(client, settings, ownership,

@@ -117,6 +117,13 @@ class Engine:
             return
         self.tracker.list_item(ev)
 
+    def seed_item(self, ev: Event) -> None:
+        """An object as it was where a replay began that the server could no longer serve:
+        the tracker learns the objects of the buckets being caught up, so that the relist
+        that follows finds which of them were deleted since."""
+        if self.ownership is not None and self.ownership.seeds(ev):
+            self.tracker.seed(ev)
+
     def list_end(self) -> None:
         if self.settings.names_command:
             # The names command runs before anything else is read from the API server

@@ -490,8 +490,9 @@ class _GroupCollector:
              st.renew_errors),
             ("fastobs_group_fenced_commands", "Commands stopped or not started because of fencing or a "
              "drain out of time.", st.fenced_commands),
-            ("fastobs_group_history_expired", "Replays from a watermark the API server no longer had "
-             "(deletes while nobody watched may be missed).", st.history_expired),
+            ("fastobs_group_history_expired", "Replays from a watermark the API server no longer had, "
+             "not even as a list as of then (deletes while nobody watched may be missed).",
+             st.history_expired),
         ):
             family = Metric(name, help_, "counter")
             family.add_sample(name + "_total", {}, value)

@@ -92,6 +92,7 @@ class Counters:
     skipped_below_watermark: int = 0
     fenced_commands: int = 0
     history_expired: int = 0
+    """Replays whose start the API server had lost, even as a list as of then."""
 
 
 class Ownership:
@@ -239,10 +240,8 @@ class Ownership:
         the server said ``rv`` is too old (``expired``; a relist follows)."""
         if expired:
             self.progress.replay_expired()
-            self.counters.history_expired += 1
-            log.warning("the API server no longer has the changes since resourceVersion %s: objects "
-                        "deleted since then without this process knowing them get no Deleted "
-                        "(use --names to catch those); changed ones run again", rv)
+            log.info("the API server's watch no longer has the changes since resourceVersion %s; "
+                     "listing the objects as they were then, to find those deleted since", rv)
             return
         buckets = self.awaiting | self.progress.catching_up
         # A replay restarted further back (another bucket was won meanwhile) keeps what the
@@ -260,6 +259,21 @@ class Ownership:
         self._purge(buckets)
         assert self.stream is not None
         self.progress.replay_started(self.stream.position(), buckets, relist=rv is None)
+
+    def seeds(self, ev: Event) -> bool:
+        """Whether an object as it was at the start of an expired replay belongs to a bucket
+        being caught up here (the tracker forgot those buckets' objects when the replay began)."""
+        b = self.bucket(ev)
+        return b in self.progress.catching_up and self.states.get(b) in (State.OWNED, State.SUSPENDED)
+
+    def seeded(self, rv: str, ok: bool) -> None:
+        """The list as of ``rv`` ended (``ok``) or failed: then deletes since ``rv`` of objects
+        this process did not know are out of reach."""
+        if not ok:
+            self.counters.history_expired += 1
+            log.warning("the API server no longer has the changes since resourceVersion %s: objects "
+                        "deleted since then without this process knowing them get no Deleted "
+                        "(use --names to catch those); changed ones run again", rv)
 
     def list_ended(self) -> None:
         self.progress.list_ended()

@@ -33,8 +33,9 @@ Retry policy (client-go's reflector, as oc observe behaves):
 In a group of replicas (``ownership``) the source can be sent back in time: :meth:`Source.rewind`
 makes the next watch start at an older resourceVersion, so what happened since then (deletes
 included) is delivered again, and ``on_rewind`` says when that replay starts or that the server
-no longer has its start (a relist follows). With the server-side filter every request carries
-the group's ``shardSelector`` of the moment.
+no longer has its start; then a list as of that start (``on_seed``, read from storage) and a
+relist follow, so the sink can still tell which objects were deleted since. With the
+server-side filter every request carries the group's ``shardSelector`` of the moment.
 """
 
 from __future__ import annotations
@@ -216,6 +217,14 @@ class Source:
         self.on_rewind: Callable[[str | None, bool], None] | None = None
         """Called with (rv, False) right before a rewound watch (rv None: a relist) is
         requested, and with (rv, True) when the server no longer has ``rv``."""
+        self.on_seed: Callable[[Event], None] | None = None
+        """With it set, a replay the watch can no longer serve is followed, before the relist,
+        by a list of the objects as they were at the replay's start (served from storage,
+        which keeps more history than the watch): each of them is passed here."""
+        self.on_seeded: Callable[[str, bool], None] | None = None
+        """Called with (rv, ok) once that list ended, or failed (its history is gone too)."""
+        self._seed: str | None = None
+        """The resourceVersion of the list :attr:`on_seed` gets before the next relist."""
 
     # ------------------------------------------------------------------ control
 
@@ -229,6 +238,8 @@ class Source:
             if self._rewind is not None:
                 need_list = self._start_rewind() or need_list
             if need_list or self._relist_requested:
+                if self._seed is not None:
+                    await self._seed_list(self._seed)
                 await self._list_until_success()
                 if self._rewind is not None:
                     # Asked for during the list (which had no watch to interrupt): apply it
@@ -389,6 +400,33 @@ class Source:
             self._stream_refusal = ""
         return rv
 
+    async def _seed_list(self, rv: str) -> None:
+        """The objects as they were at ``rv`` (``resourceVersionMatch=Exact``: the API server
+        reads them from storage, which keeps its history for minutes after the watch cache
+        lost it, across an API server restart too), to :attr:`on_seed`. Deletes since ``rv``
+        that the watch can no longer replay are then found by the relist that follows, as
+        objects missing from it. One attempt: any failure leaves the relist on its own."""
+        self._seed = None
+        params = self._params()
+        params.update(resourceVersion=rv, resourceVersionMatch="Exact")
+        if self._page_size > 0:
+            params["limit"] = str(self._page_size)
+        ok = False
+        try:
+            while True:
+                await self._sink.wait_capacity()
+                body = await self._get_page(params)
+                _, cont = self._emit_page(body, self.on_seed)
+                if not cont:
+                    break
+                params["continue"] = cont
+            ok = True
+        except Failure as f:
+            self.stats.count_error("list", f.kind)
+            log.info("list of %s as of resourceVersion %s failed: %s", self._resource.resource, rv, f.message)
+        if self.on_seeded is not None:
+            self.on_seeded(rv, ok)
+
     async def _streamed_list(self) -> str | None:
         """The initial state as a watch stream (KEP-3157 WatchList), one object per line.
 
@@ -474,8 +512,9 @@ class Source:
             raise http_failure(resp, body)
         return body
 
-    def _emit_page(self, body: bytes) -> tuple[str, str]:
-        """Hand a page's items to the sink as Sync events; returns (resourceVersion, continue)."""
+    def _emit_page(self, body: bytes, to: Callable[[Event], None] | None = None) -> tuple[str, str]:
+        """Hand a page's items to the sink (or ``to``) as Sync events; returns (resourceVersion,
+        continue)."""
         try:
             doc = orjson.loads(body)
             items: list[dict[str, Any]] = doc.get("items") or []
@@ -488,7 +527,7 @@ class Source:
         kind = str(doc.get("kind") or "").removesuffix("List") or self._resource.kind
         api_version = doc.get("apiVersion") or ""
         received = time.monotonic()
-        sink = self._sink
+        emit = self._sink.list_item if to is None else to
         for item in items:
             md = item.get("metadata") or {}
             ns = md.get("namespace") or ""
@@ -499,9 +538,9 @@ class Source:
                 raw = with_type(item, api_version, kind)
             else:
                 raw = orjson.dumps({"apiVersion": api_version, "kind": kind, **item})
-            sink.list_item(Event(EventType.SYNC, object_key(ns, name), ns, name, md.get("uid") or "",
-                                 md.get("resourceVersion") or "", raw, received, backlog=True))
-        if items:
+            emit(Event(EventType.SYNC, object_key(ns, name), ns, name, md.get("uid") or "",
+                       md.get("resourceVersion") or "", raw, received, backlog=True))
+        if items and to is None:
             self.stats.count_events(EventType.SYNC, len(items))
         return str(meta.get("resourceVersion") or ""), str(meta.get("continue") or "")
 
@@ -552,6 +591,8 @@ class Source:
             log.info("watch of %s: %s; relisting", self._resource.resource, f.message)
             if self._replaying is not None and self.on_rewind is not None:
                 self.on_rewind(self._replaying, True)
+                if self.on_seed is not None:
+                    self._seed = self._replaying
             self._replaying = None
             return _Next.RELIST
         if f.kind in ("connection", "timeout", "server", "unauthorized") and not f.relist:

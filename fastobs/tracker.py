@@ -82,6 +82,17 @@ class Tracker:
             rec.rv = ev.rv
         self.emit(ev)
 
+    def seed(self, ev: Event) -> None:
+        """Remember an object not known here as already handled at the state ``ev`` (its
+        bucket's previous owner ran it): a later list that misses it yields its ``Deleted``,
+        one that has it at that same state runs nothing."""
+        if ev.key in self.records:
+            return
+        rec = self.records[ev.key] = Record(ev.rv, ev.uid, self.gen)
+        rec.done_rv = ev.rv
+        if self.keep_object:
+            rec.last = ev.obj
+
     def list_end(self, known: Iterable[str] | None = None) -> tuple[list[Event], NamesError | None]:
         """After the last page: the ``Deleted`` events of known keys missing from the list.
 

@@ -806,6 +806,26 @@ def restart_apiserver(cluster: Cluster, down_for: float = 0.0, *, kill: bool = F
     return _run_server(cluster, "kube-apiserver", time.monotonic() + READY_TIMEOUT)
 
 
+def compact_etcd(cluster: Cluster) -> int:
+    """Compact etcd's history up to its current revision (what the API server does every
+    5 minutes): a list or watch as of an older resourceVersion then gets 410. Returns the
+    revision."""
+    def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", cluster.etcd_port, timeout=10)
+        try:
+            conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            doc: dict[str, Any] = json.loads(resp.read())
+            assert resp.status == 200, (path, resp.status, doc)
+            return doc
+        finally:
+            conn.close()
+
+    revision = int(post("/v3/kv/range", {"key": "AA=="})["header"]["revision"])
+    post("/v3/kv/compaction", {"revision": str(revision), "physical": True})
+    return revision
+
+
 def _bootstrap_request(
     cluster: Cluster, method: str, path: str, body: Mapping[str, Any] | None = None, token: str | None = None
 ) -> tuple[int, Any]:

@@ -265,3 +265,48 @@ def test_a_delete_found_by_a_relist_holds_the_watermark_back_until_it_ran() -> N
     assert own.watermarks()[3] == 900  # not past the delete that has not run
     own.ran(gone)
     assert own.watermarks()[3] == 950
+
+
+def test_an_expired_replay_still_finds_the_deletes_since_its_start() -> None:
+    """A bucket taken over with watermark 650 whose replay the server can no longer serve (it
+    restarted): the objects of the bucket as they were at 650 (a list from storage) seed the
+    tracker, so the relist that follows yields the Deleted of the one gone since, runs the one
+    changed since, and nothing for the one unchanged. Without the seed, the relist alone knows
+    nothing of the bucket's past and the delete is lost."""
+    from fastobs.buckets import Bucketer
+    from fastobs.events import Event, EventType, ObjectKey
+    from fastobs.ownership import Ownership
+    from fastobs.tracker import Tracker
+
+    stream = _Stream()
+    bucketer = Bucketer(4, "name")
+    own = Ownership(bucketer, kill_grace=0.5)
+    own.bind(engine=_Engine(), pool=_Pool(), stream=stream)
+    emitted: list[Event] = []
+    tracker = Tracker(emit=emitted.append, tracking=True, namespaced=True, keep_object=False,
+                      clock=lambda: 0.0)
+    stream.pos = 900
+    own.acquire(3, 2, 650)
+    assert stream.rewinds == ["650"]
+    own.rewound("650", expired=False)  # the watch from 650 starts...
+    own.rewound("650", expired=True)  # ...and gets "too old resource version"
+    kept, gone, changed = [f"ns/k{i}" for i in range(200) if bucketer.bucket(f"ns/k{i}", "ns", "") == 3][:3]
+    other = next(f"ns/k{i}" for i in range(200) if bucketer.bucket(f"ns/k{i}", "ns", "") == 1)
+
+    def sync(key: str, rv: str) -> Event:
+        return Event(EventType.SYNC, ObjectKey(key), "ns", key[3:], "u-" + key, rv, b"{}", 0.0, backlog=True)
+
+    for ev in (sync(kept, "600"), sync(gone, "610"), sync(changed, "620"), sync(other, "630")):
+        if own.seeds(ev):  # the list as of 650
+            tracker.seed(ev)
+    assert set(tracker.records) == {kept, gone, changed}  # not bucket 1's: not held here
+    tracker.list_begin()
+    for ev in (sync(kept, "600"), sync(changed, "880")):  # the relist at 900
+        if own.admit(ev):
+            tracker.list_item(ev)
+    deletes, _ = tracker.list_end()
+    own.list_ended()
+    assert [(e.key, e.rv) for e in emitted] == [(changed, "880")]
+    assert [(e.key, e.type) for e in deletes] == [(gone, EventType.DELETED)]
+    assert own.accept(deletes[0]) and own.accept(emitted[0])
+    assert not own.accept(sync(kept, "600"))  # at or below the floor: its previous owner ran it
