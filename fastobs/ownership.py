@@ -134,12 +134,16 @@ class Ownership:
     def admit(self, ev: Event) -> bool:
         """Before the tracker: whether the event's object is looked after here."""
         b = self.bucket(ev)
+        # Any live event, whoever's bucket it is, says how far the stream is: past where it was
+        # before a replay, the replay is over (a quiet bucket must not keep it going for ever,
+        # or later replays restart from its start and its buckets stay half known).
+        fresh = ev.backlog or self.progress.replayed(b, ev.rv)
         state = self.states.get(b)
         if state is None or state is State.DRAINING or b in self.awaiting:
             self.counters.events_foreign += 1
             return False
         if not ev.backlog:
-            if not self.progress.replayed(b, ev.rv):
+            if not fresh:
                 self.counters.replay_duplicates += 1
                 return False
             if self.unlisted and not self.awaiting and not self.progress.replaying():

@@ -310,3 +310,27 @@ def test_an_expired_replay_still_finds_the_deletes_since_its_start() -> None:
     assert [(e.key, e.type) for e in deletes] == [(gone, EventType.DELETED)]
     assert own.accept(deletes[0]) and own.accept(emitted[0])
     assert not own.accept(sync(kept, "600"))  # at or below the floor: its previous owner ran it
+
+
+def test_a_replay_ends_on_any_event_past_where_the_stream_was() -> None:
+    """A replay of a quiet bucket ends when the stream is past where it was before, whoever's
+    bucket the event is: a bucket won later is then replayed from its own watermark, not from
+    the start of that old replay."""
+    from fastobs.buckets import Bucketer
+    from fastobs.events import Event, EventType, ObjectKey
+    from fastobs.ownership import Ownership
+
+    stream = _Stream()
+    bucketer = Bucketer(4, "name")
+    own = Ownership(bucketer, kill_grace=0.5)
+    own.bind(engine=_Engine(), pool=_Pool(), stream=stream)
+    stream.pos = 700
+    own.acquire(3, 1, 650)
+    own.rewound("650", expired=False)
+    foreign = next(f"ns/k{i}" for i in range(200) if bucketer.bucket(f"ns/k{i}", "ns", "") == 1)
+    ev = Event(EventType.UPDATED, ObjectKey(foreign), "ns", foreign[3:], "u1", "710", b"{}", 0.0)
+    assert not own.admit(ev)  # not ours, but the stream is past 700 now
+    stream.pos = 710
+    assert not own.progress.replaying()
+    own.acquire(2, 1, 705)
+    assert stream.rewinds == ["650", "705"]
