@@ -190,6 +190,8 @@ class Coordinator:
         """A bucket was drained and released: the seconds it took."""
         self.on_fencing: Callable[[float], None] = lambda seconds: None
         """Commands were stopped by fencing: the seconds until the last one ended."""
+        self.on_contact: Callable[[], None] = lambda: None
+        """A renewal got through after failures: the API server is reachable again."""
         self.stats.last_loop = time.monotonic()
         self.watch = Source(client, LEASES, namespace=namespace, label_selector=f"{GROUP_LABEL}={self.group}",
                             field_selector="", sink=_ViewSink(self), maximum_errors=-1)
@@ -403,6 +405,10 @@ class Coordinator:
             now = clock()
             for seen in self.view.values():
                 seen.since = max(seen.since, now)
+            # The watches may sit in a backoff of up to 30 s after a long outage: the view of
+            # the group (and the events) must not wait for it once the server answers again.
+            self.watch.retry_now()
+            self.on_contact()
         self._renew_failed = False
         self.last_renewed = sent
         self.valid_until = sent + self.rd

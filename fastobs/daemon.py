@@ -227,6 +227,7 @@ async def _join_group(settings: Settings, client: KubeClient, resource: Resource
     coordinator.on_failure = engine.fail
     coordinator.on_handover = metrics.group_handover
     coordinator.on_fencing = metrics.group_fencing
+    coordinator.on_contact = source.retry_now
     metrics.set_group_provider(coordinator)
     engine.role = coordinator.role
     engine.group_loop = coordinator.loop_healthy

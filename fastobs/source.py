@@ -317,6 +317,12 @@ class Source:
         if self._watch_task is not None and not self._watch_task.done():
             self._watch_task.cancel()
 
+    def retry_now(self) -> None:
+        """The API server is reachable again (another request just got through): end the
+        backoff now instead of after up to 30 s, and start the next backoff from its start."""
+        self._backoff.reset()
+        self._wake.set()
+
     def _changed(self) -> None:
         if self._on_stats is not None:
             self._on_stats()

@@ -103,3 +103,30 @@ def test_fencing_under_uvloop_never_misses_the_deadline() -> None:
     lates = uvloop.run(many())
     print(f"\n40 deadlines under uvloop: all fenced, at most {max(lates) * 1000:.1f} ms late")
     assert len(lates) == 40
+
+
+def test_contact_regained_ends_the_watches_backoff_at_once() -> None:
+    """A partition that lasted a while leaves the watches in a backoff of up to 30 s: the
+    first renewal that gets through wakes them (the group's view and the events must not wait
+    for it), and only after being out of touch."""
+
+    async def scenario() -> tuple[list[str], float]:
+        c, _, _ = _coordinator(3.0)
+        calls: list[str] = []
+        c.on_contact = lambda: calls.append("events")
+        c._renewed(clock())
+        assert calls == []  # a first renewal, or a regular one, wakes nothing
+        for _ in range(6):
+            c.watch._backoff.delay()  # as after a few failed reconnections: the next one waits ~25 s
+        sleeping = asyncio.ensure_future(c.watch._sleep(c.watch._backoff.delay()))
+        await asyncio.sleep(0.05)
+        c._renew_failed = True  # renewals failed meanwhile; this one got through
+        began = clock()
+        c._renewed(clock())
+        await asyncio.wait_for(sleeping, 5)
+        assert c.watch._backoff.delay() < 1.0  # the next backoff starts over
+        return calls, clock() - began
+
+    calls, woke = asyncio.run(scenario())
+    print(f"\nthe lease watch's 25 s backoff ended {woke * 1000:.0f} ms after the renewal; woken: {calls}")
+    assert calls == ["events"] and woke < 1.0
