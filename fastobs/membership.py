@@ -14,8 +14,10 @@ Lease, so views that disagree for a moment cost a delay, never two owners.
 The rule:
 
 1. quotas: with N live members, ``B mod N`` of them get ``ceil(B/N)`` buckets and the rest
-   ``floor(B/N)``; the larger quotas go to the members that hold the most now (ties: the
-   identity's order), so a balanced group never moves a bucket to fix who has the extra one;
+   ``floor(B/N)``; the larger quotas go to the members that hold the most now, counting
+   holdings above ``ceil(B/N)`` as ``ceil(B/N)`` (ties: the identity's order), so a balanced
+   group never moves a bucket to fix who has the extra one, and members shedding their surplus
+   at different paces do not swap the extra one back and forth;
 2. sticky: a member keeps what it holds, up to its quota; it gives up its surplus buckets
    with the lowest rendezvous score (FNV-1a of ``bucket/identity``) first;
 3. free buckets (unheld, held by a dead member, or surplus) go, in bucket order, to the
@@ -51,7 +53,11 @@ def quotas(members: Sequence[str], held: Mapping[int, str]) -> dict[str, int]:
     for holder in held.values():
         if holder in counts:
             counts[holder] += 1
-    ranked = sorted(live, key=lambda m: (-counts[m], m))
+    # Holdings above the larger quota count as the larger quota: while members shed their
+    # surplus (each at its own pace), who gets an extra bucket must not flip with who has shed
+    # more so far, or a member's drain already under way would have been one too many.
+    ceiling = base + (1 if extra else 0)
+    ranked = sorted(live, key=lambda m: (-min(counts[m], ceiling), m))
     return {m: base + (1 if i < extra else 0) for i, m in enumerate(ranked)}
 
 

@@ -88,3 +88,19 @@ def test_leader_election_is_one_bucket_kept_by_its_holder() -> None:
     assert assign(["b", "a"], {0: "b"}) == {0: "b"}
     assert assign(["b", "a"], {0: "gone"}) in ({0: "a"}, {0: "b"})
     assert assign([], {0: ""}) == {}
+
+
+def test_who_gets_the_extra_bucket_does_not_flip_while_surplus_is_shed() -> None:
+    """2 → 3 replicas, 16 buckets: a and b hold 8 each and must shed 2 and 3 for c. If a sheds
+    first (6 left, b still 8), the extra bucket must stay a's: were it to pass to b, a would
+    shed a third one and b's drain of three, already under way, would hand one bucket to a
+    (six moved instead of five)."""
+    held = {i: ("a" if i < 8 else "b") for i in range(16)}
+    first = quotas(["a", "b", "c"], held)
+    shed = assign(["a", "b", "c"], held)
+    a_gives = [b for b in range(8) if shed[b] != "a"]
+    midway = {**held, **{b: "" for b in a_gives}}  # a released its surplus, b not yet
+    assert first == quotas(["a", "b", "c"], midway) == {"a": 6, "b": 5, "c": 5}
+    final = assign(["a", "b", "c"], midway)
+    assert [b for b in range(16) if final[b] != held[b]] == [b for b in range(16) if shed[b] != held[b]]
+    assert moves(held, final) == 5
