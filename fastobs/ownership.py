@@ -113,11 +113,13 @@ class Ownership:
         """Where the replay under way started (None: a relist, or none under way)."""
         self.synthetic: dict[str, str] = {}
         """Keys with a delete found by a relist queued: the resourceVersion it holds at."""
+        self.expired: str | None = None
+        """The start of the last replay the watch could not serve."""
         self.unlisted = False
-        """A bucket was caught up by a replay, which brings only the objects that changed
-        since its watermark: the tracker does not know the others yet, so a later relist
-        (after a 410) could not tell which of them were deleted. A relist once the replay
-        is over completes it."""
+        """A bucket is being caught up by a replay, which brings only the objects that changed
+        since its watermark, and the list of its objects as of then (``seeded``) has not
+        told the tracker the others: a later relist (after a 410) could not tell which of
+        them were deleted. A relist once the replay is over completes it."""
         self.counters = Counters()
         self.engine: EngineControl | None = None
         self.pool: DispatchControl | None = None
@@ -243,6 +245,7 @@ class Ownership:
         """The stream's callback: a watch from ``rv`` (None: a relist) is about to start, or
         the server said ``rv`` is too old (``expired``; a relist follows)."""
         if expired:
+            self.expired = rv
             self.progress.replay_expired()
             log.info("the API server's watch no longer has the changes since resourceVersion %s; "
                      "listing the objects as they were then, to find those deleted since", rv)
@@ -271,9 +274,12 @@ class Ownership:
         return b in self.progress.catching_up and self.states.get(b) in (State.OWNED, State.SUSPENDED)
 
     def seeded(self, rv: str, ok: bool) -> None:
-        """The list as of ``rv`` ended (``ok``) or failed: then deletes since ``rv`` of objects
-        this process did not know are out of reach."""
-        if not ok:
+        """The list as of ``rv`` ended (``ok``), or failed: then, when the watch could not replay
+        from ``rv`` either, deletes since ``rv`` of objects this process did not know are out
+        of reach."""
+        if ok and not self.awaiting:
+            self.unlisted = False  # every object of the buckets caught up is known now
+        if not ok and rv == self.expired:
             self.counters.history_expired += 1
             log.warning("the API server no longer has the changes since resourceVersion %s: objects "
                         "deleted since then without this process knowing them get no Deleted "

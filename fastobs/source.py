@@ -218,13 +218,18 @@ class Source:
         """Called with (rv, False) right before a rewound watch (rv None: a relist) is
         requested, and with (rv, True) when the server no longer has ``rv``."""
         self.on_seed: Callable[[Event], None] | None = None
-        """With it set, a replay the watch can no longer serve is followed, before the relist,
-        by a list of the objects as they were at the replay's start (served from storage,
-        which keeps more history than the watch): each of them is passed here."""
+        """With it set, a replay starts with a list of the objects as they were at its start
+        (``resourceVersionMatch=Exact``, served from storage, which keeps more history than
+        the watch), each of them passed here, so the sink knows every object of the replayed
+        past, not only those that changed; when the watch can no longer serve the replay, the
+        relist that replaces it is preceded by that list too."""
         self.on_seeded: Callable[[str, bool], None] | None = None
         """Called with (rv, ok) once that list ended, or failed (its history is gone too)."""
         self._seed: str | None = None
-        """The resourceVersion of the list :attr:`on_seed` gets before the next relist."""
+        """The resourceVersion of the list :attr:`on_seed` gets next (before the replay's
+        watch, or before the relist that replaces a replay the watch could not serve)."""
+        self._seeded: str | None = None
+        """The resourceVersion of the last list that :attr:`on_seed` got in full."""
 
     # ------------------------------------------------------------------ control
 
@@ -237,9 +242,9 @@ class Source:
         while True:
             if self._rewind is not None:
                 need_list = self._start_rewind() or need_list
+            if self._seed is not None:
+                await self._seed_list(self._seed)
             if need_list or self._relist_requested:
-                if self._seed is not None:
-                    await self._seed_list(self._seed)
                 await self._list_until_success()
                 if self._rewind is not None:
                     # Asked for during the list (which had no watch to interrupt): apply it
@@ -279,6 +284,8 @@ class Source:
         self._rv = self.stats.resource_version = rv
         self._listed = True
         self._replaying = rv
+        if self.on_seed is not None:
+            self._seed = rv  # the objects as of there first: the replay brings only changes
         return False
 
     async def server_filters(self, selector: str) -> bool:
@@ -409,9 +416,10 @@ class Source:
     async def _seed_list(self, rv: str) -> None:
         """The objects as they were at ``rv`` (``resourceVersionMatch=Exact``: the API server
         reads them from storage, which keeps its history for minutes after the watch cache
-        lost it, across an API server restart too), to :attr:`on_seed`. Deletes since ``rv``
-        that the watch can no longer replay are then found by the relist that follows, as
-        objects missing from it. One attempt: any failure leaves the relist on its own."""
+        lost it, across an API server restart too), to :attr:`on_seed`. With them the sink
+        knows what the replay from ``rv`` did not change, and when the watch can no longer
+        replay, deletes since ``rv`` are found by the relist that follows, as objects missing
+        from it. One attempt: on any failure the replay or relist goes on without it."""
         self._seed = None
         params = self._params()
         params.update(resourceVersion=rv, resourceVersionMatch="Exact")
@@ -425,8 +433,12 @@ class Source:
                 _, cont = self._emit_page(body, self.on_seed)
                 if not cont:
                     break
+                # The token carries the resourceVersion; the server refuses both together.
+                params.pop("resourceVersion", None)
+                params.pop("resourceVersionMatch", None)
                 params["continue"] = cont
             ok = True
+            self._seeded = rv
         except Failure as f:
             self.stats.count_error("list", f.kind)
             log.info("list of %s as of resourceVersion %s failed: %s", self._resource.resource, rv, f.message)
@@ -597,7 +609,7 @@ class Source:
             log.info("watch of %s: %s; relisting", self._resource.resource, f.message)
             if self._replaying is not None and self.on_rewind is not None:
                 self.on_rewind(self._replaying, True)
-                if self.on_seed is not None:
+                if self.on_seed is not None and self._seeded != self._replaying:
                     self._seed = self._replaying
             self._replaying = None
             return _Next.RELIST

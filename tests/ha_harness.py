@@ -301,6 +301,39 @@ class Replica:
                 os.kill(self.proc.pid, sig)
         return t
 
+    def tree(self) -> list[int]:
+        """The fastobs parent and every process below it: workers, commands (each in a process
+        group of its own) and what they started."""
+        from fastobs_run import children
+
+        out, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            todo.extend(children(pid))
+        return out
+
+    def freeze(self) -> tuple[float, list[int]]:
+        """SIGSTOP to the whole process tree, as a frozen pod or VM: the parent, its workers and
+        its commands. Returns the time and the pids stopped (thaw them with :meth:`thaw`)."""
+        t = time.time()
+        frozen: list[int] = []
+        for _ in range(3):  # a process forked meanwhile is caught by the next pass
+            for pid in self.tree():
+                if pid not in frozen:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGSTOP)
+                        frozen.append(pid)
+        return t, frozen
+
+    def thaw(self, pids: list[int]) -> float:
+        """SIGCONT to every process :meth:`freeze` stopped, all at once (commands included)."""
+        t = time.time()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        return t
+
     def kill(self) -> float:
         """A crash: SIGKILL to the parent and its workers (the commands have their own groups)."""
         t = self.signal(signal.SIGKILL, group=True)

@@ -742,3 +742,28 @@ async def test_throttled_watch_waits_for_retry_after_and_resumes(tmp_path: Any) 
     assert watches[1][0] - watches[0][0] >= 2.0
     assert src.stats.errors == {("watch", "server"): 1} and src.stats.relists == 0
     assert sink.events()[0].key == "n/p"
+
+
+@aio
+async def test_a_replay_starts_with_the_objects_as_they_were_at_its_start(k8s: Any, ns: str) -> None:
+    """A rewind to resourceVersion R (a bucket caught up in a group of replicas): first the
+    objects as they were at R (an exact list, served from storage), then the watch from R
+    with every change since, deletes included. So the sink knows the objects the replay does
+    not mention, and a later relist can tell which of them were deleted."""
+    for i in range(3):
+        made = await create_cm(k8s, ns, f"r-{i}")
+    at = made["metadata"]["resourceVersion"]
+    await create_cm(k8s, ns, "r-late")
+    await kubectl(k8s, "delete", "-n", ns, "cm/r-0")
+    async with source_for(k8s, "configmaps", ns, page_size=2) as (src, sink):
+        seeded: list[tuple[str, bool]] = []
+        src.on_seed = lambda ev: sink._add("seed", ev)
+        src.on_seeded = lambda rv, ok: seeded.append((rv, ok))
+        src.rewind(at)  # before the start: it replaces the first list
+        async with running(src.run()):
+            await sink.wait_for(lambda: len(sink.events()) == 2, "the replay's two changes")
+    order = [(w, a.type.value, a.name) for w, a in sink.calls if w in ("seed", "event")]
+    print(f"\nreplay from {at}: {order}")
+    assert sorted(order[:3]) == [("seed", "Sync", f"r-{i}") for i in range(3)]
+    assert order[3:] == [("event", "Added", "r-late"), ("event", "Deleted", "r-0")]
+    assert seeded == [(at, True)] and src.stats.list_requests == 2  # two pages, no relist
