@@ -20,7 +20,7 @@ from pathlib import Path
 
 import k8s_cluster as kc
 import pytest
-from ha_harness import Api, Group, Loader, Timing, check, first_start, settle, stop_everything
+from ha_harness import Api, Group, Invocation, Loader, Timing, check, first_start, settle, stop_everything
 
 pytestmark = pytest.mark.cluster
 T = Timing()
@@ -179,53 +179,64 @@ def test_kill_pause_and_partition_of_replicas(api: Api, hans: str, tmp_path: Pat
 
 
 def test_a_frozen_process_tree_runs_nothing_it_no_longer_owns(api: Api, hans: str, tmp_path: Path) -> None:
-    """Two replicas, four buckets, churn. SIGSTOP to b's whole process tree (the parent, its
-    workers and its commands, as a frozen pod) for twice the lease, then SIGCONT to all of it at
-    once. a takes b's buckets over meanwhile; once thawed, b starts no command under the epoch
-    it lost (its workers stop what was running on their own, since its Lease's deadline has
-    passed), wins nothing back by compare-and-swap, and later gets its share again by the
-    normal rebalancing. 0 lost final states; 0 commands started after the thaw under an older
-    epoch than one already started. Overlaps can only come from commands that were already
-    running when the tree froze (no Lease scheme stops those: docs/ha.md); prints how many and
-    how long they ran on after the thaw."""
-    group = Group(api, hans, tmp_path, lease="freeze", buckets=4, sleep_ms=(10, 80))
+    """B=1, b the leader, churn. SIGSTOP to b's whole process tree (the parent, its worker and
+    its running commands, as a frozen pod) for twice the lease, then SIGCONT to all of it at
+    once. a takes over meanwhile; once thawed, b starts no command under the epoch it lost (its
+    worker stops what was running on its own, since its Lease's deadline has passed) and wins
+    nothing back by compare-and-swap. 0 lost final states; 0 commands started after the thaw
+    under an older epoch than one already started. Overlaps can only come from commands that
+    were already running when the tree froze (no Lease scheme stops those: docs/ha.md); prints
+    how many and how long they ran on after the thaw (b's worker stops those still running at
+    once; a command whose work was done by the time of the thaw ends on its own first)."""
+    group = Group(api, hans, tmp_path, lease="freeze", buckets=1, sleep_ms=(100, 400))
     loader = Loader(api, hans, 100, rate=30, delete_share=0.08)
     loader.create_all()
     group.add("a")
     group.add("b")
-    group.start("a", "b")
-    group.wait_owned(["a", "b"])
+    group.start("b")
+    group.wait_owned(["b"])
+    group.start("a")
     group.wait_joined(["a", "b"])
     loader.start()
     group.note("churn starts")
     time.sleep(2.0)
-    frozen, pids = group.replicas["b"].freeze()
-    group.note(f"SIGSTOP b's whole tree ({len(pids)} processes)", frozen)
+    b = group.replicas["b"]
+    deadline = time.monotonic() + 10
+    while len(b.tree()) < 4 and time.monotonic() < deadline:  # parent, worker, a command and its sleep
+        time.sleep(0.01)
+    frozen, pids = b.freeze()
+    group.note(f"SIGSTOP b's whole tree ({len(pids)} processes: the parent, its worker, commands)", frozen)
     group.wait_owned(["a"], timeout=6 * T.lease_duration, balanced=False)
     group.note("a holds every bucket")
     time.sleep(max(0.0, frozen + 2 * T.lease_duration - time.time()))
-    thawed = group.note("SIGCONT to all of it", group.replicas["b"].thaw(pids))
-    group.wait_owned(["a", "b"], timeout=8 * T.lease_duration)
-    group.note("b is back; balanced")
-    time.sleep(1.0)
+    thawed = group.note("SIGCONT to all of it", b.thaw(pids))
+    time.sleep(2.0)
     loader.stop()
     group.note(f"churn stops ({dict(loader.ops)})")
     report, _ = settle(group, set(f"{hans}/{n}" for n in loader.names))
     runs = group.invocations()
     group.stop_all()
-    deadline = frozen + T.renew_deadline
-    late = [i for i in runs if i.replica == "b" and deadline < i.start < thawed]
-    caught = [(x, y) for x, y in report.overlaps
-              if any(i.replica == "b" and i.start < frozen for i in (x, y))]
-    ran_on = [max(i.end for i in pair if i.replica == "b" and i.start < frozen) - thawed for pair in caught]
+    late = [i for i in runs if i.replica == "b" and frozen + T.renew_deadline < i.start < thawed]
+    was_frozen = {str(pid) for pid in pids}
+
+    def frozen_mid_run(i: Invocation) -> bool:
+        return i.replica == "b" and i.pid in was_frozen and i.start < thawed
+
+    caught = [(x, y) for x, y in report.overlaps if frozen_mid_run(x) or frozen_mid_run(y)]
+    ran_on = [max(i.end for i in pair if frozen_mid_run(i)) - thawed for pair in caught]
+    mid_run = [i for i in runs if frozen_mid_run(i)]
+    stopped = [i for i in mid_run if i.status == "killed"]
     _print_report("frozen process tree", group, report.summary(),
-                  f"; b started while frozen past its deadline: {len(late)}; overlaps of commands "
+                  f"; b started while frozen past its deadline: {len(late)}; commands frozen mid-run: "
+                  f"{len(mid_run)}, {len(stopped)} of them stopped by b's worker at the thaw (the others "
+                  f"had done their work by then and ended first); overlaps of commands "
                   f"already running at the freeze: {len(caught)} (ran on {max(ran_on, default=0.0):.3f}s "
                   "after the thaw at most)")
     assert [pair for pair in report.overlaps if pair not in caught] == [], report.overlaps
     assert report.lost == [] and report.unterminated == [] and report.stale == [], report.summary()
     assert report.shared_epochs == [], report.shared_epochs
     assert late == []
+    assert mid_run, "no command of b was running when its tree froze"
 
 
 def _moved(before: dict[int, str], after: dict[int, str]) -> int:
