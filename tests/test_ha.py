@@ -152,7 +152,7 @@ def test_kill_pause_and_partition_of_replicas(api: Api, hans: str, tmp_path: Pat
     group.proxies["c"].heal()
     healed = group.note("proxy heals")
     group.wait_owned(["a", "b", "c"], timeout=8 * T.lease_duration)
-    group.note("c is back; balanced")
+    rejoined = group.note("c is back; balanced")
     time.sleep(1.0)
     loader.stop()
     group.note(f"churn stops ({dict(loader.ops)})")
@@ -170,6 +170,7 @@ def test_kill_pause_and_partition_of_replicas(api: Api, hans: str, tmp_path: Pat
     c_late = [i for i in runs if i.replica == "c" and cut + T.renew_deadline < i.start < healed]
     _print_report("kill, pause, partition", group, report.summary(),
                   f"; started after the deadline: paused b {len(b_late)}, cut-off c {len(c_late)}; "
+                  f"heal → c balanced again {rejoined - healed:.2f}s; "
                   f"/metrics: fenced transitions {fenced}, fencing durations observed {fencing}, "
                   f"takeovers {takeovers}")
     _assert_clean(group, report)
