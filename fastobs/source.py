@@ -244,6 +244,8 @@ class Source:
                 need_list = self._start_rewind() or need_list
             if self._seed is not None:
                 await self._seed_list(self._seed)
+                if self._rewind is not None:
+                    continue  # asked for during that list: apply it before anything else
             if need_list or self._relist_requested:
                 await self._list_until_success()
                 if self._rewind is not None:

@@ -767,3 +767,33 @@ async def test_a_replay_starts_with_the_objects_as_they_were_at_its_start(k8s: A
     assert sorted(order[:3]) == [("seed", "Sync", f"r-{i}") for i in range(3)]
     assert order[3:] == [("event", "Added", "r-late"), ("event", "Deleted", "r-0")]
     assert seeded == [(at, True)] and src.stats.list_requests == 2  # two pages, no relist
+
+
+@aio
+async def test_a_rewind_asked_for_during_a_replays_first_list_is_applied_before_the_watch(
+        k8s: Any, ns: str) -> None:
+    """A second bucket won while the list that opens a replay is being read (two acquisitions
+    in a row): its rewind must take effect before the watch starts, or the watch runs for
+    minutes without the sink knowing that replay began (its bucket's events dropped)."""
+    for i in range(3):
+        made = await create_cm(k8s, ns, f"w-{i}")
+    first = made["metadata"]["resourceVersion"]
+    older = str(int(first) - 1)
+    async with source_for(k8s, "configmaps", ns, page_size=2) as (src, sink):
+        rewound: list[str | None] = []
+        src.on_rewind = lambda rv, expired: rewound.append(rv)
+
+        def seed(ev: Event) -> None:
+            sink._add("seed", ev)
+            if rewound == [first] and sink.count("seed") == 1:
+                src.rewind(older)  # the second acquisition, while the first page is read
+
+        src.on_seed = seed
+        src.rewind(first)
+        async with running(src.run()):
+            await sink.wait_for(lambda: src.stats.watch_up, "the watch")
+            await create_cm(k8s, ns, "w-late")
+            await sink.wait_for(lambda: any(e.name == "w-late" for e in sink.events()), "the live event")
+    print(f"\nrewinds seen before the watch: {rewound}")
+    assert rewound == [first, older]
+    assert [e.name for e in sink.events()] == ["w-2", "w-late"]  # w-2 came at `first`: replayed
