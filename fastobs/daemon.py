@@ -57,6 +57,7 @@ FOREVER = 10 * 365 * 86400.0
 def run(settings: Settings) -> int:
     """Run fastobs until it must stop; returns the exit code (raises FastobsError)."""
     logs.setup(settings.run.log_format, settings.run.log_level, settings.run.verbosity)
+    spawn.no_inheritance()  # what our own parent left open stays out of --names commands
     try:
         import uvloop
 

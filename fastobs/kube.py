@@ -27,12 +27,47 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-import orjson
 
-from fastobs import __version__, credentials
-from fastobs.errors import ConfigError, KubectlError, ResourceError
-from fastobs.kube_errors import Endpoint, status_error, unreachable
+@contextlib.contextmanager
+def _system_cas_deferred() -> Iterator[None]:
+    """While aiohttp is imported, its two default TLS contexts skip loading the system's CA
+    bundle: each load parses ~140 certificates (50-300 ms of start-up, twice). fastobs
+    gives every https request its own context (``_Credentials._build_ssl``), so the
+    defaults serve only a plain-http server's requests (an https proxy's handshake), and
+    :func:`_load_deferred_cas` loads the bundle into them before any such request."""
+    original = ssl.SSLContext.set_default_verify_paths
+    ssl.SSLContext.set_default_verify_paths = lambda self: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        ssl.SSLContext.set_default_verify_paths = original  # type: ignore[method-assign]
+
+
+with _system_cas_deferred():
+    import aiohttp  # noqa: E402 - first imported here (kube comes before source and the others)
+import orjson  # noqa: E402
+
+_DEFERRED_CAS = threading.Lock()
+_deferred_cas_loaded = False
+
+
+def _load_deferred_cas() -> None:
+    """Load the system CA bundle into aiohttp's default contexts, as its import would have."""
+    global _deferred_cas_loaded
+    with _DEFERRED_CAS:
+        if _deferred_cas_loaded:
+            return
+        from aiohttp import connector
+
+        for ctx in (connector._SSL_CONTEXT_VERIFIED, connector._SSL_CONTEXT_UNVERIFIED):
+            if ctx is not None:
+                ctx.set_default_verify_paths()
+        _deferred_cas_loaded = True
+
+
+from fastobs import __version__, credentials  # noqa: E402
+from fastobs.errors import ConfigError, KubectlError, ResourceError  # noqa: E402
+from fastobs.kube_errors import Endpoint, status_error, unreachable  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +224,7 @@ class _Credentials:
         if files == self._ssl_files:
             return  # same files: keep the context so pooled connections stay reusable
         if not cfg.host.startswith("https"):
+            _load_deferred_cas()  # aiohttp's default context may serve an https proxy
             self.ssl, self._ssl_files = True, files
             return
         try:

@@ -86,7 +86,7 @@ class Runner:
         # does); stdin and the object file get the server's bytes as they are.
         self._needs_object = bool(settings.object_env_var)
         # Kept as bytes: os.environ decodes every variable on each copy (~16 us), and
-        # Popen encodes every str key and value again on each spawn (~2 us a variable);
+        # posix_spawn would encode every str key and value again on each spawn;
         # a dict of bytes copies in ~0.1 us and goes to execve as it is.
         self._base_env: dict[bytes, bytes] = dict(os.environb)
         if settings.identity:

@@ -5,7 +5,7 @@ parent by the socket ``FD``. In: CONFIG then RUN/STOP frames. Out: HELLO, BEGUN,
 OUTPUT, TICK and FATAL frames (see ``protocol``).
 
 Threading model: one uvloop loop; a task per job, gated by a semaphore. Commands are
-spawned with Popen + pidfd (``spawn``), never with the loop's subprocess support.
+spawned with posix_spawn + pidfd (``spawn``), never with the loop's subprocess support.
 
 Invariants: never more than ``concurrency`` children at once; jobs start in the order
 they arrive; in a group of replicas no command starts after the deadline of the last LEASE
@@ -287,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     # Orphans of our commands come to us (not init): when we die they go on to the parent,
     # which stops them before the keys they belonged to run again.
     spawn.become_subreaper()
+    spawn.no_inheritance()  # our socket to the parent, above all, stays out of commands
     try:
         import uvloop
 

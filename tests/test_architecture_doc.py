@@ -125,7 +125,8 @@ def _drain_fraction() -> str:
 
 
 def test_commands_start_as_the_doc_says() -> None:
-    """The doc names the Popen option that gives each command its own process group."""
+    """The doc names the call that starts commands and says each gets its own process group
+    (``setpgroup=0``, not a new session)."""
     code = inspect.getsource(spawn)
-    assert "process_group=0" in code and "start_new_session" not in code
-    assert "`subprocess.Popen(..., process_group=0)`" in DOC and "start_new_session" not in DOC
+    assert "os.posix_spawnp(" in code and "setpgroup=0" in code and "setsid=" not in code
+    assert "`os.posix_spawnp` in a new process group" in DOC and "start_new_session" not in DOC

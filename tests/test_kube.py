@@ -664,3 +664,35 @@ def test_kubeconfig_files_merge_first_wins_like_kubectl(tmp_path: Path) -> None:
     (tmp_path / "bad").write_text("clusters: [\n")
     assert credentials.load_kubeconfig(str(tmp_path / "bad"), "") is None
     assert credentials.load_kubeconfig(str(a), "missing") is None
+
+
+def test_aiohttp_default_tls_contexts_get_the_system_cas_before_a_plain_http_server(tmp_path: Path) -> None:
+    """Importing fastobs.kube skips aiohttp's two loads of the system CA bundle at its
+    import (start-up time); every https request gets fastobs's own context, and a plain-http
+    server (whose requests may still use aiohttp's default context, through an https proxy)
+    gets the bundle loaded before its first request. Fresh interpreters: the import is what
+    is tested."""
+    probe = (
+        "import asyncio, ssl, sys\n"
+        "from fastobs.kube import KubeClient\n"
+        "from aiohttp import connector\n"
+        "before = connector._SSL_CONTEXT_VERIFIED.cert_store_stats()['x509_ca']\n"
+        "system = ssl.create_default_context().cert_store_stats()['x509_ca']\n"
+        "async def main():\n"
+        "    c = await KubeClient.connect(server=sys.argv[1])\n"
+        "    await c.close()\n"
+        "asyncio.run(main())\n"
+        "after = connector._SSL_CONTEXT_VERIFIED.cert_store_stats()['x509_ca']\n"
+        "print(before, system, after)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"} | {"HOME": str(tmp_path)}
+    for server, loads in (("http://127.0.0.1:1", True), ("https://127.0.0.1:1", False)):
+        res = subprocess.run([sys.executable, "-c", probe, server], env=env, capture_output=True,
+                             text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        before, system, after = map(int, res.stdout.split())
+        print(f"{server}: aiohttp's default context holds {before} CAs after the import, {after} "
+              f"after connect; a default context holds {system}")
+        assert system > 0, "the system has no CA bundle to test with"
+        assert before == 0
+        assert after == (system if loads else 0)

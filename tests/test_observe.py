@@ -301,6 +301,55 @@ def test_once_with_empty_list(k8s, ns) -> None:
     assert res.stdout == ""
 
 
+def test_commands_inherit_only_stdio_and_default_sigpipe(k8s, ns, tmp_path: Path) -> None:
+    """A descriptor fastobs itself inherited (left open by whoever started it) and the
+    workers' sockets never reach a command, and a command gets SIGPIPE back at its default
+    (Python ignores it), so `yes | head` pipelines in commands end as they should."""
+    make_cms(k8s, ns, 3)
+    script = tmp_path / "fds.sh"
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    # The shell records the signal state it was given (Python, below, would report its
+    # own), then becomes Python to probe descriptors: dash's redirections open their own,
+    # and the probe opens nothing before it looks.
+    probe = tmp_path / "fds.py"
+    probe.write_text(
+        "import fcntl, sys\n"
+        "def is_open(fd):\n"
+        "    try:\n"
+        "        fcntl.fcntl(fd, fcntl.F_GETFD)\n"
+        "        return True\n"
+        "    except OSError:\n"
+        "        return False\n"
+        "fds = [fd for fd in range(1024) if is_open(fd)]\n"
+        "open(sys.argv[1], 'w').write(' '.join(map(str, fds)))\n"
+        "blocked = [l for l in open('/proc/self/status') if l.startswith('SigBlk')]\n"
+        "open(sys.argv[1] + '.blk', 'w').write(blocked[0])\n")
+    script.write_text(f'#!/bin/sh\ngrep -E "^SigIgn" /proc/$$/status > {out_dir}/"$2".sig\n'
+                      f'exec {sys.executable} {probe} {out_dir}/"$2".fds\n')
+    script.chmod(0o755)
+    leaked_r, leaked_w = os.pipe()
+    os.set_inheritable(leaked_w, True)
+    try:
+        res = subprocess.run(
+            [sys.executable, "-m", "fastobs", "cm", "-n", ns, "--once", NO_METRICS, "--workers", "2",
+             "--", str(script)],
+            env=k8s.env, capture_output=True, text=True, timeout=90, pass_fds=(leaked_w,))
+    finally:
+        os.close(leaked_r)
+        os.close(leaked_w)
+    assert res.returncode == 0, res.stderr
+    for i in range(3):
+        fds = sorted(int(x) for x in (out_dir / f"cm{i}.fds").read_text().split())
+        sig = dict(ln.split(":\t") for ln in (out_dir / f"cm{i}.sig").read_text().splitlines())
+        sig.update(ln.split(":\t") for ln in (out_dir / f"cm{i}.fds.blk").read_text().splitlines())
+        print(f"cm{i}: descriptors {fds}, {sig} (fastobs inherited fd {leaked_w})")
+        assert fds == [0, 1, 2]
+        ignored = int(sig["SigIgn"], 16)
+        assert not ignored & (1 << (13 - 1)), "SIGPIPE is ignored in the command"
+        assert int(sig["SigBlk"], 16) == 0
+
+
 def test_unknown_resource(k8s) -> None:
     res = run_fastobs(k8s.env, "foos", "--once")
     assert res.returncode == 1
