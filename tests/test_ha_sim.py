@@ -1,0 +1,118 @@
+"""The group protocol over random schedules: fastobs's own coordinator, ownership, watermark,
+tracker, key queue and worker fence, driven in virtual time by tests/ha_sim.py with several
+replicas, an in-memory Lease store with compare-and-swap, and random crashes, pauses longer
+than the lease, partitions, slow requests, watch lag, joins and leaves.
+
+Each schedule checks, at every command start and every 50 ms of virtual time: no two replicas
+may dispatch (or run a command) in one bucket at once; no watermark passes an event accepted
+and not run; every watermark written into a Lease is backed by what ran. At its end (faults
+healed, the group settled): every bucket has exactly one live owner, balanced; every object's
+final state ran. ``FASTOBS_SIM_SCHEDULES`` sets how many random schedules the sweep runs.
+
+The seeds named below are schedules that once failed; each says what was wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import ha_sim
+import pytest
+
+SHORT = ha_sim.Params(duration=15.0, settle=20.0, keys=12, faults=3)
+"""A short schedule: 15 s of load with three faults; about 0.2 s of real time."""
+
+SAFETY = ("exclusive", "live")
+"""Never two replicas in a bucket at once; every bucket owned, balanced, once the faults end."""
+PROGRESS = ("watermark", "complete")
+"""Watermarks backed by what ran; every final state run."""
+OPEN = "1000, 1073, 1085, 1106"
+"""Schedules that still lose a final state (see test_random_schedules_lose_nothing)."""
+
+
+def _sweep(seeds: range, params: ha_sim.Params) -> tuple[dict[str, int], list[str], ha_sim.Figures]:
+    kinds: dict[str, int] = {}
+    failures: list[str] = []
+    total = ha_sim.Figures()
+    for seed in seeds:
+        world = ha_sim.run(seed, params)
+        for kind, n in world.kinds.items():
+            kinds[kind] = kinds.get(kind, 0) + n
+        if world.violations:
+            failures.append(f"seed {seed}: {world.violations[0]} (+{len(world.violations) - 1} more)")
+        f = world.figures
+        total.schedules += 1
+        total.commands += f.commands
+        total.fenced_commands += f.fenced_commands
+        total.takeovers += f.takeovers
+        total.fences += f.fences
+        total.resumes += f.resumes
+        total.releases += f.releases
+        total.changes += f.changes
+        total.unsettled += f.unsettled
+        total.virtual_seconds += f.virtual_seconds
+        for kind, n in f.faults.items():
+            total.faults[kind] = total.faults.get(kind, 0) + n
+    return kinds, failures, total
+
+
+def _report(what: str, seconds: float, total: ha_sim.Figures, kinds: dict[str, int]) -> None:
+    print(f"{what}: {total.schedules} schedules, {total.virtual_seconds:.0f} virtual s in {seconds:.1f} s; "
+          f"faults {dict(sorted(total.faults.items()))}; {total.changes} object changes, "
+          f"{total.commands} commands ({total.fenced_commands} stopped by fencing), "
+          f"{total.takeovers} takeovers, "
+          f"{total.fences} fencings, {total.resumes} resumptions, {total.releases} releases, "
+          f"{total.unsettled} unsettled; violations {kinds or 0}")
+
+
+@pytest.fixture(scope="module")
+def sweep() -> tuple[dict[str, int], list[str], ha_sim.Figures]:
+    count = int(os.environ.get("FASTOBS_SIM_SCHEDULES", "120"))
+    began = time.monotonic()
+    kinds, failures, total = _sweep(range(1000, 1000 + count), SHORT)
+    _report("random schedules", time.monotonic() - began, total, kinds)
+    return kinds, failures, total
+
+
+def test_random_schedules_never_overlap_and_always_converge(
+        sweep: tuple[dict[str, int], list[str], ha_sim.Figures]) -> None:
+    kinds, failures, total = sweep
+    assert total.takeovers and total.fences and total.resumes, "the faults must cause takeovers and fencing"
+    assert not any(kinds.get(k) for k in SAFETY), "\n".join(failures[:10])
+
+
+@pytest.mark.xfail(reason=f"open: seeds {OPEN} lose a final state: a delete made between the end of a "
+                          "replay and the list that completes it, and a state stopped by fencing in a bucket "
+                          "being drained", strict=False)
+def test_random_schedules_lose_nothing(sweep: tuple[dict[str, int], list[str], ha_sim.Figures]) -> None:
+    kinds, failures, _ = sweep
+    assert not any(kinds.get(k) for k in PROGRESS), "\n".join(failures[:10])
+
+
+def test_long_schedules_with_more_replicas() -> None:
+    params = ha_sim.Params(replicas=4, buckets=16, duration=40.0, faults=6)
+    began = time.monotonic()
+    kinds, failures, total = _sweep(range(1, 11), params)
+    _report("long schedules", time.monotonic() - began, total, kinds)
+    assert not any(kinds.get(k) for k in SAFETY), "\n".join(failures[:10])
+
+
+def test_a_bucket_won_after_the_lease_ran_out_starts_suspended() -> None:
+    """Seed 18: a takeover's compare-and-swap was answered after the replica's Lease had run
+    out (a slow API server); the bucket came in owned, another replica took it over from the
+    lapsed replica, and the first renewal after that let both dispatch in it."""
+    world = ha_sim.run(18, SHORT)
+    f = world.figures
+    print(f"violations: {world.kinds or 0}; {f.takeovers} takeovers, {f.fences} fencings")
+    assert not world.violations, world.violations[:5]
+
+
+def test_a_restarted_identity_takes_its_old_buckets_over_with_their_watermarks() -> None:
+    """Seed 40: a replica restarted under the same identity took its member Lease over, then its
+    old buckets before its watch had seen that write; the fresh read showed the Lease held by
+    itself, so the takeover used no watermark: it ran every object again and relisted, and
+    deletes made while no replica ran were lost."""
+    world = ha_sim.run(40, SHORT)
+    print(f"violations: {world.kinds or 0}; {world.figures.takeovers} takeovers")
+    assert not world.violations, world.violations[:5]
