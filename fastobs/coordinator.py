@@ -120,7 +120,9 @@ def group_config(settings: Settings, resource: str, scope: str) -> str:
     import hashlib
 
     selectors = hashlib.sha256(f"{settings.selector}\0{settings.field_selector}".encode()).hexdigest()[:12]
-    return (f"v1;buckets={settings.buckets};key={settings.shard_key};resource={resource};"
+    # v2: the name key is mixed before it is cut into ranges (buckets.mix64); a group must not
+    # mix the two, or its replicas would disagree on which objects a bucket holds.
+    return (f"v2;buckets={settings.buckets};key={settings.shard_key};resource={resource};"
             f"scope={scope};sel={selectors}")
 
 
