@@ -27,8 +27,6 @@ SAFETY = ("exclusive", "live")
 """Never two replicas in a bucket at once; every bucket owned, balanced, once the faults end."""
 PROGRESS = ("watermark", "complete")
 """Watermarks backed by what ran; every final state run."""
-OPEN = "1000, 1073, 1085, 1106"
-"""Schedules that still lose a final state (see test_random_schedules_lose_nothing)."""
 
 
 def _sweep(seeds: range, params: ha_sim.Params) -> tuple[dict[str, int], list[str], ha_sim.Figures]:
@@ -82,9 +80,10 @@ def test_random_schedules_never_overlap_and_always_converge(
     assert not any(kinds.get(k) for k in SAFETY), "\n".join(failures[:10])
 
 
-@pytest.mark.xfail(reason=f"open: seeds {OPEN} lose a final state: a delete made between the end of a "
-                          "replay and the list that completes it, and a state stopped by fencing in a bucket "
-                          "being drained", strict=False)
+@pytest.mark.xfail(reason="open: a few schedules lose a final state (a delete made between the end of a "
+                          "replay and the list that completes it; a graceful exit whose release timed out; a "
+                          "state stopped by fencing in a bucket being drained); failures name their seeds",
+                   strict=False)
 def test_random_schedules_lose_nothing(sweep: tuple[dict[str, int], list[str], ha_sim.Figures]) -> None:
     kinds, failures, _ = sweep
     assert not any(kinds.get(k) for k in PROGRESS), "\n".join(failures[:10])
@@ -104,7 +103,8 @@ def test_a_draining_bucket_takes_no_delete_made_up_by_a_relist() -> None:
     for each; one was accepted and ran after the drain had found the bucket idle, while the
     bucket's next owner already dispatched in it (and the object still existed)."""
     world = ha_sim.run(152, SHORT)
-    print(f"violations: {world.kinds or 0}; {world.figures.releases} releases, {world.figures.takeovers} takeovers")
+    f = world.figures
+    print(f"violations: {world.kinds or 0}; {f.releases} releases, {f.takeovers} takeovers")
     assert not world.kinds.get("exclusive"), world.violations[:5]
 
 
@@ -116,3 +116,57 @@ def test_a_restarted_identity_takes_its_old_buckets_over_with_their_watermarks()
     world = ha_sim.run(156, SHORT)
     print(f"violations: {world.kinds or 0}; {world.figures.takeovers} takeovers")
     assert not world.violations, world.violations[:5]
+
+
+def test_a_bucket_won_after_the_lease_ran_out_starts_suspended() -> None:
+    """A takeover's compare-and-swap answered after the replica's Lease had run out (a slow
+    API server; found by the random schedules before the name key was mixed, seed 18): the
+    bucket came in owned, another replica took it over from the lapsed replica, and the first
+    renewal after that let both dispatch in it. Now such a bucket starts suspended and a
+    resumption answered late leaves it suspended: only a compare-and-swap made while the Lease
+    is valid lets it dispatch again."""
+    from fastobs.lease import Lease
+    from fastobs.ownership import State
+
+    world = ha_sim.World(7, ha_sim.Params(replicas=1, buckets=4))
+
+    async def scenario() -> tuple[State | None, State | None]:
+        r = await world.add_replica()
+        while len(r.own.states) < 4:
+            await ha_sim.asyncio.sleep(0.1)
+        c = r.c
+
+        def lapse_and_win() -> State | None:
+            record = c.records[2]
+            c.ownership.release(2)
+            c.valid_until = r.clock() - 0.1  # the answer came after the deadline
+            c._won(2, record, None, "takeover")
+            return c.ownership.states.get(2)
+
+        won = r.within(lapse_and_win)
+        record = c.records[2]
+        written = Lease.from_json(record.to_json())
+        written.resource_version = str(int(record.resource_version) + 1)
+        c.leases = _AnsweredLate(written, r)  # type: ignore[assignment]
+        await r.context.run(ha_sim.asyncio.ensure_future, c._resume(2))
+        return won, c.ownership.states.get(2)
+
+    with ha_sim.patched():
+        try:
+            won, resumed = world.loop.run_until_complete(scenario())
+        finally:
+            ha_sim._shutdown(world)
+    print(f"won after the deadline: {won}; resumed with a late answer: {resumed}")
+    assert won is State.SUSPENDED
+    assert resumed is State.SUSPENDED
+
+
+class _AnsweredLate:
+    """A Lease client whose update is applied, but answered after the Lease's deadline."""
+
+    def __init__(self, written: object, replica: ha_sim.Replica) -> None:
+        self.written, self.r = written, replica
+
+    async def update(self, lease: object, deadline: float) -> object:
+        self.r.c.valid_until = self.r.clock() - 0.1
+        return self.written
