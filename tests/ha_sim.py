@@ -312,9 +312,9 @@ class LeaseWatch:
         world = self.r.world
         world.store.watchers.append(self)
         try:
-            while True:
+            while not self.r.dead:
                 await self._list()
-                while not self.r.partitioned and not self.r.paused:
+                while not self.r.partitioned and not self.r.paused and not self.r.dead:
                     if not self.queue:
                         self.wake.clear()
                         with contextlib.suppress(TimeoutError):
@@ -732,6 +732,7 @@ class Replica:
     def crash(self) -> None:
         """SIGKILL: the parent is gone; the workers see it and kill their commands."""
         self.dead = True
+        self.c.stopping = True  # its loops end even where a cancellation is swallowed (wait_for)
         self._resumed.set()
         self._reachable.set()
         for task in self.tasks:
