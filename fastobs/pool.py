@@ -460,8 +460,11 @@ class Pool:
         frames: list[bytes] = []
         now = time.monotonic()
         gate = self.start_gate
+        # Counted once, then kept up here: nothing else starts or ends a job during this loop
+        # (summing every worker's in-flight jobs per event would cost the event path).
+        busy = self.in_flight() if gate is not None else 0
         while len(w.inflight) < self.capacity:
-            if gate is not None and not gate(self.in_flight()):
+            if gate is not None and not gate(busy):
                 self._held = True
                 break
             ev = q.pop()
@@ -473,6 +476,7 @@ class Pool:
                 continue
             job_id = next(self._ids)
             w.inflight[job_id] = ev
+            busy += 1
             ev.dispatched = now
             self.handler.on_dispatch(ev)
             job: protocol.Job = {

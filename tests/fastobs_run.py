@@ -7,6 +7,7 @@ command received. ``run_fastobs`` runs ``python -m fastobs`` as a subprocess.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -168,19 +169,24 @@ def http_get(port: int, path: str) -> tuple[int, str]:
         return 0, ""
 
 
+def children(pid: int) -> list[int]:
+    """Pids of the child processes of ``pid``, whichever of its threads started them."""
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                out += [int(p) for p in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    return out
+
+
 def worker_pids(parent: int) -> list[int]:
     """Pids of the fastobs worker processes whose parent is ``parent``."""
     pids = []
-    for task in os.listdir(f"/proc/{parent}/task"):
+    for pid in children(parent):
         try:
-            children = Path(f"/proc/{parent}/task/{task}/children").read_text().split()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        for pid in map(int, children):
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"fastobs.worker" in cmdline:
-                pids.append(pid)
+        if b"fastobs.worker" in cmdline:
+            pids.append(pid)
     return pids

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastobs_run import children
 
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,15 +155,6 @@ class PodRun:
                 time.sleep(0.05)
         with contextlib.suppress(PodRunError, subprocess.TimeoutExpired):
             buildah("rm", self.container, timeout=60)
-
-
-def children(pid: int) -> list[int]:
-    out: list[int] = []
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError):
-                out += [int(p) for p in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
-    return out
 
 
 def proc_stat(pid: int) -> tuple[str, str, int] | None:

@@ -20,6 +20,8 @@ import threading
 import time
 from pathlib import Path
 
+from fastobs_run import children
+
 MARK = "FASTOBS_FAULT_MARK"
 
 
@@ -69,13 +71,6 @@ def rss_kib(pid: int) -> int:
     except OSError:
         pass
     return 0
-
-
-def children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
 
 
 class PeakRss:

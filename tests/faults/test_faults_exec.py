@@ -19,30 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastobs_run import fastobs_argv, free_port, http_get
+from fastobs_run import fastobs_argv, free_port, http_get, wait_until, worker_pids
 from faultlib import Fastobs, InvocationLog, Writer, apply_values, check, in_background, report
-from leftovers import PeakRss, children, marked, object_files, processes_with, wait_gone
+from leftovers import PeakRss, marked, object_files, processes_with, wait_gone
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
-
-
-def workers_of(pid: int) -> list[int]:
-    """The worker processes of fastobs ``pid`` (its children running ``fastobs.worker``)."""
-    found = []
-    for child in children(pid):
-        try:
-            if b"fastobs.worker" in Path(f"/proc/{child}/cmdline").read_bytes():
-                found.append(child)
-        except OSError:
-            pass
-    return found
-
-
-def wait_for(what: str, check_: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check_():
-        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
-        time.sleep(0.05)
 
 
 def wait_final(fo: Fastobs, log: InvocationLog, final: dict[str, str], timeout: float = 60) -> list[Any]:
@@ -92,7 +73,7 @@ def test_repeated_worker_sigkills_lose_nothing(k8s: Any, ns: str, tmp_path: Path
         with in_background(churn):
             for _ in range(6):
                 time.sleep(0.4)
-                workers = workers_of(fo.proc.pid)
+                workers = worker_pids(fo.proc.pid)
                 if workers:
                     os.kill(rng.choice(workers), signal.SIGKILL)
                     kills += 1
@@ -201,7 +182,7 @@ def test_parent_sigkill_leaves_no_process_and_no_file(k8s: Any, ns: str, tmp_pat
         keys = {f"{ns}/{n}" for n in names}
         log.wait_for("every command to start", lambda runs: {r.key for r in runs} >= keys)
         # fastobs, 2 workers, 9 commands, each with one sleep, and the 3 daemons' sleeps
-        wait_for("the daemons", lambda: len(processes_with(mark)) >= 1 + 2 + 9 + 9 + 3)
+        wait_until("the daemons", lambda: len(processes_with(mark)) >= 1 + 2 + 9 + 9 + 3)
         running = len(processes_with(mark)) - 1  # the parent itself carries the marker
         files = object_files(fo.proc.pid)
         fo.proc.kill()
@@ -230,7 +211,7 @@ def test_a_hung_worker_is_replaced_and_its_keys_run(k8s: Any, ns: str, tmp_path:
         fo.wait_ready()
         keys = {f"{ns}/{n}" for n in names}
         log.wait_for("every key's first run", lambda runs: keys <= {r.key for r in runs if r.end})
-        victim = workers_of(fo.proc.pid)[0]
+        victim = worker_pids(fo.proc.pid)[0]
         os.kill(victim, signal.SIGSTOP)
         stopped = time.monotonic()
         with Writer(k8s) as writer:
