@@ -3,7 +3,8 @@ events per replica with client- and server-side filtering, and a long churn unde
 
 usage: bench/ha.py [--quick] [--json FILE] [SCENARIO ...]
 
-Scenarios (all by default): ``failover``, ``restart``, ``scale``, ``filtering``, ``churn``.
+Scenarios (all by default): ``failover``, ``restart``, ``scale``, ``filtering``, ``churn``,
+``steady``.
 Each starts what it needs on a kube-apiserver + etcd of its own (``tests/k8s_cluster.py``,
 with the ``ShardedListAndWatch`` feature gate) and real fastobs processes on loopback
 (``tests/ha_harness.py``). ``--quick`` shrinks every workload (the 10,000-object restart
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import random
 import secrets
 import shutil
 import statistics
@@ -334,8 +337,76 @@ def churn(api: Api, base: Path, quick: bool) -> list[Row]:
              "shared_epochs": len(report.shared_epochs), "check": report.summary()}]
 
 
+def steady(api: Api, base: Path, quick: bool) -> list[Row]:
+    """Three replicas, 16 buckets, a constant write rate (50 patches/s over 500 objects) for
+    60 s, no faults: lag from a write (its answer) to the start of the first command that saw
+    it or a later state (p50, p99), each replica's share of the commands, overlaps and lost
+    final states."""
+    seconds, rate = (15.0 if quick else 60.0), 50.0
+    ns = _ns(api, "steady")
+    group = Group(api, ns, _workdir(base, "steady"), lease="steady", buckets=16, sleep_ms=(5, 20))
+    loader = Loader(api, ns, 200 if quick else 500)
+    loader.create_all(threads=16)
+    for name in ("a", "b", "c"):
+        group.add(name)
+    group.start("a", "b", "c")
+    group.wait_owned(["a", "b", "c"], timeout=180)
+    every = {f"{ns}/{n}" for n in loader.names}
+    settle(group, every, timeout=300)
+    load_before = os.getloadavg()[0]
+    writes: list[tuple[str, int, float]] = []
+    rng = random.Random(7)
+    began = time.time()
+    next_t = time.monotonic()
+    end = next_t + seconds
+    while time.monotonic() < end:
+        name = rng.choice(loader.names)
+        loader.counter += 1
+        status, body = api.request("PATCH", f"/api/v1/namespaces/{ns}/configmaps/{name}",
+                                   {"data": {"n": str(loader.counter)}}, "application/merge-patch+json")
+        if status == 200:
+            writes.append((f"{ns}/{name}", int(body["metadata"]["resourceVersion"]), time.time()))
+        next_t += 1.0 / rate
+        delay = next_t - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        else:
+            next_t = time.monotonic()
+    load_during = os.getloadavg()[0]
+    report, _ = settle(group, every, timeout=300)
+    runs = [r for r in group.invocations() if r.start >= began and r.rv.isdigit()]
+    seen: dict[str, list[tuple[int, float]]] = {}
+    for r in runs:
+        seen.setdefault(r.key, []).append((int(r.rv), r.start))
+    lags: list[float] = []
+    unseen = 0
+    for key, rv, at in writes:
+        starts = [start for run_rv, start in seen.get(key, []) if run_rv >= rv]
+        if starts:
+            lags.append(min(starts) - at)
+        else:
+            unseen += 1
+    lags.sort()
+    share = Counter(r.replica for r in runs)
+    holders = Counter(h.split("@")[0] for h in group.holders().values())
+    group.stop_all()
+
+    def pct(q: float) -> float:
+        return round(1000 * lags[min(len(lags) - 1, int(q * len(lags)))], 1) if lags else float("nan")
+
+    return [{"scenario": "steady", "seconds": seconds, "rate_goal": rate,
+             "rate": round(len(writes) / seconds, 1),
+             "writes": len(writes), "commands": len(runs), "lag_p50_ms": pct(0.50), "lag_p99_ms": pct(0.99),
+             "lag_max_ms": pct(1.0), "writes_never_run": unseen,
+             "share": {n: round(share[n] / max(1, len(runs)), 3) for n in sorted(share)},
+             "buckets": dict(sorted(holders.items())), "overlaps": len(report.overlaps),
+             "lost": len(report.lost),
+             "loadavg_1m": [round(load_before, 2), round(load_during, 2)], "check": report.summary()}]
+
+
 SCENARIOS: dict[str, Callable[[Api, Path, bool], list[Row]]] = {
     "failover": failover, "restart": restart, "scale": scale, "filtering": filtering, "churn": churn,
+    "steady": steady,
 }
 
 

@@ -18,6 +18,12 @@ hex digits, the end of the space as ``0x10000000000000000``.
 
 Invariant: for every hash h and every B, h lies in the range of ``bucket_of(h, B)`` and in no
 other bucket's range (tested exhaustively at the edges and against the apiserver's own code).
+
+The ``name`` key, which the server cannot filter on, is mixed before it is cut into ranges
+(:func:`mix64`): FNV-1a's high bits hardly depend on the last bytes of its input, so names that
+differ only in a suffix (``web-0`` … ``web-499``, one namespace) would fall into two or three of
+16 buckets, whatever the number of replicas. ``uid`` and ``namespace`` keep the server's exact
+ranges (a uid is random; namespaces with a common prefix share that weakness on the server too).
 """
 
 from __future__ import annotations
@@ -44,6 +50,14 @@ def fnv1a64(data: bytes) -> int:
     for byte in data:
         h = ((h ^ byte) * FNV_PRIME) & _MASK
     return h
+
+
+def mix64(h: int) -> int:
+    """splitmix64's finalizer: a bijection on 64 bits in which every input bit moves the high
+    bits, so ranges of its output spread inputs that differ only in their last bytes."""
+    h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK
+    return h ^ (h >> 31)
 
 
 def bucket_of(h: int, buckets: int) -> int:
@@ -116,4 +130,5 @@ class Bucketer:
         if self.buckets == 1:
             return 0
         value = key_value(self.key, object_key, namespace, uid)
-        return bucket_of(fnv1a64(value.encode("utf-8", "surrogateescape")), self.buckets)
+        h = fnv1a64(value.encode("utf-8", "surrogateescape"))
+        return bucket_of(mix64(h) if self.key == "name" else h, self.buckets)

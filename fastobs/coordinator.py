@@ -120,7 +120,9 @@ def group_config(settings: Settings, resource: str, scope: str) -> str:
     import hashlib
 
     selectors = hashlib.sha256(f"{settings.selector}\0{settings.field_selector}".encode()).hexdigest()[:12]
-    return (f"v1;buckets={settings.buckets};key={settings.shard_key};resource={resource};"
+    # v2: the name key is mixed before it is cut into ranges (buckets.mix64); a group must not
+    # mix the two, or its replicas would disagree on which objects a bucket holds.
+    return (f"v2;buckets={settings.buckets};key={settings.shard_key};resource={resource};"
             f"scope={scope};sel={selectors}")
 
 
@@ -588,6 +590,11 @@ class Coordinator:
                         self.observe(fresh)  # it renewed after all
                         return
                     member = fresh
+                elif self._predecessor is not None and self._predecessor.holder == record.holder:
+                    # This process took its identity's member Lease over from that holder (the
+                    # view has not caught up with that write yet): its last watermarks are
+                    # those the Lease had then.
+                    member = self._predecessor
             else:
                 current = await self.leases.list(f"{GROUP_LABEL}={self.group},{ROLE_LABEL}={MEMBER}",
                                                  self._timeout())
@@ -627,6 +634,11 @@ class Coordinator:
         log.info("%s bucket %d (epoch %d, resuming after resourceVersion %s)", reason, b, written.transitions,
                  floor if floor is not None else "none: running all its objects",
                  extra={"bucket": b, "epoch": written.transitions})
+        if clock() >= self.valid_until:
+            # The write was answered after this replica's Lease ran out: others may take it for
+            # dead and the bucket over before it renews again, so the bucket starts suspended
+            # and is won back by a compare-and-swap after the next renewal, like the others.
+            self._fence(f"bucket {b} was won after the member Lease's deadline")
 
     async def _resume(self, b: int) -> None:
         """Win a suspended bucket back with a compare-and-swap, or learn that it was taken."""
@@ -650,6 +662,10 @@ class Coordinator:
             return
         self.records[b] = written
         self.observe(written)
+        if clock() >= self.valid_until:
+            # Answered after the Lease ran out (see _won): it stays suspended; the next renewal
+            # tries again from this write.
+            return
         self.ownership.resume(b, written.transitions)
         self.stats.count("resume")
         log.info("resumed bucket %d (epoch %d)", b, written.transitions)

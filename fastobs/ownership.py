@@ -158,7 +158,11 @@ class Ownership:
     def accept(self, ev: Event) -> bool:
         """Before the queues: False when the bucket's previous owner already ran this state."""
         b = self.bucket(ev)
-        if b not in self.states:
+        state = self.states.get(b)
+        if state is None or state is State.DRAINING:
+            # Nothing new is taken for a bucket being handed over. What reaches here for one is
+            # a Deleted the tracker made up at the end of a list whose items of the bucket were
+            # not admitted (the objects exist); its next owner replays what really happened.
             return False
         if self.progress.below_floor(b, ev.rv):
             self.counters.skipped_below_watermark += 1

@@ -24,6 +24,7 @@ from fastobs.buckets import (
     fnv1a64,
     hex_bound,
     merged_ranges,
+    mix64,
     shard_selector,
 )
 
@@ -80,7 +81,7 @@ def test_selectors_are_spelled_as_the_api_documents_them() -> None:
 
 def test_the_shard_key_picks_what_is_hashed() -> None:
     ns_name = Bucketer(64, "name").bucket("ns/a", "ns", "u1")
-    assert ns_name == bucket_of(fnv1a64(b"ns/a"), 64)
+    assert ns_name == bucket_of(mix64(fnv1a64(b"ns/a")), 64)
     assert Bucketer(64, "uid").bucket("ns/a", "ns", "u1") == bucket_of(fnv1a64(b"u1"), 64)
     assert Bucketer(64, "namespace").bucket("ns/a", "ns", "u1") == bucket_of(fnv1a64(b"ns"), 64)
     assert Bucketer(1, "uid").bucket("ns/a", "ns", "u1") == 0
@@ -155,3 +156,19 @@ def test_the_apiserver_rejects_what_it_should(oracle: Path) -> None:
     assert "16-digit" in str(answers[0]["error"])
     assert "unsupported field path" in str(answers[1]["error"])
     assert "error" not in answers[2]
+
+
+@pytest.mark.parametrize("pattern", ["default/web-{}", "apps/pod-{:04x}", "bench-ns/k{:05d}", "{}"])
+def test_names_that_differ_only_in_a_suffix_spread_over_every_bucket(pattern: str) -> None:
+    """StatefulSet-like names (web-0, web-1, ...) in one namespace: FNV-1a's high bits barely
+    change with the last characters, so its bare ranges put 500 such names into 1 to 4 of 16
+    buckets; mixed, every bucket gets its share."""
+    from collections import Counter
+
+    names = [pattern.format(i) for i in range(1600)]
+    counts = Counter(Bucketer(16, "name").bucket(n, "", "") for n in names)
+    bare = Counter(bucket_of(fnv1a64(n.encode()), 16) for n in names)
+    print(f"{pattern}: mixed {min(counts.values())}..{max(counts.values())} per bucket in {len(counts)} "
+          f"buckets; bare FNV-1a ranges: {len(bare)} buckets")
+    assert len(counts) == 16
+    assert min(counts.values()) >= 100 * 0.6 and max(counts.values()) <= 100 * 1.4
