@@ -445,6 +445,11 @@ class SimStream:
                     self.pos = int(rv)
                     self.cursor = _first_after(objs.log, int(rv))
                     self.listed = True
+                    # As ``Source`` does: a replay starts with a list of the objects as of its
+                    # start (read from storage), then watches from there.
+                    await self._seed_list(int(rv))
+                    if self.pending is not None:
+                        continue  # asked for during that list: apply it before anything else
             if need_list:
                 # A list once begun ends before a rewind asked for meanwhile is applied
                 # (as ``Source`` does): the position stays where it was until the list ends.
@@ -454,6 +459,29 @@ class SimStream:
                 need_list = False
                 continue
             await self._follow()
+
+    async def _seed_list(self, rv: int) -> None:
+        """``Source._seed_list``: the objects as they were at ``rv``, each to the engine's
+        ``seed_item``, then ``seeded``; one attempt, which fails when the replica is cut off."""
+        world = self.r.world
+        await asyncio.sleep(world.rng.uniform(0.01, 0.2))
+        await self.r.unpaused()
+        if self.r.dead:
+            return
+        if self.r.partitioned:
+            self.r.own.seeded(str(rv), False)
+            return
+        as_of: dict[ObjectKey, tuple[str, int]] = {}
+        for ch in world.objects.log[:_first_after(world.objects.log, rv)]:
+            if ch.etype is EventType.DELETED:
+                as_of.pop(ch.key, None)
+            else:
+                as_of[ch.key] = (ch.uid, ch.rv)
+        now = world.now()
+        for key in sorted(as_of):
+            uid, at = as_of[key]
+            self.r.engine.seed_item(_event(EventType.SYNC, key, uid, at, now, backlog=True))
+        self.r.own.seeded(str(rv), True)
 
     def _list(self) -> None:
         objs, e = self.r.world.objects, self.r.engine
@@ -545,6 +573,10 @@ class SimEngine:
         for ev in deletes:
             self._emit(ev)
         self.r.own.list_ended()
+
+    def seed_item(self, ev: Event) -> None:
+        if self.r.own.seeds(ev):
+            self.tracker.seed(ev)
 
     def watch_event(self, ev: Event) -> None:
         if self.r.own.admit(ev):
