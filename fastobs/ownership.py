@@ -325,6 +325,7 @@ class Ownership:
 
     def release(self, bucket: int) -> None:
         """The bucket is no longer ours: forget everything of it."""
+        was_open = self.open()
         self.states.pop(bucket, None)
         self.epochs.pop(bucket, None)
         self.awaiting.discard(bucket)
@@ -334,6 +335,10 @@ class Ownership:
         if self.server_side and position is not None:
             assert self.stream is not None
             self.stream.rewind(str(position))  # the watch restarts with the narrower selector
+        if not was_open and self.open() and self.pool is not None:
+            # A suspended bucket taken over meanwhile was all that closed the gate: the work of
+            # the buckets resumed before it waits in the queues, and no event may come to pump it.
+            self.pool.pump_all()
 
     def suspend(self) -> int:
         """The Lease's deadline passed: stop every command, keep the queued work, dispatch
