@@ -65,6 +65,8 @@ from fastobs.lease import (
     CONFIG,
     GROUP_LABEL,
     LEASES,
+    PREVIOUS_HOLDER,
+    PREVIOUS_WATERMARKS,
     RELEASED_BY,
     ROLE_LABEL,
     WATERMARK,
@@ -236,7 +238,10 @@ class Coordinator:
         if self.me is not None:
             lease = _copy(self.me)
             lease.holder, lease.duration = "", 1
-            lease.annotations.pop(WATERMARK, None)
+            # A release that did not get through leaves its bucket Lease naming this holder:
+            # whoever takes it over finds its watermark here, or it would run everything of
+            # the bucket and miss the deletes made since.
+            _leave_last_words(lease, self.holder, lease.annotations.pop(WATERMARK, ""))
             with contextlib.suppress(LeaseError):
                 await self.leases.update(lease, max(self.rp, 1.0))
         await self.close()
@@ -330,9 +335,14 @@ class Coordinator:
                     if seen is None or seen.lease.resource_version != existing.resource_version:
                         self.view[existing.name] = Seen(existing, now)
                     return
-                if existing.holder and existing.holder != self.holder:
-                    self._predecessor = existing  # its watermarks serve the takeover of its buckets
                 lease = _copy(existing)
+                if existing.holder and existing.holder != self.holder:
+                    # A crashed incarnation of this identity: its watermarks serve the takeover
+                    # of its buckets, here and (kept on the Lease) by any other replica.
+                    _leave_last_words(lease, existing.holder, existing.annotations.get(WATERMARK, ""))
+                previous = lease.annotations.get(PREVIOUS_HOLDER, "")
+                if previous and previous != self.holder:
+                    self._predecessor = _last_words(lease, previous)
                 lease.labels.update(self._labels(MEMBER))
                 lease.transitions += 1
                 self._stamp_member(lease)
@@ -595,6 +605,8 @@ class Coordinator:
                     # view has not caught up with that write yet): its last watermarks are
                     # those the Lease had then.
                     member = self._predecessor
+                elif fresh is not None:
+                    member = _last_words(fresh, record.holder)  # taken over or released since
             else:
                 current = await self.leases.list(f"{GROUP_LABEL}={self.group},{ROLE_LABEL}={MEMBER}",
                                                  self._timeout())
@@ -604,6 +616,10 @@ class Coordinator:
                     return
                 if self._predecessor is not None and self._predecessor.holder == record.holder:
                     member = self._predecessor
+                else:
+                    # Its identity restarted since, or it exited without getting this release
+                    # through: its member Lease keeps its last watermarks.
+                    member = next(filter(None, (_last_words(m, record.holder) for m in current)), None)
         except LeaseError as exc:
             log.warning("could not confirm that %s is gone: %s", record.holder, exc.message)
             return
@@ -863,6 +879,26 @@ def _floor(record: Lease, member: Lease | None, b: int) -> int | None:
         if mark is not None:
             marks.append(mark)
     return max(marks) if marks else None
+
+
+def _leave_last_words(lease: Lease, holder: str, watermarks: str) -> None:
+    """Record on a member Lease that ``holder`` held it last, with its last watermarks."""
+    lease.annotations[PREVIOUS_HOLDER] = holder
+    if watermarks:
+        lease.annotations[PREVIOUS_WATERMARKS] = watermarks
+    else:
+        lease.annotations.pop(PREVIOUS_WATERMARKS, None)
+
+
+def _last_words(lease: Lease, holder: str) -> Lease | None:
+    """The member Lease as ``holder`` left it, when ``lease`` (a member Lease that ``holder``
+    no longer holds) says it held it last; None otherwise."""
+    if not holder or lease.annotations.get(PREVIOUS_HOLDER) != holder:
+        return None
+    last = _copy(lease)
+    last.holder = holder
+    last.annotations[WATERMARK] = lease.annotations.get(PREVIOUS_WATERMARKS, "")
+    return last
 
 
 def _wall() -> float:

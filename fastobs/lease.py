@@ -35,6 +35,11 @@ WATERMARK = "fastobs.io/done-rv"
 was acquired or released with."""
 CONFIG = "fastobs.io/config"
 RELEASED_BY = "fastobs.io/released-by"
+PREVIOUS_HOLDER = "fastobs.io/previous-holder"
+PREVIOUS_WATERMARKS = "fastobs.io/previous-done-rv"
+"""On a member Lease: the holder it had before (a crashed incarnation of the same identity, or
+this one at a graceful exit) and that holder's last watermarks, for the buckets whose Leases
+may still name it (taken over from a crash, or a release that did not get through)."""
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 MAX_GROUP_NAME = 40

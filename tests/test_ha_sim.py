@@ -144,6 +144,17 @@ def test_the_last_suspended_bucket_taken_over_lets_the_resumed_ones_run() -> Non
     assert not world.violations, world.violations[:5]
 
 
+def test_a_crashed_holder_restarted_under_its_identity_leaves_its_watermarks() -> None:
+    """Seed 1190: a replica crashed and came back under the same identity; the new incarnation
+    took its member Lease over (writing its own watermarks, none), and another replica then
+    took the crashed holder's bucket over: no member Lease had that holder any more, so the
+    takeover had no watermark, ran everything of the bucket and missed a delete made while no
+    replica ran it. The member Lease now keeps the crashed holder's last watermarks."""
+    world = ha_sim.run(1190, SHORT)
+    print(f"violations: {world.kinds or 0}; {world.figures.takeovers} takeovers")
+    assert not world.violations, world.violations[:5]
+
+
 def test_a_bucket_won_after_the_lease_ran_out_starts_suspended() -> None:
     """A takeover's compare-and-swap answered after the replica's Lease had run out (a slow
     API server; found by the random schedules before the name key was mixed, seed 18): the
@@ -196,3 +207,52 @@ class _AnsweredLate:
     async def update(self, lease: object, deadline: float) -> object:
         self.r.c.valid_until = self.r.clock() - 0.1
         return self.written
+
+
+def test_a_graceful_exit_whose_release_fails_leaves_its_watermarks() -> None:
+    """A replica exits while its bucket releases do not get through (the API server answers
+    none in time): its bucket Leases still name it, and its member Lease, released at exit,
+    used to drop its watermarks, so the replica that took those buckets over ran everything of
+    them with no floor (and missed the deletes made before its relist). The member Lease now
+    keeps the exiting holder's last watermarks, and the takeover resumes after them."""
+    from fastobs.lease import PREVIOUS_HOLDER, PREVIOUS_WATERMARKS, ROLE_LABEL, LeaseError, parse_watermarks
+
+    world = ha_sim.World(11, ha_sim.Params(replicas=2, buckets=4))
+
+    async def scenario() -> tuple[dict[int, int], dict[int, int | None], dict[str, str]]:
+        r0 = await world.add_replica()
+        r1 = await world.add_replica()
+        while not ha_sim._settled(world):
+            await ha_sim.asyncio.sleep(0.25)
+        for _ in range(30):
+            world.objects.change(next(world.rv))
+            await ha_sim.asyncio.sleep(0.1)
+        await ha_sim.asyncio.sleep(2.0)
+        marks = r0.within(r0.own.watermarks)
+        real = r0.c.leases.update
+
+        async def update(lease: ha_sim.Lease, deadline: float) -> ha_sim.Lease:
+            if lease.labels.get(ROLE_LABEL) == "bucket":
+                raise LeaseError("timeout", "update: no answer")  # the release never arrives
+            return await real(lease, deadline)
+
+        r0.c.leases.update = update  # type: ignore[method-assign]
+        r0.leaving = True
+        await world.loop.create_task(r0.leave(), context=r0.context)
+        while set(r1.own.owned()) != set(range(4)) or r1.own.awaiting:
+            await ha_sim.asyncio.sleep(0.1)
+        member = world.store.leases[r0.c.member_name]["metadata"].get("annotations") or {}
+        return marks, {b: r1.own.progress.floors.get(b) for b in marks}, member
+
+    with ha_sim.patched():
+        try:
+            marks, floors, member = world.loop.run_until_complete(scenario())
+        finally:
+            ha_sim._shutdown(world)
+    print(f"exiting replica's watermarks {marks}; the new owner's floors {floors}; its member Lease "
+          f"says {member.get(PREVIOUS_HOLDER)} left {member.get(PREVIOUS_WATERMARKS)}")
+    assert marks, "the exiting replica held buckets with watermarks"
+    assert parse_watermarks(member.get(PREVIOUS_WATERMARKS, "")) == marks
+    for b, mark in marks.items():
+        floor = floors[b]
+        assert floor is not None and floor >= mark, (b, mark, floor)
