@@ -135,6 +135,12 @@ class Progress:
         before the replay started (its bucket is not catching up). Ends the replay once the
         stream is past where it was."""
         if not self.replay_until:
+            if not self.listing:
+                # A replay begun with nothing read before it (no stream position yet) has no past
+                # to skip, so no later event would end it: end it at its first live event (its
+                # list as of the start came before), or its buckets stay "catching up" for good
+                # and every later replay purges their pending work.
+                self.catching_up.clear()
             return True
         value = parse_rv(rv)
         if value is None:

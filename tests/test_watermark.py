@@ -334,3 +334,14 @@ def test_a_replay_ends_on_any_event_past_where_the_stream_was() -> None:
     assert not own.progress.replaying()
     own.acquire(2, 1, 705)
     assert stream.rewinds == ["650", "705"]
+
+
+def test_a_replay_begun_before_the_stream_had_a_position_ends_at_its_first_event() -> None:
+    """Acquired with a watermark before anything was read: the replay has no earlier position
+    to reach, so its first live event ends it (else the bucket stays catching up for good)."""
+    p = Progress()
+    p.start_bucket(3, 300)
+    p.replay_started(None, {3}, relist=False)
+    assert p.catching_up == {3} and p.replaying()
+    assert p.replayed(3, "301")
+    assert not p.catching_up and not p.replaying()
