@@ -466,6 +466,11 @@ class Coordinator:
 
     def observe(self, lease: Lease) -> None:
         seen = self.view.get(lease.name)
+        if seen is not None and _before(lease.resource_version, seen.lease.resource_version):
+            # The answer to this replica's own write, arriving after the watch brought a later
+            # write by another replica: going back to it would show a taken bucket as free, and
+            # every compare-and-swap on that stale copy fails until the Lease changes again.
+            return
         if seen is None or seen.lease.resource_version != lease.resource_version:
             self.view[lease.name] = Seen(lease, clock())
             self.kick()
@@ -879,6 +884,11 @@ def _floor(record: Lease, member: Lease | None, b: int) -> int | None:
         if mark is not None:
             marks.append(mark)
     return max(marks) if marks else None
+
+
+def _before(a: str, b: str) -> bool:
+    """Whether resourceVersion ``a`` is older than ``b`` (False when either is not an integer)."""
+    return a.isdigit() and b.isdigit() and int(a) < int(b)
 
 
 def _leave_last_words(lease: Lease, holder: str, watermarks: str) -> None:
