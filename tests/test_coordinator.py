@@ -130,3 +130,42 @@ def test_contact_regained_ends_the_watches_backoff_at_once() -> None:
     calls, woke = asyncio.run(scenario())
     print(f"\nthe lease watch's 25 s backoff ended {woke * 1000:.0f} ms after the renewal; woken: {calls}")
     assert calls == ["events"] and woke < 1.0
+
+
+def test_the_view_never_goes_back_to_an_older_lease() -> None:
+    """The answer to this replica's own write can arrive after the watch brought a later write
+    by another replica: the view keeps the later one (else a taken bucket looks free)."""
+    from fastobs.lease import Lease
+
+    async def scenario() -> tuple[str, str]:
+        c, _, _ = _coordinator(3.0)
+        taken = Lease("g-b00-of-2", holder="b@000002")
+        taken.resource_version = "12"
+        released = Lease("g-b00-of-2", holder="")
+        released.resource_version = "11"
+        c.observe(taken)
+        c.observe(released)
+        return c.view["g-b00-of-2"].lease.holder, c.view["g-b00-of-2"].lease.resource_version
+
+    holder, rv = asyncio.run(scenario())
+    print(f"\nview after the watch's rv 12 and the late answer's rv 11: holder {holder!r} at rv {rv}")
+    assert (holder, rv) == ("b@000002", "12")
+
+
+def test_a_member_lease_keeps_its_previous_holders_last_watermarks() -> None:
+    """A restart under the same identity, or a graceful exit, leaves on the member Lease who
+    held it before and that holder's watermarks; a takeover from that holder reads them."""
+    from fastobs.lease import WATERMARK, Lease, parse_watermarks
+
+    lease = Lease("g-m-a", holder="a@000001")
+    lease.annotations[WATERMARK] = "0=40,1=55"
+    taken = coord._copy(lease)
+    taken.holder = "a@000002"
+    coord._leave_last_words(taken, lease.holder, lease.annotations[WATERMARK])
+    taken.annotations[WATERMARK] = "1=60"  # the new incarnation's own
+    last = coord._last_words(taken, "a@000001")
+    assert last is not None and last.holder == "a@000001"
+    marks = parse_watermarks(last.annotations[WATERMARK])
+    print(f"\nthe previous holder's watermarks read back: {marks}")
+    assert marks == {0: 40, 1: 55}
+    assert coord._last_words(taken, "b@000003") is None
