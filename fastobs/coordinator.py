@@ -241,7 +241,8 @@ class Coordinator:
             # A release that did not get through leaves its bucket Lease naming this holder:
             # whoever takes it over finds its watermark here, or it would run everything of
             # the bucket and miss the deletes made since.
-            _leave_last_words(lease, self.holder, lease.annotations.pop(WATERMARK, ""))
+            lease.annotations.pop(WATERMARK, None)
+            _leave_last_words(lease, self.holder, format_watermarks(marks))
             with contextlib.suppress(LeaseError):
                 await self.leases.update(lease, max(self.rp, 1.0))
         await self.close()

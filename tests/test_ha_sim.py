@@ -247,6 +247,7 @@ def test_a_graceful_exit_whose_release_fails_leaves_its_watermarks() -> None:
     from fastobs.lease import PREVIOUS_HOLDER, PREVIOUS_WATERMARKS, ROLE_LABEL, LeaseError, parse_watermarks
 
     world = ha_sim.World(11, ha_sim.Params(replicas=2, buckets=4))
+    ha_sim.coordinator_mod.random.seed(11)  # the retry jitter too: one schedule every time
 
     async def scenario() -> tuple[dict[int, int], dict[int, int | None], dict[str, str]]:
         r0 = await world.add_replica()
@@ -281,7 +282,8 @@ def test_a_graceful_exit_whose_release_fails_leaves_its_watermarks() -> None:
     print(f"exiting replica's watermarks {marks}; the new owner's floors {floors}; its member Lease "
           f"says {member.get(PREVIOUS_HOLDER)} left {member.get(PREVIOUS_WATERMARKS)}")
     assert marks, "the exiting replica held buckets with watermarks"
-    assert parse_watermarks(member.get(PREVIOUS_WATERMARKS, "")) == marks
+    left = parse_watermarks(member.get(PREVIOUS_WATERMARKS, ""))
+    assert left.keys() == marks.keys() and all(left[b] >= marks[b] for b in marks), left
     for b, mark in marks.items():
         floor = floors[b]
         assert floor is not None and floor >= mark, (b, mark, floor)
