@@ -5,6 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fastobs.buckets import Bucketer
+from fastobs.ownership import Ownership
 from fastobs.watermark import Progress
 
 
@@ -139,15 +141,26 @@ class _Pool:
         pass
 
 
+def _owned() -> tuple[Ownership, Bucketer, _Stream]:
+    """An ownership of 4 buckets keyed by name, bound to a stream, engine and pool that do
+    nothing but record the rewinds."""
+    stream = _Stream()
+    bucketer = Bucketer(4, "name")
+    own = Ownership(bucketer, kill_grace=0.5)
+    own.bind(engine=_Engine(), pool=_Pool(), stream=stream)
+    return own, bucketer, stream
+
+
+def _keys_in(bucketer: Bucketer, bucket: int) -> list[str]:
+    """The keys ns/k0 ... ns/k199 that fall into ``bucket``."""
+    return [f"ns/k{i}" for i in range(200) if bucketer.bucket(f"ns/k{i}", "ns", "") == bucket]
+
+
 def test_a_bucket_without_a_watermark_is_not_handed_over_until_its_list_has_ended() -> None:
     """Released before its first list ended, a bucket would reach its next owner without a
     watermark, and that owner's relist would miss the deletes of objects listed here."""
-    from fastobs.buckets import Bucketer
-    from fastobs.ownership import Ownership
 
-    stream = _Stream()
-    own = Ownership(Bucketer(4, "name"), kill_grace=0.5)
-    own.bind(engine=_Engine(), pool=_Pool(), stream=stream)
+    own, _, stream = _owned()
     own.acquire(2, 1, None)
     assert stream.rewinds == [None]
     own.rewound(None, expired=False)  # the relist starts
@@ -169,12 +182,8 @@ def test_a_bucket_acquired_during_a_replay_is_replayed_from_no_later_than_it() -
     """A second bucket won while the first one's replay runs: the stream's position is the
     replay's, so the new bucket must be replayed too (its events were dropped before), and the
     restarted replay starts no later than the first one did (it forgets what that one queued)."""
-    from fastobs.buckets import Bucketer
-    from fastobs.ownership import Ownership
 
-    stream = _Stream()
-    own = Ownership(Bucketer(4, "name"), kill_grace=0.5)
-    own.bind(engine=_Engine(), pool=_Pool(), stream=stream)
+    own, _, stream = _owned()
     stream.pos = 700
     own.acquire(3, 1, 650)
     own.rewound("650", expired=False)
@@ -196,19 +205,14 @@ def test_a_bucket_acquired_during_a_replay_is_replayed_from_no_later_than_it() -
 def test_once_a_replay_is_over_a_relist_lets_the_tracker_know_every_object() -> None:
     """A replay brings only what changed since the watermark; after it, one relist lets the
     tracker know the bucket's other objects, so a later relist can tell which were deleted."""
-    from fastobs.buckets import Bucketer
     from fastobs.events import Event, EventType, ObjectKey
-    from fastobs.ownership import Ownership
 
-    stream = _Stream()
-    bucketer = Bucketer(4, "name")
-    own = Ownership(bucketer, kill_grace=0.5)
-    own.bind(engine=_Engine(), pool=_Pool(), stream=stream)
+    own, bucketer, stream = _owned()
     stream.pos = 700
     own.acquire(3, 1, 650)
     own.rewound("650", expired=False)
     stream.pos = 650
-    key = next(f"ns/k{i}" for i in range(100) if bucketer.bucket(f"ns/k{i}", "ns", "") == 3)
+    key = _keys_in(bucketer, 3)[0]
 
     def event(rv: str) -> Event:
         return Event(EventType.UPDATED, ObjectKey(key), "ns", key[3:], "u1", rv, b"{}", 0.0)
@@ -222,18 +226,13 @@ def test_once_a_replay_is_over_a_relist_lets_the_tracker_know_every_object() -> 
 
 
 def test_a_restarted_replay_keeps_what_the_one_under_way_completed() -> None:
-    from fastobs.buckets import Bucketer
     from fastobs.events import Event, EventType, ObjectKey
-    from fastobs.ownership import Ownership
 
-    stream = _Stream()
-    bucketer = Bucketer(4, "name")
-    own = Ownership(bucketer, kill_grace=0.5)
-    own.bind(engine=_Engine(), pool=_Pool(), stream=stream)
+    own, bucketer, stream = _owned()
     stream.pos = 900
     own.acquire(3, 1, 600)
     own.rewound("600", expired=False)
-    key = next(f"ns/k{i}" for i in range(100) if bucketer.bucket(f"ns/k{i}", "ns", "") == 3)
+    key = _keys_in(bucketer, 3)[0]
     ev = Event(EventType.UPDATED, ObjectKey(key), "ns", key[3:], "u1", "700", b"{}", 0.0)
     assert own.admit(ev) and own.accept(ev)
     own.ran(ev)
@@ -248,17 +247,12 @@ def test_a_restarted_replay_keeps_what_the_one_under_way_completed() -> None:
 
 
 def test_a_delete_found_by_a_relist_holds_the_watermark_back_until_it_ran() -> None:
-    from fastobs.buckets import Bucketer
     from fastobs.events import Event, EventType, ObjectKey
-    from fastobs.ownership import Ownership
 
-    stream = _Stream()
-    bucketer = Bucketer(4, "name")
-    own = Ownership(bucketer, kill_grace=0.5)
-    own.bind(engine=_Engine(), pool=_Pool(), stream=stream)
+    own, bucketer, stream = _owned()
     stream.pos = 900
     own.acquire(3, 1, 900)
-    key = next(f"ns/k{i}" for i in range(100) if bucketer.bucket(f"ns/k{i}", "ns", "") == 3)
+    key = _keys_in(bucketer, 3)[0]
     gone = Event(EventType.DELETED, ObjectKey(key), "ns", key[3:], "u1", "", None, 0.0)
     assert own.accept(gone)
     stream.pos = 950  # the relist ended further on
@@ -273,15 +267,10 @@ def test_an_expired_replay_still_finds_the_deletes_since_its_start() -> None:
     tracker, so the relist that follows yields the Deleted of the one gone since, runs the one
     changed since, and nothing for the one unchanged. Without the seed, the relist alone knows
     nothing of the bucket's past and the delete is lost."""
-    from fastobs.buckets import Bucketer
     from fastobs.events import Event, EventType, ObjectKey
-    from fastobs.ownership import Ownership
     from fastobs.tracker import Tracker
 
-    stream = _Stream()
-    bucketer = Bucketer(4, "name")
-    own = Ownership(bucketer, kill_grace=0.5)
-    own.bind(engine=_Engine(), pool=_Pool(), stream=stream)
+    own, bucketer, stream = _owned()
     emitted: list[Event] = []
     tracker = Tracker(emit=emitted.append, tracking=True, namespaced=True, keep_object=False,
                       clock=lambda: 0.0)
@@ -290,8 +279,8 @@ def test_an_expired_replay_still_finds_the_deletes_since_its_start() -> None:
     assert stream.rewinds == ["650"]
     own.rewound("650", expired=False)  # the watch from 650 starts...
     own.rewound("650", expired=True)  # ...and gets "too old resource version"
-    kept, gone, changed = [f"ns/k{i}" for i in range(200) if bucketer.bucket(f"ns/k{i}", "ns", "") == 3][:3]
-    other = next(f"ns/k{i}" for i in range(200) if bucketer.bucket(f"ns/k{i}", "ns", "") == 1)
+    kept, gone, changed = _keys_in(bucketer, 3)[:3]
+    other = _keys_in(bucketer, 1)[0]
 
     def sync(key: str, rv: str) -> Event:
         return Event(EventType.SYNC, ObjectKey(key), "ns", key[3:], "u-" + key, rv, b"{}", 0.0, backlog=True)
@@ -316,18 +305,13 @@ def test_a_replay_ends_on_any_event_past_where_the_stream_was() -> None:
     """A replay of a quiet bucket ends when the stream is past where it was before, whoever's
     bucket the event is: a bucket won later is then replayed from its own watermark, not from
     the start of that old replay."""
-    from fastobs.buckets import Bucketer
     from fastobs.events import Event, EventType, ObjectKey
-    from fastobs.ownership import Ownership
 
-    stream = _Stream()
-    bucketer = Bucketer(4, "name")
-    own = Ownership(bucketer, kill_grace=0.5)
-    own.bind(engine=_Engine(), pool=_Pool(), stream=stream)
+    own, bucketer, stream = _owned()
     stream.pos = 700
     own.acquire(3, 1, 650)
     own.rewound("650", expired=False)
-    foreign = next(f"ns/k{i}" for i in range(200) if bucketer.bucket(f"ns/k{i}", "ns", "") == 1)
+    foreign = _keys_in(bucketer, 1)[0]
     ev = Event(EventType.UPDATED, ObjectKey(foreign), "ns", foreign[3:], "u1", "710", b"{}", 0.0)
     assert not own.admit(ev)  # not ours, but the stream is past 700 now
     stream.pos = 710
