@@ -247,6 +247,18 @@ def scale(api: Api, base: Path, quick: bool) -> list[Row]:
              "key_rv_run_by_two_replicas": across, "check": report.summary()}]
 
 
+def _three_settled(group: Group, ns: str, loader: Loader, timeout: float) -> set[str]:
+    """Start replicas a, b and c, wait until each owns buckets and every object has run;
+    returns the objects' keys."""
+    for name in ("a", "b", "c"):
+        group.add(name)
+    group.start("a", "b", "c")
+    group.wait_owned(["a", "b", "c"], timeout=180)
+    every = {f"{ns}/{n}" for n in loader.names}
+    settle(group, every, timeout=timeout)
+    return every
+
+
 def filtering(api: Api, base: Path, quick: bool) -> list[Row]:
     """Three replicas, 16 buckets, --shard-key uid: events received per replica while every
     object changes once, with the server's shardSelector and with client-side filtering."""
@@ -259,12 +271,7 @@ def filtering(api: Api, base: Path, quick: bool) -> list[Row]:
                       sleep_ms=(1, 5), extra=extra)
         loader = Loader(api, ns, objects)
         loader.create_all(threads=16)
-        for name in ("a", "b", "c"):
-            group.add(name)
-        group.start("a", "b", "c")
-        group.wait_owned(["a", "b", "c"], timeout=180)
-        every = {f"{ns}/{n}" for n in loader.names}
-        settle(group, every, timeout=600)
+        every = _three_settled(group, ns, loader, timeout=600)
         time.sleep(2.0)
         before = {n: r.metrics() for n, r in group.replicas.items()}
         for name in loader.names:
@@ -347,12 +354,7 @@ def steady(api: Api, base: Path, quick: bool) -> list[Row]:
     group = Group(api, ns, _workdir(base, "steady"), lease="steady", buckets=16, sleep_ms=(5, 20))
     loader = Loader(api, ns, 200 if quick else 500)
     loader.create_all(threads=16)
-    for name in ("a", "b", "c"):
-        group.add(name)
-    group.start("a", "b", "c")
-    group.wait_owned(["a", "b", "c"], timeout=180)
-    every = {f"{ns}/{n}" for n in loader.names}
-    settle(group, every, timeout=300)
+    every = _three_settled(group, ns, loader, timeout=300)
     load_before = os.getloadavg()[0]
     writes: list[tuple[str, int, float]] = []
     rng = random.Random(7)
