@@ -126,6 +126,20 @@ def _first_line(argv: list[str], pattern: str = "") -> str:
 _VERSIONS: dict[str, str] = {}
 
 
+def _unstamped_oc(binary: Path) -> str:
+    """What an oc built from source without version stamping says about itself: its
+    client-go and Go versions from the binary's build info (``go version -m``)."""
+    try:
+        out = subprocess.run(["go", "version", "-m", str(binary)], capture_output=True,
+                             text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "(unstamped source build)"
+    go = out.split(":", 1)[1].split()[0] if ":" in out.split("\n", 1)[0] else "?"
+    client_go = next((ln.split()[2] for ln in out.splitlines()
+                      if ln.split()[:2] == ["dep", "k8s.io/client-go"]), "?")
+    return f"(unstamped source build: client-go {client_go}, {go})"
+
+
 def version(system: str) -> str:
     """What each row names: the version of the system (and which oc build was used)."""
     if system in _VERSIONS:
@@ -142,7 +156,8 @@ def version(system: str) -> str:
             v = "observe package build (bench/peers/build-oc-observe.sh)"
         else:
             line = _first_line([str(OC), "version", "--client"], "Client Version")
-            v = "oc " + (line.split(":", 1)[1].strip() if line else "(version unknown)")
+            stamped = line.split(":", 1)[1].strip() if line else ""
+            v = "oc " + (stamped if stamped not in ("", "unknown") else _unstamped_oc(OC))
     elif system == "kopf":
         line = _first_line([str(KOPF.with_name("python")), "-c",
                             "import sys, kopf, importlib.metadata as m; "
