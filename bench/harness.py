@@ -451,6 +451,38 @@ def histogram_quantiles(metrics_text: str, name: str, qs: tuple[float, ...]) -> 
     return [next(b for b in bounds if buckets[b] >= q * total) for q in qs]
 
 
+def histogram_estimates(metrics_text: str, name: str, qs: tuple[float, ...]) -> list[float | None]:
+    """Estimates of the given quantiles of a Prometheus histogram (all label sets summed),
+    interpolated linearly inside the bucket that holds each, as PromQL's
+    ``histogram_quantile`` does; a quantile in the +Inf bucket gets the highest finite
+    bound. None when the histogram is absent or empty."""
+    buckets: dict[float, float] = {}
+    for line in metrics_text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            labels, _, value = line.rpartition(" ")
+            le = labels.split('le="', 1)[1].split('"', 1)[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            buckets[bound] = buckets.get(bound, 0.0) + float(value)
+    total = buckets.get(float("inf"), 0.0)
+    if not total:
+        return [None for _ in qs]
+    bounds = sorted(buckets)
+    out: list[float | None] = []
+    for q in qs:
+        rank = q * total
+        lower, below = 0.0, 0.0
+        for b in bounds:
+            if buckets[b] >= rank:
+                if b == float("inf"):
+                    out.append(lower)
+                else:
+                    inside = buckets[b] - below
+                    out.append(lower + (b - lower) * ((rank - below) / inside if inside else 1.0))
+                break
+            lower, below = b, buckets[b]
+    return out
+
+
 def percentile(values: list[float], q: float) -> float:
     s = sorted(values)
     if not s:

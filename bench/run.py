@@ -40,6 +40,7 @@ from harness import (  # noqa: E402
     Row,
     RssSampler,
     free_port,
+    histogram_estimates,
     histogram_quantiles,
     launch,
     load_average,
@@ -478,9 +479,13 @@ def _delta(before: dict[str, float], after: dict[str, float]) -> str:
     return "\n".join(f"{k} {v - before.get(k, 0.0)}" for k, v in after.items())
 
 
-def _stages(text: str) -> dict[str, tuple[float, float, float | None]]:
-    """Per start-lag stage of fastobs (queue, handoff, spawn): (count, sum s, p99 bucket
-    bound s) from its fastobs_command_start_stage_seconds histogram."""
+Stage = tuple[float, float, float | None, float | None]
+"""One start-lag stage: (count, sum s, bound of the bucket holding its p99 s, p99 estimate s)."""
+
+
+def _stages(text: str) -> dict[str, Stage]:
+    """Per start-lag stage of fastobs (queue, handoff, spawn), from its
+    fastobs_command_start_stage_seconds histogram."""
     out = {}
     for stage in ("queue", "handoff", "spawn"):
         lines = [ln for ln in text.splitlines() if f'stage="{stage}"' in ln]
@@ -489,28 +494,39 @@ def _stages(text: str) -> dict[str, tuple[float, float, float | None]]:
         count = next((float(ln.rsplit(" ", 1)[1]) for ln in lines if ln.startswith(name + "_count")), 0.0)
         total = next((float(ln.rsplit(" ", 1)[1]) for ln in lines if ln.startswith(name + "_sum")), 0.0)
         if count:
-            out[stage] = (count, total, histogram_quantiles(sub_text, name, (0.99,))[0])
+            out[stage] = (count, total, histogram_quantiles(sub_text, name, (0.99,))[0],
+                          histogram_estimates(sub_text, name, (0.99,))[0])
     return out
 
 
-def _breakdown(row: Row, lags_ms: list[float], stages: dict[str, tuple[float, float, float | None]]) -> None:
-    """The lag's breakdown, receipt → dispatch → worker → exec, as means (and p99 bucket
-    bounds) in ms: ``receipt`` is the server's write to fastobs's receipt plus what follows
-    the exec (derived: the end-to-end mean less the stages fastobs measures itself)."""
+def _breakdown(row: Row, lags_ms: list[float], stages: dict[str, Stage]) -> None:
+    """The lag's breakdown, receipt → dispatch → worker → exec: the mean of each stage and,
+    for fastobs's own three, its p99 (interpolated inside the histogram bucket that holds
+    it, with that bucket's bound), in ms. ``receipt`` is the server's write to fastobs's
+    receipt plus what follows the exec (derived: the end-to-end mean less the stages
+    fastobs measures itself)."""
     if not stages or not lags_ms or len(stages) < 3:
         return
     means = {k: v[1] / v[0] * 1000 for k, v in stages.items()}
     e2e = sum(lags_ms) / len(lags_ms)
     parts = {"receipt": e2e - sum(means.values()), "dispatch": means["queue"], "worker": means["handoff"],
              "exec": means["spawn"]}
+    named = (("dispatch", "queue"), ("worker", "handoff"), ("exec", "spawn"))
     row.extra["breakdown_mean_ms"] = {k: round(v, 3) for k, v in parts.items()}
     row.extra["breakdown_p99_le_ms"] = {
-        name: (None if (bound := stages[k][2]) is None else bound * 1000)
-        for name, k in (("dispatch", "queue"), ("worker", "handoff"), ("exec", "spawn"))
+        name: (None if (bound := stages[k][2]) is None else bound * 1000) for name, k in named
+    }
+    row.extra["breakdown_p99_ms"] = {
+        name: (None if (est := stages[k][3]) is None else round(est * 1000, 2)) for name, k in named
     }
     text = " → ".join(f"{k} {v:.2f}" for k, v in parts.items())
-    p99 = ", ".join(f"{k} ≤ {v:g}" for k, v in row.extra["breakdown_p99_le_ms"].items() if v is not None)
-    row.note = f"mean ms: {text} (p99 ≤ ms: {p99})" + (f"; {row.note}" if row.note else "")
+    p99 = ", ".join(
+        f"{name} {est:.1f} (≤ {bound:g})"
+        for name, _ in named
+        if (est := row.extra["breakdown_p99_ms"][name]) is not None
+        and (bound := row.extra["breakdown_p99_le_ms"][name]) is not None
+    )
+    row.note = f"mean ms: {text}; p99 ms (bucket): {p99}" + (f"; {row.note}" if row.note else "")
 
 
 def scenario_lag(ctx: Ctx) -> list[Row]:
