@@ -228,28 +228,46 @@ class Engine:
             self.tracker.handled(ev, ok=True, arg=None)  # its bucket's previous owner ran it
             return
         self.emitted += 1
+        self.metrics.event_received(ev.type.value)
+        run = self.settings.run
+        has_cmd = bool(run.delete_command if ev.type is EventType.DELETED else run.command)
+        if not has_cmd and run.quiet:
+            self._complete_on_the_spot(ev)
+            return
         if self._listing:
             self._listed[ev.key] = ev.received
-        self.metrics.event_received(ev.type.value)
         if not self.first_list_done and self.initial_keys is not None:
             self.initial_keys.add(ev.key)
             if self.undispatched is not None:
                 self.undispatched.add(ev.key)
-        run = self.settings.run
-        has_cmd = bool(run.delete_command if ev.type is EventType.DELETED else run.command)
-        if not has_cmd and run.quiet:
-            # Nothing would be printed or run: complete it here, no round trip to a worker.
-            self.tracker.handled(ev, ok=True, arg=None)
-            self.on_dispatch(ev)
-            self._list_event_ran(ev)
-            self._key_settled(ev.key)
-            return
         i = self.sharder.add(ev)
         coalesced = self.sharder.coalesced()
         if coalesced != self._coalesced_seen:
             self.metrics.events_coalesced(coalesced - self._coalesced_seen)
             self._coalesced_seen = coalesced
         self.pool.pump(i)
+
+    def _complete_on_the_spot(self, ev: Event) -> None:
+        """Nothing would be printed or run: the event is done here, with no round trip to
+        a worker. It settles at once, so the list bookkeeping that waits for a queued event
+        (the list's deletes, ``--once``, readiness) never has to hold its key; only a key
+        with an earlier event still queued or running (a delete with a command, say) is
+        held, as that event is. This is the whole per-event path of ``-q`` without a
+        command, so it stays short."""
+        self.tracker.handled(ev, ok=True, arg=None)
+        key = ev.key
+        if not self._listing:
+            self._list_event_ran(ev)  # a live event may be the last one a list's deletes wait for
+        if self.undispatched:
+            self.undispatched.discard(key)
+        initial = self.initial_keys
+        if initial is None:
+            return
+        if not self.first_list_done:
+            if not self.sharder.queues[self.sharder.shard(key)].is_idle(key):
+                initial.add(key)
+        elif key in initial:
+            self._key_settled(key)
 
     # ------------------------------------------------------------------ pool handler
 

@@ -285,7 +285,10 @@ class Metrics:
 
     def event_received(self, type_: str) -> None:
         """Count one event that passed the filter (oc: before rendering, command or not)."""
-        _cached(self._events, type_, lambda: self._events_total.labels(type=type_)).inc()
+        child = self._events.get(type_)  # no closure per call, as _cached would need
+        if child is None:
+            child = self._events[type_] = self._events_total.labels(type=type_)
+        child.inc()
         if self._oc:
             self._oc_counts[type_] = self._oc_counts.get(type_, 0) + 1
 

@@ -148,7 +148,8 @@ class SourceStats:
         self.errors[(op, kind)] = self.errors.get((op, kind), 0) + 1
 
     def count_events(self, etype: EventType, n: int = 1) -> None:
-        self.events[etype.value] = self.events.get(etype.value, 0) + n
+        name = etype.value  # an enum's value is a property: read it once
+        self.events[name] = self.events.get(name, 0) + n
 
 
 def _older(a: str, b: str) -> bool:
