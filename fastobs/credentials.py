@@ -22,12 +22,16 @@ import atexit
 import base64
 import os
 import shutil
+import ssl
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 _Hook = Callable[["Config"], None]
+
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 class Config:
@@ -50,6 +54,77 @@ class Config:
             self.refresh_api_key_hook(self)
         value = self.api_key.get("BearerToken")
         return {"BearerToken": {"value": value}} if value else {}
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """kubectl's global flags that win over the kubeconfig: --server, --token,
+    --insecure-skip-tls-verify."""
+
+    server: str = ""
+    token: str = ""
+    insecure_skip_tls_verify: bool = False
+
+    def apply(self, cfg: Any) -> None:
+        """Apply the flags to ``cfg`` (a :class:`Config` or the package's ``Configuration``)."""
+        if self.server:
+            cfg.host = self.server.rstrip("/")
+        if self.token:
+            # A flag token replaces the kubeconfig's credentials (plugins included), like kubectl.
+            cfg.api_key = {"BearerToken": f"Bearer {self.token}"}
+            cfg.refresh_api_key_hook = None
+        if self.insecure_skip_tls_verify:
+            cfg.verify_ssl = False
+            cfg.ssl_ca_cert = None
+
+
+def kubeconfig_paths(kubeconfig: str) -> str:
+    """The kubeconfig files to read, ``os.pathsep``-separated: ``--kubeconfig``, else
+    ``$KUBECONFIG``, else ``~/.kube/config`` when it exists; empty when none is named."""
+    paths = kubeconfig or os.environ.get("KUBECONFIG", "")
+    if not paths and os.path.exists(os.path.expanduser("~/.kube/config")):
+        paths = os.path.expanduser("~/.kube/config")
+    return paths
+
+
+def any_exists(paths: str) -> bool:
+    return any(p and os.path.exists(os.path.expanduser(p)) for p in paths.split(os.pathsep))
+
+
+def load_fast(kubeconfig: str, context: str, overrides: Overrides) -> tuple[Config, str] | None:
+    """What ``kube``'s loader ends up with (the flags' overrides applied), when it would get
+    it from this module; None wherever it would use the ``kubernetes`` package or raise an
+    error instead (those words are ``kube``'s alone: this function never raises)."""
+    try:
+        if kubeconfig and not os.path.exists(os.path.expanduser(kubeconfig)):
+            return None
+        paths = kubeconfig_paths(kubeconfig)
+        if paths and any_exists(paths):
+            fast = load_kubeconfig(paths, context)
+        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+            fast = load_incluster(SA_DIR)
+        else:
+            return None  # --server alone, or no configuration: kube says what it makes of it
+    except Exception:  # a token file that cannot be read, bad base64...: kube words it
+        return None
+    if fast is None:
+        return None
+    cfg, namespace = fast
+    overrides.apply(cfg)
+    return (cfg, namespace) if cfg.host else None
+
+
+def tls_context(cfg: Config) -> ssl.SSLContext:
+    """The TLS context of an https server: its CA (else the system's), the client
+    certificate, and no verification with ``insecure-skip-tls-verify``. Raises OSError or
+    ssl.SSLError for files that cannot be loaded."""
+    ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
+    if cfg.cert_file:
+        ctx.load_cert_chain(cfg.cert_file, cfg.key_file or None)
+    if not cfg.verify_ssl:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def load_kubeconfig(paths: str, context: str) -> tuple[Config, str] | None:

@@ -23,8 +23,7 @@ import logging
 import os
 import ssl
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 
@@ -66,15 +65,21 @@ def _load_deferred_cas() -> None:
 
 
 from fastobs import __version__, credentials  # noqa: E402
+from fastobs.credentials import Overrides  # noqa: E402
+from fastobs.discovery import (  # noqa: E402
+    AGGREGATED_ACCEPT,
+    Served,
+    from_aggregated,
+    from_resource_list,
+    match,
+)
+from fastobs.discovery import Resource as Resource  # noqa: E402 - re-exported: source, lease, daemon
 from fastobs.errors import ConfigError, KubectlError, ResourceError  # noqa: E402
 from fastobs.kube_errors import Endpoint, status_error, unreachable  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-_AGGREGATED_ACCEPT = (
-    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
-)
-_SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+_SA_DIR = credentials.SA_DIR
 _DISCOVERY_TIMEOUT = 30.0
 """Discovery is a start-up step: a server that does not answer it in 30 s is down."""
 _CONNECT_TIMEOUT = 30.0
@@ -88,44 +93,13 @@ class ResponseTimeout(TimeoutError):
     """A request got no response headers within its deadline."""
 
 
-@dataclass(frozen=True)
-class Resource:
-    """One served resource type, resolved through discovery."""
-
-    group: str
-    version: str
-    resource: str
-    kind: str
-    namespaced: bool
-
-    def collection_path(self, namespace: str | None) -> str:
-        """The list/watch URL path; ``namespace`` None (or a cluster-scoped resource) = all."""
-        base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
-        if namespace and self.namespaced:
-            return f"{base}/namespaces/{namespace}/{self.resource}"
-        return f"{base}/{self.resource}"
-
-    def gvr_string(self) -> str:
-        """Go's ``schema.GroupVersionResource.String()``, as oc prints it in warnings."""
-        return f"{self.group}/{self.version}, Resource={self.resource}"
-
-
-@dataclass(frozen=True)
-class _Served:
-    """A discovery entry: a resource with the names it answers to."""
-
-    resource: Resource
-    singular: str
-    short_names: tuple[str, ...]
-
-
 class _Credentials:
     """Loads a kubeconfig or the in-cluster service account into a ``Configuration``.
 
     Loading is synchronous (exec plugins are subprocesses); callers run it in a thread.
     """
 
-    def __init__(self, kubeconfig: str, context: str, overrides: _Overrides) -> None:
+    def __init__(self, kubeconfig: str, context: str, overrides: Overrides) -> None:
         self._kubeconfig = kubeconfig
         self._context = context
         self.overrides = overrides
@@ -151,12 +125,10 @@ class _Credentials:
         # only what needs the kubernetes package's loader (exec plugins, auth providers)
         # imports it (~200 ms of start-up).
         cfg: Any = credentials.Config()
-        paths = self._kubeconfig or os.environ.get("KUBECONFIG", "")
+        paths = credentials.kubeconfig_paths(self._kubeconfig)
         if self._kubeconfig and not os.path.exists(os.path.expanduser(self._kubeconfig)):
             raise ConfigError(f"stat {self._kubeconfig}: no such file or directory")
-        if not paths and os.path.exists(os.path.expanduser("~/.kube/config")):
-            paths = os.path.expanduser("~/.kube/config")
-        if paths and _any_exists(paths):
+        if paths and credentials.any_exists(paths):
             fast = credentials.load_kubeconfig(paths, self._context)
             if fast is not None:
                 cfg, self.context_namespace = fast
@@ -228,14 +200,9 @@ class _Credentials:
             self.ssl, self._ssl_files = True, files
             return
         try:
-            ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
-            if cfg.cert_file:
-                ctx.load_cert_chain(cfg.cert_file, cfg.key_file or None)
+            ctx = credentials.tls_context(cfg)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"invalid TLS configuration: {_one_line(exc)}") from None
-        if not cfg.verify_ssl:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
         self.ssl, self._ssl_files = ctx, files
 
     @property
@@ -253,27 +220,6 @@ class _Credentials:
         if self.may_block:
             return await asyncio.to_thread(self.authorization)
         return self.authorization()
-
-
-@dataclass(frozen=True)
-class _Overrides:
-    """kubectl's global flags that win over the kubeconfig: --server, --token,
-    --insecure-skip-tls-verify."""
-
-    server: str = ""
-    token: str = ""
-    insecure_skip_tls_verify: bool = False
-
-    def apply(self, cfg: Any) -> None:
-        if self.server:
-            cfg.host = self.server.rstrip("/")
-        if self.token:
-            # A flag token replaces the kubeconfig's credentials (plugins included), like kubectl.
-            cfg.api_key = {"BearerToken": f"Bearer {self.token}"}
-            cfg.refresh_api_key_hook = None
-        if self.insecure_skip_tls_verify:
-            cfg.verify_ssl = False
-            cfg.ssl_ca_cert = None
 
 
 def _configuration() -> Any:
@@ -319,10 +265,6 @@ def _check_kubeconfig_file(path: str) -> None:
                           f"error: json: cannot unmarshal {go_type} into Go value of type {_TYPE_META}")
 
 
-def _any_exists(paths: str) -> bool:
-    return any(p and os.path.exists(os.path.expanduser(p)) for p in paths.split(os.pathsep))
-
-
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
@@ -341,7 +283,7 @@ class KubeClient:
         self._request_timeout = request_timeout
         self.headers_timeout = min(HEADERS_TIMEOUT, request_timeout or HEADERS_TIMEOUT)
         """The deadline up to the response headers of requests that name none."""
-        self._served: list[_Served] | None = None
+        self._served: list[Served] | None = None
         self._reload_lock = asyncio.Lock()
         self.namespace = namespace
 
@@ -354,7 +296,7 @@ class KubeClient:
         ``server``, ``token`` and ``insecure_skip_tls_verify`` are kubectl's global flags
         of the same names and override the kubeconfig.
         """
-        creds = _Credentials(kubeconfig, context, _Overrides(server, token, insecure_skip_tls_verify))
+        creds = _Credentials(kubeconfig, context, Overrides(server, token, insecure_skip_tls_verify))
         await asyncio.to_thread(creds.load)
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
         session = aiohttp.ClientSession(
@@ -445,13 +387,13 @@ class KubeClient:
         if not typed:  # client-go's REST mapper on a group without a resource
             raise ResourceError(f"a resource must be present, got: {group}/, Resource=")
         served = await self._discover()
-        found = _match(served, typed.lower(), group.lower())
+        found = match(served, typed.lower(), group.lower())
         if found is None:
             where = f' in group "{group}"' if group else ""
             raise KubectlError(f'the server doesn\'t have a resource type "{typed}"{where}')
         return found
 
-    async def _discover(self) -> list[_Served]:
+    async def _discover(self) -> list[Served]:
         if self._served is None:
             try:
                 self._served = await self._discover_uncached()
@@ -461,18 +403,18 @@ class KubeClient:
                 raise KubectlError(await unreachable(exc, self._endpoint())) from None
         return self._served
 
-    async def _discover_uncached(self) -> list[_Served]:
-        core, groups = await asyncio.gather(self._get_json("/api", _AGGREGATED_ACCEPT),
-                                            self._get_json("/apis", _AGGREGATED_ACCEPT))
-        served: list[_Served] = []
+    async def _discover_uncached(self) -> list[Served]:
+        core, groups = await asyncio.gather(self._get_json("/api", AGGREGATED_ACCEPT),
+                                            self._get_json("/apis", AGGREGATED_ACCEPT))
+        served: list[Served] = []
         for doc, prefix in ((core, "/api"), (groups, "/apis")):
             if doc.get("kind") == "APIGroupDiscoveryList":
-                served.extend(_from_aggregated(doc))
+                served.extend(from_aggregated(doc))
             else:
                 served.extend(await self._legacy(doc, prefix))
         return served
 
-    async def _legacy(self, doc: dict[str, Any], prefix: str) -> list[_Served]:
+    async def _legacy(self, doc: dict[str, Any], prefix: str) -> list[Served]:
         """Per-group-version discovery for servers without aggregated discovery."""
         if prefix == "/api":
             gvs = [("", v, f"/api/{v}") for v in doc.get("versions", [])]
@@ -485,9 +427,9 @@ class KubeClient:
                 gvs.extend((g["name"], v, f"/apis/{g['name']}/{v}") for v in versions)
         docs = await asyncio.gather(*(self._get_json(p, "application/json", tolerate=True)
                                       for _, _, p in gvs))
-        out: list[_Served] = []
+        out: list[Served] = []
         for (group, version, _), rl in zip(gvs, docs, strict=True):
-            out.extend(_from_resource_list(group, version, rl.get("resources", [])))
+            out.extend(from_resource_list(group, version, rl.get("resources", [])))
         return out
 
     async def _get_json(self, path: str, accept: str, tolerate: bool = False,
@@ -543,38 +485,3 @@ def status_message(status: int, body: bytes) -> str:
         pass
     text = body.decode("utf-8", "replace").strip()
     return f"HTTP {status}" + (f": {text[:200]}" if text else "")
-
-
-def _from_aggregated(doc: dict[str, Any]) -> Iterator[_Served]:
-    """Entries of an APIGroupDiscoveryList, groups in server priority, versions preferred first."""
-    for item in doc.get("items", []):
-        group = item.get("metadata", {}).get("name", "")
-        for ver in item.get("versions", []):
-            for r in ver.get("resources", []):
-                yield _Served(
-                    Resource(group, ver["version"], r["resource"],
-                             r.get("responseKind", {}).get("kind", ""), r.get("scope") == "Namespaced"),
-                    r.get("singularResource", ""), tuple(r.get("shortNames", ())),
-                )
-
-
-def _from_resource_list(group: str, version: str, resources: Iterable[dict[str, Any]]) -> Iterator[_Served]:
-    for r in resources:
-        if "/" in r["name"]:
-            continue  # subresource (pods/log)
-        yield _Served(Resource(group, version, r["name"], r.get("kind", ""), bool(r.get("namespaced"))),
-                      r.get("singularName", ""), tuple(r.get("shortNames", ())))
-
-
-def _match(served: list[_Served], name: str, group: str) -> Resource | None:
-    """kubectl's order: exact plural/singular/kind anywhere first, then short names;
-    within each, the core group first, then groups in discovery order, preferred version first."""
-    candidates = [s for s in served if not group or s.resource.group == group]
-    candidates.sort(key=lambda s: s.resource.group != "")  # stable: keeps discovery order otherwise
-    for s in candidates:
-        if name in (s.resource.resource, s.singular, s.resource.kind.lower()):
-            return s.resource
-    for s in candidates:
-        if name in s.short_names:
-            return s.resource
-    return None

@@ -190,7 +190,7 @@ def test_legacy_discovery_resolves_the_same(k8s: Any, crds: None, monkeypatch: p
     aggregated = [uvloop.run(resolve_once(k8s.kubeconfig, a)) for a in args]
     import fastobs.kube
 
-    monkeypatch.setattr(fastobs.kube, "_AGGREGATED_ACCEPT", "application/json")
+    monkeypatch.setattr(fastobs.kube, "AGGREGATED_ACCEPT", "application/json")
     legacy = [uvloop.run(resolve_once(k8s.kubeconfig, a)) for a in args]
     assert legacy == aggregated
 
