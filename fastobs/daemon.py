@@ -33,7 +33,7 @@ import sys
 from dataclasses import replace
 from subprocess import Popen
 
-from . import logs, spawn
+from . import logs, prefetch, spawn
 from .buckets import Bucketer, shard_selector
 from .coordinator import Coordinator, group_config, lease_namespace
 from .engine import Engine
@@ -44,6 +44,7 @@ from .metrics import Metrics
 from .output import Output
 from .ownership import Ownership
 from .pool import discard_workers, launch_worker
+from .prefetch import Prefetch
 from .selector import SelectorError, unable_to_find, validate_field_selector, validate_label_selector
 from .settings import Settings
 from .source import Source
@@ -54,19 +55,25 @@ logger = logging.getLogger(__name__)
 FOREVER = 10 * 365 * 86400.0
 
 
-def run(settings: Settings) -> int:
-    """Run fastobs until it must stop; returns the exit code (raises FastobsError)."""
+def run(settings: Settings, prefetched: Prefetch | None = None) -> int:
+    """Run fastobs until it must stop; returns the exit code (raises FastobsError).
+    ``prefetched``: what ``prefetch`` loaded, resolved and sent already (taken over)."""
     logs.setup(settings.run.log_format, settings.run.log_level, settings.run.verbosity)
+    logger.debug("start-up: %s", prefetch.outcome or "no prefetch")
     spawn.no_inheritance()  # what our own parent left open stays out of --names commands
     try:
-        import uvloop
+        try:
+            import uvloop
 
-        return uvloop.run(_main(settings))
-    except ImportError:  # pragma: no cover
-        return asyncio.run(_main(settings))
+            return uvloop.run(_main(settings, prefetched))
+        except ImportError:  # pragma: no cover
+            return asyncio.run(_main(settings, prefetched))
+    finally:
+        if prefetched is not None:
+            prefetched.close()  # a request the source never took (start-up failed first)
 
 
-async def _main(settings: Settings) -> int:
+async def _main(settings: Settings, prefetched: Prefetch | None) -> int:
     # Everything imported so far lives for the whole run: keep it out of every collection.
     # A list page is a large tree of short-lived dicts; with the default gen-0 threshold it
     # triggers thousands of collections per page, each walking the young objects again.
@@ -76,7 +83,7 @@ async def _main(settings: Settings) -> int:
     # wait for their CONFIG, which needs what discovery tells (a namespaced resource?).
     prestarted = [launch_worker() for _ in range(_worker_count(settings))]
     try:
-        return await _connected(settings, prestarted)
+        return await _connected(settings, prestarted, prefetched)
     finally:
         discard_workers(prestarted)
 
@@ -85,7 +92,8 @@ def _worker_count(settings: Settings) -> int:
     return settings.workers or os.cpu_count() or 1
 
 
-async def _connected(settings: Settings, prestarted: list[tuple[Popen[bytes], socket.socket]]) -> int:
+async def _connected(settings: Settings, prestarted: list[tuple[Popen[bytes], socket.socket]],
+                     prefetched: Prefetch | None) -> int:
     client = await KubeClient.connect(
         kubeconfig=settings.kubeconfig,
         context=settings.context,
@@ -94,11 +102,12 @@ async def _connected(settings: Settings, prestarted: list[tuple[Popen[bytes], so
         server=settings.server,
         token=settings.token,
         insecure_skip_tls_verify=settings.insecure_skip_tls_verify,
+        prefetched=prefetched,
     )
     try:
         resource = await client.resolve(settings.resource)
         settings = _finish_settings(settings, resource)
-        return await _run(settings, client, resource, prestarted)
+        return await _run(settings, client, resource, prestarted, prefetched)
     finally:
         await client.close()
 
@@ -139,7 +148,7 @@ def check_after_discovery(settings: Settings, resource: Resource | None = None) 
 
 
 async def _run(settings: Settings, client: KubeClient, resource: Resource,
-               prestarted: list[tuple[Popen[bytes], socket.socket]]) -> int:
+               prestarted: list[tuple[Popen[bytes], socket.socket]], prefetched: Prefetch | None) -> int:
     if settings.run.delete_command and not settings.names_command:
         sys.stderr.write(logs.oc_line(
             f'If you are modifying resources outside of "{resource.gvr_string()}", you should '
@@ -174,6 +183,7 @@ async def _run(settings: Settings, client: KubeClient, resource: Resource,
         on_stats=bridge.sync,
         shard_selector=ownership.selector if ownership is not None else None,
     )
+    source.prefetched = prefetched  # its first list was sent already: the source reads it
     bridge.source = source
     engine.watch_activity = lambda: source.stats.last_activity
     coordinator = None

@@ -76,6 +76,7 @@ from fastobs.discovery import (  # noqa: E402
 from fastobs.discovery import Resource as Resource  # noqa: E402 - re-exported: source, lease, daemon
 from fastobs.errors import ConfigError, KubectlError, ResourceError  # noqa: E402
 from fastobs.kube_errors import Endpoint, status_error, unreachable  # noqa: E402
+from fastobs.prefetch import Prefetch  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,15 @@ class _Credentials:
         except Exception as exc:  # the loader raises ConfigException, KeyError, yaml errors...
             raise ConfigError(f"invalid configuration: {_one_line(exc)}") from None
         self._build_ssl()
+
+    def adopt(self, cfg: credentials.Config, namespace: str, tls: ssl.SSLContext | None) -> None:
+        """Take credentials ``prefetch`` loaded (``credentials.load_fast``, as ``load`` would
+        have) with the TLS context it built from them."""
+        self.cfg, self.context_namespace = cfg, namespace
+        if tls is None:
+            self._build_ssl()
+        else:
+            self.ssl, self._ssl_files = tls, (cfg.ssl_ca_cert, cfg.cert_file, cfg.key_file, cfg.verify_ssl)
 
     def _load(self) -> None:
         # Tokens, client certificates and the service account are read by ``credentials``;
@@ -290,20 +300,28 @@ class KubeClient:
     @classmethod
     async def connect(cls, *, kubeconfig: str = "", context: str = "", namespace: str = "",
                       request_timeout: float = 0.0, server: str = "", token: str = "",
-                      insecure_skip_tls_verify: bool = False) -> KubeClient:
+                      insecure_skip_tls_verify: bool = False,
+                      prefetched: Prefetch | None = None) -> KubeClient:
         """Load credentials (kubeconfig, else in-cluster) and open the HTTP session.
 
         ``server``, ``token`` and ``insecure_skip_tls_verify`` are kubectl's global flags
-        of the same names and override the kubeconfig.
+        of the same names and override the kubeconfig. ``prefetched``: the credentials and
+        discovery ``prefetch`` got with the same flags, taken over instead of loaded again.
         """
         creds = _Credentials(kubeconfig, context, Overrides(server, token, insecure_skip_tls_verify))
-        await asyncio.to_thread(creds.load)
+        if prefetched is None:
+            await asyncio.to_thread(creds.load)
+        else:
+            creds.adopt(prefetched.cfg, prefetched.context_namespace, prefetched.tls)
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
         session = aiohttp.ClientSession(
             connector=connector, trust_env=True, auto_decompress=True, read_bufsize=1 << 20,
             headers={"User-Agent": f"fastobs/{__version__}"},
         )
-        return cls(creds, session, namespace or creds.context_namespace or "default", request_timeout)
+        client = cls(creds, session, namespace or creds.context_namespace or "default", request_timeout)
+        if prefetched is not None:
+            client._served = list(prefetched.served)
+        return client
 
     @property
     def server(self) -> str:

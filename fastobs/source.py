@@ -47,7 +47,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import aiohttp
 import orjson
@@ -56,6 +56,7 @@ from fastobs.errors import ListErrorLimit, UsageError
 from fastobs.events import Event, EventType, object_key
 from fastobs.kube import KubeClient, Resource, status_message
 from fastobs.kube_errors import go_error_text
+from fastobs.prefetch import Prefetch
 from fastobs.selector import unable_to_find
 from fastobs.watchstream import (
     CONNECT_TIMEOUT,
@@ -181,6 +182,9 @@ class _Backoff:
 
 class Source:
     """Lists then watches one resource forever, relisting when the server requires it."""
+
+    prefetched: Prefetch | None = None
+    """The first list request, sent already by ``prefetch``: read instead of sent again."""
 
     def __init__(self, client: KubeClient, resource: Resource, *, namespace: str | None,
                  label_selector: str, field_selector: str, sink: Sink, maximum_errors: int,
@@ -464,7 +468,7 @@ class Source:
         self.stats.list_requests += 1
         self._initial_begun = False
         self._initial_rv = None
-        resp = await self._open(params, timeout)
+        resp = await self._prefetched_response(params) or await self._open(params, timeout)
         async with resp:
             if resp.status == 403:
                 # Allowed to list but not to watch? Let the LIST say so, in oc's words
@@ -680,6 +684,14 @@ class Source:
             raise self._timeout(exc) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise Failure("connection", go_error_text(exc)) from None
+
+    async def _prefetched_response(self, params: dict[str, str]) -> aiohttp.ClientResponse | None:
+        """The response to the first request if ``prefetch`` sent it (once; None otherwise)."""
+        prefetched, self.prefetched = self.prefetched, None
+        if prefetched is None:
+            return None
+        # It offers the members of an aiohttp response this module and watchstream read.
+        return cast("aiohttp.ClientResponse | None", await prefetched.open(self._path, params))
 
     def _timeout(self, exc: TimeoutError) -> Failure:
         detail = " ".join(str(exc).split())

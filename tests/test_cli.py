@@ -663,7 +663,7 @@ _FAKE_DAEMON = """
 import sys, time, types
 from fastobs import errors
 module = types.ModuleType("fastobs.daemon")
-def run(settings):
+def run(settings, prefetched=None):
     how = settings.resource
     if how == "sleep":
         print("ready", flush=True)
