@@ -16,7 +16,6 @@ pflag's values and messages, so existing ``oc observe`` scripts run unchanged.
 
 from __future__ import annotations
 
-import logging
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -46,8 +45,6 @@ from fastobs.gocompat import (
 from fastobs.settings import QUOTE_OBJECT_VERBOSITY, RunSettings, Settings
 
 __all__ = ["ParseError", "ShowHelp", "main", "parse_args"]
-
-logger = logging.getLogger(__name__)
 
 EXIT_INTERRUPTED = 130
 """Ctrl-C before the daemon installed its own handlers: the shell's SIGINT convention."""
@@ -368,9 +365,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _write(sys.stderr, oc_line(error.message, prefix=error.prefix))
         return error.exit_code
     except Exception as error:  # a bug: one line for the user, the traceback in the debug log
+        import logging  # not before: everything imported ahead of the first request delays it
+
         from fastobs.logs import oc_line
 
-        logger.debug("unexpected error", exc_info=True)
+        logging.getLogger(__name__).debug("unexpected error", exc_info=True)
         _write(sys.stderr, oc_line(f"unexpected {type(error).__name__}: {error}"))
         return EXIT_ERROR
 

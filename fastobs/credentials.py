@@ -18,12 +18,9 @@ not recognise returns None, so error messages and unusual setups stay the loader
 
 from __future__ import annotations
 
-import atexit
 import base64
 import os
-import shutil
 import ssl
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -261,6 +258,10 @@ _tmpdir: str | None = None
 
 def _data_file(content: bytes) -> str:
     """Inline certificate data as a file (ssl loads certificates from files), removed at exit."""
+    import atexit  # only inline certificate data needs these (a few ms before the first request)
+    import shutil
+    import tempfile
+
     global _tmpdir
     if _tmpdir is None:
         _tmpdir = tempfile.mkdtemp(prefix="fastobs-creds-")

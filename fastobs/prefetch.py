@@ -7,7 +7,7 @@ credentials, the TLS context, the discovery result and the sent first list reque
 streamed list, the request ``source`` sends first), or None.
 
 Why: aiohttp, uvloop, prometheus_client and the engine cost about 250 ms of imports; with
-the standard library alone (``ssl``, ``http.client``) the request leaves well before them,
+the standard library alone (``socket``, ``ssl``, ``json``) the request leaves well before them,
 and the API server builds the list while they load. The source then reads that very
 response as its first list (:meth:`Prefetch.open`): nothing is listed twice.
 
@@ -22,7 +22,7 @@ does not ask for (its first request differs) is closed unread.
 
 from __future__ import annotations
 
-import http.client
+import json
 import os
 import socket
 import ssl
@@ -32,8 +32,6 @@ import zlib
 from collections import deque
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urlsplit
-
-import orjson
 
 from fastobs import __version__, credentials
 from fastobs.discovery import AGGREGATED_ACCEPT, Resource, Served, from_aggregated, match
@@ -50,6 +48,7 @@ up; then the normal path runs with its own deadlines (a server that does not ans
 at most this much more)."""
 _READ_BUFFER = 1 << 20
 """Bytes read ahead of the source at most (aiohttp's read buffer): back-pressure beyond."""
+_MAX_HEAD = 1 << 16
 
 outcome = ""
 """What the last :func:`start` did, in a few words (for the debug log)."""
@@ -67,20 +66,123 @@ def streamed_list_params(label_selector: str, field_selector: str) -> dict[str, 
     return params
 
 
-class _TLSConnection(http.client.HTTPSConnection):
-    """An https connection whose certificate is checked for ``server_name`` (the
-    kubeconfig's ``tls-server-name``) rather than the host dialled, as aiohttp's
-    ``server_hostname`` does."""
+# ------------------------------------------------------------------ HTTP/1.1
 
-    def __init__(self, host: str, port: int | None, *, timeout: float, context: ssl.SSLContext,
-                 server_name: str | None) -> None:
-        super().__init__(host, port, timeout=timeout, context=context)
-        self._tls = context
-        self._server_name = server_name or host
 
-    def connect(self) -> None:
-        http.client.HTTPConnection.connect(self)
-        self.sock = self._tls.wrap_socket(self.sock, server_hostname=self._server_name)
+class _Dechunker:
+    """Decodes a ``Transfer-Encoding: chunked`` body fed in pieces of any size."""
+
+    def __init__(self) -> None:
+        self._rest = b""
+        self._left = 0
+        """Payload bytes still to come in the current chunk."""
+        self._crlf = False
+        self._trailers = False
+        self.done = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The payload in ``data`` (with what an earlier call left); ValueError if malformed."""
+        buf = self._rest + data if self._rest else data
+        out: list[bytes] = []
+        pos, end = 0, len(buf)
+        while pos < end and not self.done:
+            if self._left:
+                take = min(self._left, end - pos)
+                out.append(buf[pos:pos + take])
+                pos += take
+                self._left -= take
+                self._crlf = not self._left
+                continue
+            if self._crlf:
+                if end - pos < 2:
+                    break
+                if buf[pos:pos + 2] != b"\r\n":
+                    raise ValueError("a chunk does not end with CRLF")
+                pos += 2
+                self._crlf = False
+                continue
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                if end - pos > _MAX_HEAD:
+                    raise ValueError("a chunk header is too long")
+                break
+            line, pos = buf[pos:eol], eol + 2
+            if self._trailers:
+                self.done = not line
+            elif (size := int(line.split(b";", 1)[0], 16)) == 0:
+                self._trailers = True
+            else:
+                self._left = size
+        self._rest = buf[pos:]
+        return out
+
+
+class _Http:
+    """HTTP/1.1 GETs on one kept-alive socket (TLS or not): the little the fast path needs.
+
+    Hand-written because ``http.client`` imports the ``email`` package, which alone costs
+    more than the whole request on a loopback apiserver (measured: bench/README, Start-up).
+    """
+
+    def __init__(self, sock: socket.socket, host_header: str) -> None:
+        self.sock = sock
+        self._host = host_header
+        self._buf = b""
+
+    def send(self, target: str, headers: dict[str, str]) -> None:
+        lines = [f"GET {target} HTTP/1.1", f"Host: {self._host}", *(f"{k}: {v}" for k, v in headers.items())]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+
+    def _recv(self) -> bytes:
+        data = self.sock.recv(1 << 18)
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        return data
+
+    def head(self) -> tuple[int, dict[str, str]]:
+        """The status and the headers (lower-case names) of the next response."""
+        while (end := self._buf.find(b"\r\n\r\n")) < 0:
+            if len(self._buf) > _MAX_HEAD:
+                raise GiveUp("response headers too long")
+            self._buf += self._recv()
+        head, self._buf = self._buf[:end].decode("latin-1"), self._buf[end + 4:]
+        status_line, *lines = head.split("\r\n")
+        version, _, rest = status_line.partition(" ")
+        if not version.startswith("HTTP/1."):
+            raise GiveUp(f"not an HTTP/1.x response: {status_line[:40]!r}")
+        headers: dict[str, str] = {}
+        for line in lines:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return int(rest[:3]), headers
+
+    def body(self, headers: dict[str, str]) -> bytes:
+        """The whole body of the response whose head was just read."""
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            chunks = _Dechunker()
+            parts = chunks.feed(self._take())
+            while not chunks.done:
+                parts += chunks.feed(self._recv())
+            self._buf = b""  # nothing follows: one request at a time
+            return b"".join(parts)
+        if "content-length" not in headers:
+            raise GiveUp("a response without a length")
+        length = int(headers["content-length"])
+        while len(self._buf) < length:
+            self._buf += self._recv()
+        body, self._buf = self._buf[:length], self._buf[length:]
+        return body
+
+    def _take(self) -> bytes:
+        data, self._buf = self._buf, b""
+        return data
+
+    def close(self) -> None:
+        try:
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)  # wakes a thread in recv
+        except OSError:
+            pass
+        self.sock.close()
 
 
 class Prefetch:
@@ -88,7 +190,7 @@ class Prefetch:
 
     def __init__(self, cfg: credentials.Config, context_namespace: str, tls: ssl.SSLContext | None,
                  served: list[Served], resource: Resource, path: str, params: dict[str, str],
-                 conn: http.client.HTTPConnection, sent_at: float) -> None:
+                 conn: _Http, sent_at: float) -> None:
         self.cfg = cfg
         self.context_namespace = context_namespace
         self.tls = tls
@@ -100,36 +202,39 @@ class Prefetch:
         self.params = params
         self.sent_at = sent_at
         """time.monotonic() when the request was sent."""
-        self._conn: http.client.HTTPConnection | None = conn
+        self._conn: _Http | None = conn
 
-    async def open(self, path: str, params: dict[str, str]) -> PrefetchedResponse | None:
+    async def open(self, path: str, params: dict[str, str], headers_timeout: float,
+                   ) -> PrefetchedResponse | None:
         """The response to the request already sent, if it is the one the caller is about to
-        send (same path, same query) and the server accepted it (200, identity encoding);
-        else None and the caller sends its own. Only the first call can get it."""
+        send (same path, same query) and the server accepted it (200, chunked, not encoded)
+        within ``headers_timeout`` of sending it (the caller's own deadline: a watch cache
+        still filling may hold the answer); else None and the caller sends its own. Only the
+        first call can get it."""
         import asyncio
 
-        global outcome
         conn, self._conn = self._conn, None
         if conn is None:
             return None
         if (path, params) != (self.path, self.params):
             conn.close()
-            outcome = "prefetched list closed unread: the first request differs"
+            _said("the prefetched list is closed unread: the first request differs")
             return None
         try:
-            resp = await asyncio.to_thread(conn.getresponse)
-        except (OSError, http.client.HTTPException):
+            conn.sock.settimeout(max(BUDGET, headers_timeout - (time.monotonic() - self.sent_at)))
+            status, headers = await asyncio.to_thread(conn.head)
+        except (OSError, ValueError, GiveUp) as exc:
             conn.close()
-            outcome = "prefetched list failed; listing again"
+            _said(f"the prefetched list failed ({type(exc).__name__}: {exc}); listing again")
             return None
-        if resp.status != 200 or resp.getheader("Content-Encoding", "identity") != "identity":
+        if (status != 200 or headers.get("content-encoding", "identity") != "identity"
+                or headers.get("transfer-encoding", "").lower() != "chunked"):
             conn.close()
-            outcome = f"prefetched list answered {resp.status}; listing again"
+            _said(f"the prefetched list was answered {status}; listing again")
             return None
-        if conn.sock is not None:
-            conn.sock.settimeout(None)  # from now on the source's read timeout applies
-        outcome = "prefetched list consumed"
-        return PrefetchedResponse(conn, resp, asyncio.get_running_loop())
+        conn.sock.settimeout(None)  # from now on the source's read timeout applies
+        _said("reading the prefetched list")
+        return PrefetchedResponse(conn, status, headers, asyncio.get_running_loop())
 
     def close(self) -> None:
         """Close the request if nobody took it (start-up failed before the source ran)."""
@@ -138,63 +243,78 @@ class Prefetch:
             conn.close()
 
 
+def _said(what: str) -> None:
+    """Record what became of the prefetched request, in the debug log (set up by now)."""
+    import logging
+
+    global outcome
+    outcome = what
+    logging.getLogger(__name__).debug("start-up: %s", what)
+
+
 class PrefetchedResponse:
     """The prefetched response, read the way ``source`` and ``watchstream`` read an aiohttp
     response: ``status``, ``headers``, ``content.readany()``, ``close()``, ``async with``.
 
-    A thread reads the socket ahead of the consumer (at most :data:`_READ_BUFFER` bytes, then
-    it waits: back-pressure reaches the TCP window as with aiohttp); ``close`` from the event
-    loop (the source's read timeout) shuts the socket down, which wakes that thread.
+    A thread reads and de-chunks the body ahead of the consumer (at most
+    :data:`_READ_BUFFER` bytes, then it waits: back-pressure reaches the TCP window as with
+    aiohttp); ``close`` from the event loop (the source's read timeout) shuts the socket
+    down, which wakes that thread.
     """
 
-    def __init__(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse,
+    def __init__(self, conn: _Http, status: int, headers: dict[str, str],
                  loop: asyncio.AbstractEventLoop) -> None:
-        self.status = resp.status
-        self.headers = {k: v for k, v in resp.getheaders()}
+        import asyncio
+
+        self.status = status
+        self.headers = headers
         self.content = self
         self._conn = conn
-        self._resp = resp
         self._loop = loop
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
         self._ended = False
         self._error: BaseException | None = None
         self._closed = False
-        import asyncio
-
+        self._waiting = False
         self._room = threading.Condition()
         self._ready = asyncio.Event()
         self._thread = threading.Thread(target=self._read_ahead, name="fastobs-prefetch", daemon=True)
         self._thread.start()
 
     def _read_ahead(self) -> None:
-        while True:
-            with self._room:
-                while self._buffered >= _READ_BUFFER and not self._closed:
-                    self._room.wait()
-                if self._closed:
-                    return
-            try:
-                chunk = self._resp.read1(1 << 16)
-            except BaseException as exc:  # handed to the reader, who decides what it means
-                self._push(b"", exc)
-                return
-            self._push(chunk, None)
-            if not chunk:
-                return
-
-    def _push(self, chunk: bytes, error: BaseException | None) -> None:
-        with self._room:
-            if chunk:
-                self._chunks.append(chunk)
-                self._buffered += len(chunk)
-            else:
-                self._ended = True
-                self._error = error
+        chunks = _Dechunker()
+        data = self._conn._take()
         try:
-            self._loop.call_soon_threadsafe(self._ready.set)
-        except RuntimeError:  # the loop is closed: nobody reads any more
-            pass
+            while True:
+                with self._room:
+                    while self._buffered >= _READ_BUFFER and not self._closed:
+                        self._room.wait()
+                    if self._closed:
+                        return
+                self._push(chunks.feed(data), None)
+                if chunks.done:
+                    self._push(None, None)
+                    return
+                data = self._conn.sock.recv(1 << 18)
+                if not data:
+                    raise EOFError("the body ended before its last chunk")
+        except BaseException as exc:  # handed to the reader, who words it
+            self._push(None, exc)
+
+    def _push(self, parts: list[bytes] | None, error: BaseException | None) -> None:
+        with self._room:
+            if parts is None:
+                self._ended, self._error = True, error
+            else:
+                self._chunks.extend(parts)
+                self._buffered += sum(map(len, parts))
+            wake, self._waiting = self._waiting and (parts is None or bool(parts)), False
+        if wake:
+            try:
+                self._loop.call_soon_threadsafe(self._ready.set)
+            except RuntimeError:  # the loop is closed: nobody reads any more
+                pass
 
     async def readany(self) -> bytes:
         """What has arrived (waiting for something); b"" at the end of the body."""
@@ -209,6 +329,7 @@ class PrefetchedResponse:
                 if self._ended or self._closed:
                     return self._end()
                 self._ready.clear()
+                self._waiting = True
             await self._ready.wait()
 
     def _end(self) -> bytes:
@@ -219,7 +340,7 @@ class PrefetchedResponse:
             raise error
         import aiohttp  # loaded by now: the engine runs
 
-        # A body cut short (http.client's IncompleteRead): aiohttp's words for the same.
+        # A body cut short or garbled: what aiohttp raises for the same.
         raise aiohttp.ClientPayloadError(f"Response payload is not completed: {error!r}")
 
     async def read(self) -> bytes:
@@ -234,15 +355,9 @@ class PrefetchedResponse:
                 return
             self._closed = True
             self._room.notify()
-        sock = self._conn.sock
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)  # wakes the reading thread
-            except OSError:
-                pass
+        self._conn.close()
         self._ready.set()
         self._thread.join(timeout=1.0)
-        self._conn.close()
 
     def release(self) -> None:
         self.close()
@@ -291,47 +406,42 @@ def _start(settings: Settings) -> Prefetch:
     if url.scheme not in ("https", "http") or not url.hostname or url.username or url.query or url.fragment:
         raise GiveUp(f"an unusual server URL {cfg.host}")
     tls = credentials.tls_context(cfg) if url.scheme == "https" else None
-    conn: http.client.HTTPConnection
-    if tls is not None:
-        conn = _TLSConnection(url.hostname, url.port or 443, timeout=BUDGET, context=tls,
-                              server_name=cfg.tls_server_name)
-    else:  # the port always given: http.client would read one out of a bare IPv6 address
-        conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=BUDGET)
-    headers = {"User-Agent": f"fastobs/{__version__}", "Accept-Encoding": "gzip, deflate"}
-    if auth:
-        headers["Authorization"] = auth
-    prefix = url.path.rstrip("/")
+    port = url.port or (443 if tls is not None else 80)
+    host = f"[{url.hostname}]" if ":" in url.hostname else url.hostname
+    sock = socket.create_connection((url.hostname, port), timeout=BUDGET)
     try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            sock = tls.wrap_socket(sock, server_hostname=cfg.tls_server_name or url.hostname)
+        conn = _Http(sock, host if port == (443 if tls is not None else 80) else f"{host}:{port}")
+        headers = {"User-Agent": f"fastobs/{__version__}", "Accept-Encoding": "gzip, deflate"}
+        if auth:
+            headers["Authorization"] = auth
+        prefix = url.path.rstrip("/")
         served = _discover(conn, prefix, headers)
         resource = _resolve(served, settings.resource)
         namespace = settings.namespace or context_namespace or "default"
         path = resource.collection_path(None if settings.all_namespaces else namespace)
         params = streamed_list_params(settings.selector, settings.field_selector.strip())
-        _send(conn, prefix + path + "?" + urlencode(params), headers, "application/json")
+        conn.send(prefix + path + "?" + urlencode(params), {**headers, "Accept": "application/json"})
         sent_at = time.monotonic()
     except BaseException:
-        conn.close()
+        sock.close()
         raise
     return Prefetch(cfg, context_namespace, tls, served, resource, path, params, conn, sent_at)
 
 
-def _send(conn: http.client.HTTPConnection, url: str, headers: dict[str, str], accept: str) -> None:
-    conn.putrequest("GET", url, skip_accept_encoding=True)
-    for name, value in (*headers.items(), ("Accept", accept)):
-        conn.putheader(name, value)
-    conn.endheaders()
-
-
-def _discover(conn: http.client.HTTPConnection, prefix: str, headers: dict[str, str]) -> list[Served]:
+def _discover(conn: _Http, prefix: str, headers: dict[str, str]) -> list[Served]:
     """``/api`` and ``/apis`` in their aggregated form, on one kept-alive connection."""
     served: list[Served] = []
     for path in ("/api", "/apis"):
-        _send(conn, prefix + path, headers, AGGREGATED_ACCEPT)
-        resp = conn.getresponse()
-        body = resp.read()
-        if resp.status != 200:
-            raise GiveUp(f"discovery of {path} answered {resp.status}")
-        doc = orjson.loads(_decoded(body, resp.getheader("Content-Encoding", "identity")))
+        conn.send(prefix + path, {**headers, "Accept": AGGREGATED_ACCEPT})
+        status, got = conn.head()
+        body = conn.body(got)
+        if status != 200:
+            raise GiveUp(f"discovery of {path} answered {status}")
+        # The standard library's parser: orjson's import costs more than it saves here.
+        doc = json.loads(_decoded(body, got.get("content-encoding", "identity")))
         if not isinstance(doc, dict) or doc.get("kind") != "APIGroupDiscoveryList":
             raise GiveUp("the server has no aggregated discovery")
         served.extend(from_aggregated(doc))

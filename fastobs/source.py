@@ -672,26 +672,28 @@ class Source:
         connection (even its TLS handshake, at a middlebox) and answers nothing, and the
         read timeout of the body only starts once the headers are in.
         """
-        if "watch" in params:
-            low, high = _WATCH_HEADERS_TIMEOUT
-            deadline = min(max(self._read_timeout, low), high) if self._read_timeout else high
-        else:
-            deadline = self._read_timeout or _LIST_HEADERS_TIMEOUT
         try:
             return await self._client.request("GET", self._path, params, timeout=timeout,
-                                              headers_timeout=deadline)
+                                              headers_timeout=self._headers_deadline(params))
         except TimeoutError as exc:
             raise self._timeout(exc) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise Failure("connection", go_error_text(exc)) from None
+
+    def _headers_deadline(self, params: dict[str, str]) -> float:
+        if "watch" in params:
+            low, high = _WATCH_HEADERS_TIMEOUT
+            return min(max(self._read_timeout, low), high) if self._read_timeout else high
+        return self._read_timeout or _LIST_HEADERS_TIMEOUT
 
     async def _prefetched_response(self, params: dict[str, str]) -> aiohttp.ClientResponse | None:
         """The response to the first request if ``prefetch`` sent it (once; None otherwise)."""
         prefetched, self.prefetched = self.prefetched, None
         if prefetched is None:
             return None
+        resp = await prefetched.open(self._path, params, self._headers_deadline(params))
         # It offers the members of an aiohttp response this module and watchstream read.
-        return cast("aiohttp.ClientResponse | None", await prefetched.open(self._path, params))
+        return cast("aiohttp.ClientResponse | None", resp)
 
     def _timeout(self, exc: TimeoutError) -> Failure:
         detail = " ".join(str(exc).split())
