@@ -42,10 +42,12 @@ if TYPE_CHECKING:
 
 __all__ = ["Prefetch", "PrefetchedResponse", "outcome", "start", "streamed_list_params"]
 
-BUDGET = 2.0
+BUDGET = 5.0
 """Seconds the fast path may wait on the network (per connect, send or read) before it gives
 up; then the normal path runs with its own deadlines (a server that does not answer costs
-at most this much more)."""
+at most this much more). Generous: giving up on a slow but working server costs more than
+waiting for it (at load 7 on two cores a discovery answer, through a test proxy, once took
+over 2 s)."""
 _READ_BUFFER = 1 << 20
 """Bytes read ahead of the source at most (aiohttp's read buffer): back-pressure beyond."""
 _MAX_HEAD = 1 << 16
@@ -227,6 +229,9 @@ class Prefetch:
             conn.close()
             _said(f"the prefetched list failed ({type(exc).__name__}: {exc}); listing again")
             return None
+        except BaseException:  # cancelled (a signal during start-up): wake the thread, no wait
+            conn.close()
+            raise
         if (status != 200 or headers.get("content-encoding", "identity") != "identity"
                 or headers.get("transfer-encoding", "").lower() != "chunked"):
             conn.close()

@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 import uvloop
 from fastobs_run import recorder, run_fastobs
+from fault_proxy import FaultProxy
 from test_kube import make_pki, write_kubeconfig
 
 from fastobs import credentials, prefetch
@@ -338,6 +339,16 @@ def test_a_proxy_leaves_everything_to_the_normal_path(k8s: Any, tmp_path: Path) 
     env = {**k8s.env, "HTTPS_PROXY": f"http://127.0.0.1:{port}"}
     compare(tmp_path, env, "pods", "--once", NO_METRICS,
             gave_up="no prefetch: a proxy is set in the environment")
+
+
+def test_a_server_that_never_answers_leaves_the_timeout_to_the_normal_path(k8s: Any, tmp_path: Path) -> None:
+    """Connections complete the TLS handshake and get no answer: the fast path gives up after
+    its 5 s, and the normal path's own deadline (``--request-timeout``) words the failure."""
+    with FaultProxy.in_front_of(k8s) as proxy:
+        kc = proxy.kubeconfig(tmp_path, k8s.token)
+        proxy.freeze()
+        compare(tmp_path, k8s.env, "pods", "--kubeconfig", str(kc), "--once", "--request-timeout", "3s",
+                NO_METRICS, gave_up="no prefetch: TimeoutError")
 
 
 def test_a_refused_list_is_listed_again_by_the_source(k8s: Any, restricted: Any, tmp_path: Path) -> None:
