@@ -18,7 +18,9 @@ tracked objects, because the engine hands over per-worker aggregates, never per-
 
 from __future__ import annotations
 
+import bisect
 import logging
+import math
 import platform
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -30,11 +32,11 @@ from prometheus_client import (
     Counter,
     Gauge,
     GCCollector,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
 )
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 
 import fastobs
 from fastobs.gocompat import go_format_float
@@ -194,21 +196,21 @@ class Metrics:
         self._coalesced_total = Counter(
             "fastobs_events_coalesced",
             "Pending events replaced by a newer event of the same object before they ran.", registry=r)
-        self._start_lag = Histogram(
+        self._start_lag = LoopHistogram(
             "fastobs_command_start_lag_seconds",
             "Time from receiving the first change a command sees (the oldest one it coalesces) "
-            "to starting the command.", buckets=LAG_BUCKETS, registry=r)
-        self._stage = Histogram(
+            "to starting the command.", buckets=LAG_BUCKETS, registry=r).labels()
+        self._stage = LoopHistogram(
             "fastobs_command_start_stage_seconds",
             "Where the start lag goes: queue (receipt to dispatch), handoff (dispatch to the "
             "worker reading the job), spawn (the worker reading it to the command's exec).",
             ["stage"], buckets=STAGE_BUCKETS, registry=r)
-        self._end_lag = Histogram(
+        self._end_lag = LoopHistogram(
             "fastobs_command_end_lag_seconds",
             "Time from receiving the first change a command sees to the end of the command "
             "(all attempts).",
-            buckets=LAG_BUCKETS, registry=r)
-        self._duration = Histogram(
+            buckets=LAG_BUCKETS, registry=r).labels()
+        self._duration = LoopHistogram(
             "fastobs_command_duration_seconds", "Run time of a command, all attempts, by result.",
             ["result"], buckets=DURATION_BUCKETS, registry=r)
         self._commands_total = Counter(
@@ -262,14 +264,14 @@ class Metrics:
     def set_group_provider(self, provider: GroupProvider) -> None:
         """In a group of replicas: read the group's series from ``provider`` at every scrape."""
         self._group = provider
-        self._handover = Histogram(
+        self._handover = LoopHistogram(
             "fastobs_group_handover_seconds",
             "Time to hand a bucket over: start of its drain to its release.",
-            buckets=LAG_BUCKETS, registry=self.registry)
-        self._fencing = Histogram(
+            buckets=LAG_BUCKETS, registry=self.registry).labels()
+        self._fencing = LoopHistogram(
             "fastobs_group_fencing_seconds",
             "Time from a lost Lease (or a drain out of time) to the end of the last stopped command.",
-            buckets=LAG_BUCKETS, registry=self.registry)
+            buckets=LAG_BUCKETS, registry=self.registry).labels()
 
     def group_handover(self, seconds: float) -> None:
         self._handover.observe(seconds)
@@ -319,10 +321,16 @@ class Metrics:
     ) -> None:
         """Record one finished command; ``attempts`` holds (exit code, seconds) per attempt."""
         self._end_lag.observe(lag_seconds)
-        _cached(self._durations, result, lambda: self._duration.labels(result=result)).observe(
-            duration_seconds)
-        key = (result, type_)
-        _cached(self._commands, key, lambda: self._commands_total.labels(result=result, type=type_)).inc()
+        # Plain lookups first: a closure for _cached per call would cost the completion path.
+        duration = self._durations.get(result)
+        if duration is None:
+            duration = self._durations[result] = self._duration.labels(result=result)
+        duration.observe(duration_seconds)
+        commands = self._commands.get((result, type_))
+        if commands is None:
+            commands = self._commands_total.labels(result=result, type=type_)
+            self._commands[(result, type_)] = commands
+        commands.inc()
         if result != "success":
             fkey = (reason, code)
             _cached(self._failures, fkey,
@@ -386,6 +394,72 @@ class Metrics:
             # A broken provider must not take /metrics down with it: the counters still tell a lot.
             log.exception("reading the engine state for /metrics failed")
             return None
+
+
+class LoopHistogram:
+    """A Prometheus histogram observed only on the event loop: what ``prometheus_client``'s
+    ``Histogram`` exposes, for a fraction of its cost per observation.
+
+    Each command's end feeds six histogram observations; ``Histogram.observe`` checks its
+    state, takes a lock twice and walks the bucket bounds in Python, which made metrics the
+    largest part of the parent's completion path. Here an observation is one ``bisect``
+    and two additions on plain numbers. Every caller is on the parent's event loop (the
+    scrape too), so no lock is needed. The exposition is the same family, buckets, count
+    and sum, in the same order (the ``_created`` series, which ``render`` drops, is left out).
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (), *,
+                 buckets: Sequence[float], registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        bounds = [float(b) for b in buckets]
+        if bounds[-1] != math.inf:
+            bounds.append(math.inf)
+        self._bounds = tuple(bounds)
+        self._le = tuple(floatToGoString(b) for b in bounds)  # type: ignore[no-untyped-call]
+        self._children: dict[tuple[str, ...], LoopHistogramChild] = {}
+        registry.register(self)
+
+    def labels(self, *values: str, **labels: str) -> LoopHistogramChild:
+        """The child of these label values (created on first use, then kept)."""
+        key = tuple(values) if values else tuple(str(labels[n]) for n in self.labelnames)
+        if len(key) != len(self.labelnames):
+            raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {key}")
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = LoopHistogramChild(self._bounds)
+        return child
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> list[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for key, child in self._children.items():
+            cumulative, buckets = 0, []
+            for le, n in zip(self._le, child.counts, strict=True):
+                cumulative += n
+                buckets.append((le, float(cumulative)))
+            family.add_metric(list(key), buckets, child.sum)
+        return [family]
+
+
+class LoopHistogramChild:
+    """One labelled series of a :class:`LoopHistogram`."""
+
+    __slots__ = ("_bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * len(bounds)
+        """Observations per bucket (not cumulative): the first bound each is ``<=``."""
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left finds the first bound >= value: the bucket Histogram.observe picks.
+        self.counts[bisect.bisect_left(self._bounds, value)] += 1
+        self.sum += value
 
 
 def _cached(cache: dict[_K, _Child], key: _K, make: Callable[[], _Child]) -> _Child:
