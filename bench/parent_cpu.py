@@ -9,6 +9,14 @@ This script measures only fastobs's own Python share of it, in one process, by
 (no command: every event completes in the parent), until ``--once`` resolves. Several
 rounds; the minimum is the figure least disturbed by other load.
 
+``--completion`` measures the other half of the parent's per-event work the same way: each
+event goes from a watch event through the tracker, queue and dispatch (a RUN frame written
+to a worker's socket, here an object that keeps it) and back as that worker's DONE frame
+through the completion path (the result's metrics, output and the next dispatch), set up
+as the ``lag`` scenario runs fastobs (``-q --no-coalesce --object-env-var OBJ --template``,
+32 commands in flight over 2 workers). Each event is dispatched and completed alone, as
+at a low event rate; the worker, the command and the sockets are left out.
+
 Out: one line per round and the minimum and median in µs per event.
 """
 
@@ -25,8 +33,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pods import PodTemplate  # noqa: E402
 
+from fastobs import protocol  # noqa: E402
 from fastobs.cli import parse_args  # noqa: E402
 from fastobs.engine import Engine  # noqa: E402
+from fastobs.events import Event, EventType, ObjectKey  # noqa: E402
 from fastobs.kube import KubeClient, Resource  # noqa: E402
 from fastobs.metrics import Metrics  # noqa: E402
 from fastobs.output import Output  # noqa: E402
@@ -55,16 +65,68 @@ async def one_round(lines: list[bytes]) -> float:
     return spent
 
 
-async def main(n: int, rounds: int) -> None:
+class _Socket:
+    """A worker's socket as the pool sees it: keeps the last RUN frames written."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def completion_round(objects: list[bytes]) -> float:
+    """CPU seconds to dispatch and complete one watch event per object, one at a time."""
+    settings, _ = parse_args(["pods", "-A", "-q", "--no-coalesce", "--object-env-var", "OBJ",
+                              "--template", "{.metadata.resourceVersion}", "--concurrency", "16",
+                              "--listen-addr", "", "--", "true"])
+    engine = Engine(settings, workers=2, metrics=Metrics(), output=Output(quiet=True, stream=False))
+    pool = engine.pool
+    sockets = []
+    for w in pool.workers:
+        w.ready, sock = True, _Socket()
+        w.writer = sock  # type: ignore[assignment]
+        sockets.append(sock)
+    engine.list_begin(relist=False)
+    engine.list_end()
+    done_at = time.monotonic()
+    t0 = time.process_time()
+    for i, obj in enumerate(objects):
+        key = ObjectKey(f"ns-{i % 10}/pod-{i}")
+        engine.watch_event(Event(type=EventType.UPDATED, key=key, namespace=f"ns-{i % 10}", name=f"pod-{i}",
+                                 uid=str(i), rv=str(i + 1), obj=obj, received=time.monotonic()))
+        w = next(w for w in pool.workers if w.inflight)
+        [(job_id, ev)] = w.inflight.items()
+        result: protocol.Done = {
+            "id": job_id, "header": f"Updated {ev.rv}\ttrue {ev.rv}", "arg": ev.rv, "ok": True,
+            "started": done_at, "ended": done_at + 0.001, "attempts": [(0, 0.001)], "reason": "", "code": "0",
+            "rx": done_at, "spawned": done_at,
+        }
+        frame = protocol.encode_done(result, b"", b"")
+        pool._on_frame(w, frame[4:5], frame[5:])
+        sockets[w.index].sent.clear()
+    spent = time.process_time() - t0
+    if pool.in_flight() or sum(q.pending_events for q in engine.sharder.queues):
+        raise SystemExit("an event was not completed")
+    return spent
+
+
+async def main(n: int, rounds: int, completion: bool = False) -> None:
     pod = PodTemplate()
     lines = [b'{"type":"ADDED","object":' + pod.render(i, i + 1, f"ns-{i % 10}") + b"}" for i in range(n)]
     gc.freeze()  # as the daemon runs: what exists at start-up is never collected again
     gc.set_threshold(50_000, 20, 50)
     per_event = []
+    objects = [pod.render(i, i + 1, f"ns-{i % 10}") for i in range(n)] if completion else []
     for r in range(rounds):
-        per_event.append(await one_round(lines) / n * 1e6)
+        spent = await completion_round(objects) if completion else await one_round(lines)
+        per_event.append(spent / n * 1e6)
         print(f"round {r + 1}: {per_event[-1]:.2f} µs/event", file=sys.stderr)
-    print(f"{n} Pods ({len(lines[0])} bytes a line), {rounds} rounds: parent list path "
+    path = "dispatch and completion path" if completion else "list path"
+    print(f"{n} Pods ({len(lines[0])} bytes a line), {rounds} rounds: parent {path} "
           f"min {min(per_event):.2f} µs/event, median {statistics.median(per_event):.2f}")
 
 
@@ -72,5 +134,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=100_000, help="Pods in the list (default 100000)")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--completion", action="store_true",
+                    help="measure the dispatch and completion path of single watch events instead")
     args = ap.parse_args()
-    asyncio.run(main(args.n, args.rounds))
+    asyncio.run(main(args.n, args.rounds, args.completion))

@@ -288,7 +288,8 @@ class Engine:
         queue = self.sharder.queues[i]
         queue.done(ev.key)
         self.sharder.released()
-        if result.get("reason") == INVALID_OBJECT:
+        reason = result.get("reason")
+        if reason == INVALID_OBJECT:
             self._invalid_object(ev, result, queue)
             self._list_event_ran(ev)  # a list's deletes wait for this event too
             self._key_settled(ev.key)
@@ -297,23 +298,25 @@ class Engine:
             return
         if result.get("dropped"):  # a fenced command's output was cut too
             self.metrics.output_dropped(int(result.get("dropped", 0)))
-        if result.get("reason") == FENCED and self.ownership is not None:
+        if reason == FENCED and self.ownership is not None:
             if not self._fenced(ev, result, out, err):
                 self._list_event_ran(ev)
             self.pool.pump(i)
             self.pool.pump_held()
             return
-        self.output.command(ev.type.value, float(result["started"]), result["header"], out, err)
+        type_ = ev.type.value
+        started = float(result["started"])
+        self.output.command(type_, started, result["header"], out, err)
         ok = bool(result["ok"])
         self.tracker.handled(ev, ok=ok, arg=result.get("arg"))
         if not result.get("nocmd"):
-            self.metrics.command_started(lag_seconds=max(0.0, float(result["started"]) - ev.received))
+            self.metrics.command_started(lag_seconds=max(0.0, started - ev.received))
             rx, spawned = result.get("rx"), result.get("spawned")
             if rx is not None and spawned is not None and ev.dispatched:
                 self.metrics.command_stages(
                     queue=ev.dispatched - ev.received, handoff=rx - ev.dispatched, spawn=spawned - rx
                 )
-            self._record(ev, result)
+            self._record(ev, type_, started, result)
         if self._debug:
             logger.debug("command %s", "succeeded" if ok else "failed", extra=_fields(ev, result))
         if ok:
@@ -381,19 +384,20 @@ class Engine:
     def on_hung(self, index: int) -> None:
         self.metrics.worker_hung(index)
 
-    def _record(self, ev: Event, result: Done) -> None:
+    def _record(self, ev: Event, type_: str, started: float, result: Done) -> None:
         now = self.clock()
-        attempts = [(int(c), float(s)) for c, s in result.get("attempts", [])]
-        for _ in range(int(result.get("retries", 0))):
-            self.metrics.retried("immediate")
+        retries = result.get("retries")
+        if retries:
+            for _ in range(int(retries)):
+                self.metrics.retried("immediate")
         self.metrics.command_finished(
-            type_=ev.type.value,
+            type_=type_,
             lag_seconds=max(0.0, now - ev.received),
-            duration_seconds=float(result["ended"]) - float(result["started"]),
+            duration_seconds=float(result["ended"]) - started,
             result="success" if result["ok"] else "failure",
             reason=str(result.get("reason", "")),
             code=str(result.get("code", "")),
-            attempts=attempts,
+            attempts=result.get("attempts", ()),  # converted where they are summed
         )
 
     def _failed(self, ev: Event, result: Done, shard: int) -> None:

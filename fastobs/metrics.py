@@ -338,9 +338,10 @@ class Metrics:
         if self._oc:
             for exit_code, seconds in attempts:
                 # oc: wall-clock milliseconds truncated to an integer, -1 for signals and spawn errors.
-                entry = self._oc_exec.setdefault((str(exit_code), type_), [0, 0])
+                # int() first: the codes come from JSON, where a float code would print "3.0".
+                entry = self._oc_exec.setdefault((str(int(exit_code)), type_), [0, 0])
                 entry[0] += 1
-                entry[1] += int(seconds * 1000)
+                entry[1] += int(float(seconds) * 1000)
 
     def names_executed(self, *, exit_code: int, seconds: float) -> None:
         """Record one attempt of the ``--names`` command (oc's name summary)."""

@@ -92,9 +92,10 @@ class Output:
         """Grouped mode: the header, then everything the command printed."""
         if not self.stream:
             self.header(type_, started, header)
-        self._out += out
-        self._err += err
-        self._schedule()
+        if out or err:  # most commands print nothing: no flush to schedule for them (-q)
+            self._out += out
+            self._err += err
+            self._schedule()
 
     def line(self, key: str, fd: int, data: bytes) -> None:
         """Stream mode: one line of a command's output, prefixed with its object key."""

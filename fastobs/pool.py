@@ -448,6 +448,9 @@ class Pool:
 
     def pump(self, i: int) -> None:
         """Send worker ``i`` as many queued events as its in-flight budget allows."""
+        q = self.queues[i]
+        if not q.may_pop():  # nothing to send (checked first: the cheapest test, the most common case)
+            return
         w = self.workers[i]
         writer = w.writer
         # A closing connection gets nothing: its end re-dispatches what it had.
@@ -456,7 +459,6 @@ class Pool:
         own = self.gate
         if own is not None and not own.open():
             return
-        q = self.queues[i]
         frames: list[bytes] = []
         now = time.monotonic()
         gate = self.start_gate

@@ -133,6 +133,11 @@ class KeyQueue:
         self._processing[key] = ev
         return ev
 
+    def may_pop(self) -> bool:
+        """False when :meth:`pop` would surely return None (nothing ready, no retry
+        pending): the dispatch after each finished command mostly finds nothing to send."""
+        return bool(self._ready) or bool(self._timers)
+
     def _next_ready(self) -> ObjectKey | None:
         for dq, live in ((self._live, True), (self._backlog, False)):
             while dq:
