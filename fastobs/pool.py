@@ -492,7 +492,9 @@ class Pool:
             if own is not None:
                 job["bucket"], job["epoch"] = own.stamp(ev)
             frames.append(protocol.encode_run(job, ev.obj or b""))
-        if frames:
+        if len(frames) == 1:  # one event at a time at low rates: no copy of its object to join
+            writer.write(frames[0])
+        elif frames:
             writer.write(b"".join(frames))
 
     def pump_all(self) -> None:
