@@ -39,9 +39,14 @@ _HTML_ESCAPES = (
     (b"<", b"\\u003c"),
     (b">", b"\\u003e"),
     (b"&", b"\\u0026"),
+)
+_LINE_SEPARATORS = (
     ("\u2028".encode(), b"\\u2028"),
     ("\u2029".encode(), b"\\u2029"),
 )
+_LS_LEAD = "\u2028".encode()[:1]
+"""The first byte of U+2028 and U+2029 in UTF-8 (0xE2): a one-byte search is a memchr,
+where each three-byte search costs ~6 us on a Pod."""
 
 
 def kubectl_json(obj: Any) -> bytes:
@@ -78,10 +83,14 @@ def go_json_indented(obj: Any) -> bytes:
 
 
 def _escape_html(out: bytes) -> bytes:
-    # Each "in" test is a C memchr/memmem; objects without these bytes are returned as-is.
+    # Each "in" test is a C memchr; objects without these bytes are returned as-is.
     for raw, escaped in _HTML_ESCAPES:
         if raw in out:
             out = out.replace(raw, escaped)
+    if _LS_LEAD in out:
+        for raw, escaped in _LINE_SEPARATORS:
+            if raw in out:
+                out = out.replace(raw, escaped)
     return out
 
 

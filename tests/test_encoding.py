@@ -157,3 +157,88 @@ def test_go_json_float_rejects_nan() -> None:
     """NaN has no JSON spelling; Go refuses it too."""
     with pytest.raises(ValueError):
         go_json_float(float("nan"))
+
+
+def reference_go_json(obj: Any) -> bytes:
+    """The encoder as it was before its escape pass took a one-byte shortcut: every escape is
+    a plain search and replace. Kept as the reference the faster one must match byte for byte."""
+    from fastobs.encoding import _FLOAT_DOT, _FLOAT_EXP, _go_floats, _has_float, _is_go_float
+
+    opts = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+    if _is_go_float(obj):
+        return go_json_float(float(obj)).encode()
+    try:
+        out = orjson.dumps(obj, option=opts)
+    except orjson.JSONEncodeError:
+        out = orjson.dumps(_go_floats(obj), option=opts)
+    else:
+        if (_FLOAT_DOT.search(out) or _FLOAT_EXP.search(out)) and _has_float(obj):
+            out = orjson.dumps(_go_floats(obj), option=opts)
+    for raw, escaped in ((b"<", b"\\u003c"), (b">", b"\\u003e"), (b"&", b"\\u0026"),
+                         ("\u2028".encode(), b"\\u2028"), ("\u2029".encode(), b"\\u2029")):
+        out = out.replace(raw, escaped)
+    return out
+
+
+# Characters whose UTF-8 starts with the byte 0xE2 as U+2028/U+2029 do (and share its second
+# byte 0x80 for U+2000-U+203F), so a shortcut on that byte must still tell them apart.
+E2_PIECES = ["€", "—", "\u2027", "\u202a", "\u2030", "\u2000", "\u2028\u2029", "x\u2028", "⌘", "✓",
+             "\u2029<", "&\u2028>"]
+
+
+def hostile_value(rnd: random.Random, depth: int = 0) -> Any:
+    """Deeper and wider than :func:`random_value`, with big integers, -0.0 and 0xE2 characters."""
+    pieces = STRING_PIECES + E2_PIECES
+    numbers = [*NUMBERS, 0.1, -0.0, 1e21, 1e-7, 2**63 - 1, -(2**63), 2**63, 2**64 - 1, 10**30, 5e-324]
+    r = rnd.random()
+    if depth > 6 or r < 0.35:
+        pick = rnd.random()
+        if pick < 0.5:
+            return "".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 8)))
+        if pick < 0.9:
+            return rnd.choice(numbers)
+        return rnd.choice([True, False, None, {}, []])
+    if r < 0.6:
+        return [hostile_value(rnd, depth + 1) for _ in range(rnd.randint(0, 5))]
+    return {"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 4))): hostile_value(rnd, depth + 1)
+            for _ in range(rnd.randint(0, 6))}
+
+
+def test_encoder_matches_reference_on_hostile_objects() -> None:
+    """3,000 random nested objects (``<>&``, U+2028/9 beside other 0xE2 characters, non-ASCII
+    keys, 1e21, 0.1, -0.0, integers past int64, empty maps and lists) plus a nest 241 levels deep
+    (orjson stops at 255) and a Pod: the encoder's bytes equal the reference's."""
+    rnd = random.Random(14)
+    values: list[Any] = [hostile_value(rnd) for _ in range(3000)]
+    deep: Any = {"<leaf>": ["\u2028", 1e21, -0.0]}
+    for i in range(120):
+        deep = {f"k{i}\u2029": [deep, {"&": 0.1}]}
+    values += [deep, orjson.loads(OBJECT.read_bytes())]
+    mismatches = [v for v in values if go_json(v) != reference_go_json(v)]
+    escaped = sum(b"\\u2028" in go_json(v) for v in values)
+    print(f"{len(values)} objects compared, {escaped} with an escaped U+2028, {len(mismatches)} differ")
+    assert escaped > 100
+    assert mismatches[:3] == []
+
+
+@pytest.mark.parametrize("value", [{"a": "\ud800"}, [1.5, "\udfff<"]], ids=["surrogate", "surrogate-float"])
+def test_encoder_rejects_what_the_reference_rejects(value: Any) -> None:
+    """A lone surrogate (no UTF-8 spelling) fails in both, with orjson's error (the runner
+    turns it into a failed event for that key)."""
+    with pytest.raises(orjson.JSONEncodeError):
+        reference_go_json(value)
+    with pytest.raises(orjson.JSONEncodeError):
+        go_json(value)
+
+
+def test_encoder_rejects_too_deep_as_the_reference_does() -> None:
+    """Past orjson's depth limit both fail with the same error (a failed event, never a hang)."""
+    deep: Any = 1
+    for _ in range(300):
+        deep = [deep]
+    errors = []
+    for encode in (reference_go_json, go_json):
+        with pytest.raises(orjson.JSONEncodeError) as info:
+            encode(deep)
+        errors.append(str(info.value))
+    assert errors[0] == errors[1]
