@@ -208,6 +208,10 @@ class Runner:
             # The object cannot be decoded, encoded or rendered (nested deeper than the parser
             # goes): this event fails for its key alone, and no command runs.
             return self._invalid_object(job, exc), b"", b""
+        # The decoded tree is not needed once argv and the environment are built: freed now,
+        # not when the command ends, it never lives across an await, so --concurrency trees
+        # (hundreds of dicts each) do not sit in the young generation and set off collections.
+        parsed = None
         header = self.header(job, args)
         result: Done = {"id": job["id"], "header": header, "arg": arg, "ok": True, "started": 0.0,
                         "ended": 0.0, "attempts": []}

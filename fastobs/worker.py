@@ -22,6 +22,7 @@ small.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -94,6 +95,7 @@ class Worker:
             return 2
         self.runner = runner
         runner.fence = self.fence
+        _quiet_gc()
         self.slots = asyncio.Semaphore(settings.concurrency)
         self.stream = settings.output_mode == "stream"
         self.kill_grace = settings.kill_grace
@@ -262,6 +264,16 @@ class Worker:
         while self.transport is not None and not self.transport.is_closing() \
                 and self.transport.get_write_buffer_size() and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
+
+
+def _quiet_gc() -> None:
+    """Keep the collector off the per-job path. What is loaded by now (modules, the compiled
+    template) lives as long as the worker: frozen, full collections no longer walk it. A job
+    allocates a few hundred containers (the decoded object, its task and futures) that
+    reference counting frees; with the default gen-0 threshold (700) the jobs in flight
+    alone set off a collection every few jobs, about 30 us of CPU per job in all."""
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 50)
 
 
 async def _amain(fd: int) -> int:
