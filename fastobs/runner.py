@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from . import spawn
-from .encoding import kubectl_json
+from .encoding import kubectl_json, kubectl_json_of
 from .errors import TemplateError
 from .fencing import FENCED, Fence
 from .gocompat import go_process_state, go_quote
@@ -82,9 +82,6 @@ class Runner:
         self._needs_env = bool(
             settings.type_env_var or settings.object_env_var or settings.object_channel == "file"
         )
-        # Only the object variable needs the object decoded (it is re-encoded as kubectl
-        # does); stdin and the object file get the server's bytes as they are.
-        self._needs_object = bool(settings.object_env_var)
         # Kept as bytes: os.environ decodes every variable on each copy (~16 us), and
         # posix_spawn would encode every str key and value again on each spawn;
         # a dict of bytes copies in ~0.1 us and goes to execve as it is.
@@ -142,7 +139,13 @@ class Runner:
             env[b"FASTOBS_SHARD_EPOCH"] = str(epoch).encode()
         s = self.settings
         if s.object_env_var:
-            env[os.fsencode(s.object_env_var)] = kubectl_json(parsed) if obj is not None else b""
+            # The object as kubectl prints it: re-encoded from the decoded tree a template
+            # needed anyway, else straight from the server's bytes (no tree kept).
+            if obj is None:
+                value = b""
+            else:
+                value = kubectl_json(parsed) if parsed is not None else kubectl_json_of(obj)
+            env[os.fsencode(s.object_env_var)] = value
         if s.type_env_var:
             env[os.fsencode(s.type_env_var)] = job["type"].encode()
         return env
@@ -200,8 +203,12 @@ class Runner:
         cmd = s.delete_command if job["type"] == "Deleted" else s.command
         parsed: Any = None
         try:
-            if obj is not None and (self._needs_object or (self.template and job.get("cached_arg") is None)):
+            # Only a template needs the decoded object; --object-env-var re-encodes from the
+            # bytes; stdin and the object file get the server's bytes as they are.
+            if obj is not None and self.template and job.get("cached_arg") is None:
                 parsed = orjson.loads(obj)
+            elif obj is not None and not cmd and s.object_env_var:
+                orjson.loads(obj)  # nothing runs, but an object $OBJ cannot carry still fails
             args, arg = self.build_args(job, parsed)
             env = self._environment(job, parsed, obj) if cmd else None
         except (ValueError, TypeError, RecursionError) as exc:

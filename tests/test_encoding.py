@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from fastobs.encoding import go_json, kubectl_json
+from fastobs.encoding import go_json, kubectl_json, kubectl_json_of
 from fastobs.gocompat import go_format_float, go_json_float
 
 DATA = Path(__file__).parent / "data" / "template"
@@ -80,8 +80,12 @@ FLOATS = [
 def test_numbers_match_go(tmp_path: Path) -> None:
     """Floats, int64 limits and integers past int64 are spelled as Go's encoding/json spells them."""
     values: list[Any] = [*FLOATS, 0, -1, 2**63 - 1, -(2**63), 2**63, 2**64 - 1, 10**30]
-    expected = run_goref_json(values, tmp_path)
-    assert [go_json(v).decode() for v in values] == expected
+    nested: list[Any] = [[2**53 + 1, 2**63 - 1, 2**63, 2**64 - 1, 10**30, -(2**63) - 1], {"a": [1.5, 2**63]}]
+    expected = run_goref_json([*values, *nested], tmp_path)
+    assert [go_json(v).decode() for v in values] == expected[: len(values)]
+    # The byte path, from the server's spelling, top level and nested (no gap there).
+    from_bytes = [kubectl_json_of(_server_bytes(v)).decode() for v in [*values, *nested]]
+    assert from_bytes == [e + "\n" for e in expected]
 
 
 def test_float_fmt_v_matches_go(tmp_path: Path) -> None:
@@ -242,3 +246,42 @@ def test_encoder_rejects_too_deep_as_the_reference_does() -> None:
             encode(deep)
         errors.append(str(info.value))
     assert errors[0] == errors[1]
+
+
+def _server_bytes(value: Any) -> bytes:
+    """``value`` as a server could send it (the standard library spells integers past 64 bits)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def test_encoding_from_bytes_matches_reference_on_hostile_objects() -> None:
+    """kubectl_json_of (floats spelled while decoding) gives the reference's bytes for 3,000
+    hostile objects sent as JSON text, for exponent and whole-number spellings of floats
+    (``1E3``, ``2.50``, ``-0.0``, ``1e400`` refused), and for a Pod."""
+    rnd = random.Random(15)
+    texts = [_server_bytes(hostile_value(rnd)) for _ in range(3000)]
+    texts += [OBJECT.read_bytes(), b'{"z":1E3,"y":[2.50,-0.0,0.1e1,1e-7,123456789.125e-3],"x":-0}',
+              b"1e21", b"18446744073709551616", b"9223372036854775808", b'"<\\u2028>"', b"[]", b"{}"]
+    # The reference with every Go float64 (integers past int64 included) spelled first: Go's
+    # bytes exactly, without go_json's gap for [2**63, 2**64) in objects holding no float.
+    from fastobs.encoding import _go_floats
+
+    mismatches = [t for t in texts
+                  if kubectl_json_of(t) != reference_go_json(_go_floats(orjson.loads(t))) + b"\n"]
+    floats = sum(b"." in t or b"e" in t.lower() for t in texts)
+    print(f"{len(texts)} texts compared ({floats} with a '.' or an exponent), {len(mismatches)} differ")
+    assert mismatches[:3] == []
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"a":"\\ud800"}', b'{"a":"\xff"}', b"[" * 2000 + b"]" * 2000, b"[1e400]", b'{"a":1}x',
+     b"\xef\xbb\xbf{}", b"{"],
+    ids=["surrogate", "bad-utf8", "too-deep", "infinity", "trailing", "bom", "truncated"],
+)
+def test_encoding_from_bytes_fails_as_orjson_does(raw: bytes) -> None:
+    """What the byte path refuses fails with orjson's own error, as the decoded path did."""
+    with pytest.raises(orjson.JSONDecodeError) as expected:
+        orjson.loads(raw)
+    with pytest.raises(orjson.JSONDecodeError) as got:
+        kubectl_json_of(raw)
+    assert str(got.value) == str(expected.value)
