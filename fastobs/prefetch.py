@@ -314,7 +314,11 @@ class PrefetchedResponse:
             else:
                 self._chunks.extend(parts)
                 self._buffered += sum(map(len, parts))
-            wake, self._waiting = self._waiting and (parts is None or bool(parts)), False
+            # A piece that completed no payload (it ended inside a chunk header) wakes
+            # nobody and must leave the reader's wait on record for the next piece.
+            wake = self._waiting and (parts is None or bool(parts))
+            if wake:
+                self._waiting = False
         if wake:
             try:
                 self._loop.call_soon_threadsafe(self._ready.set)

@@ -11,6 +11,7 @@ whole. Every test prints what it measured.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -406,3 +407,42 @@ def test_a_large_first_list_is_read_whole(tmp_path: Path) -> None:
     assert len(keys) == n and len(set(keys)) == n
     assert len(pods) <= 2 and "sendInitialEvents" in pods[0]["query"]
     assert all("resourceVersion" in r["query"] for r in pods[1:])  # only the watch may follow
+
+
+def test_a_body_cut_inside_chunk_headers_still_wakes_the_reader() -> None:
+    """The network hands the streamed list over in pieces that end inside a chunk header (as
+    TLS records and TCP segments do): a piece that completes no payload must not make the
+    reader miss the wake-up for the payload after it (it would wait for its read timeout)."""
+    ours, theirs = socket.socketpair()
+    pieces = [b"8", b'\r\n{"a": 1}', b"\r\n", b"0\r\n", b"\r\n"]  # one 8-byte chunk, then the end
+    delays: list[float] = []
+
+    def network() -> None:
+        for piece in pieces:
+            time.sleep(0.15)  # the reader is waiting when each piece arrives
+            theirs.sendall(piece)
+
+    async def read_all() -> bytes:
+        loop = asyncio.get_running_loop()
+        resp = prefetch.PrefetchedResponse(prefetch._Http(ours, "test"), 200, {}, loop)
+        parts = []
+        async with resp:
+            while True:
+                t0 = time.monotonic()
+                data = await asyncio.wait_for(resp.content.readany(), timeout=5)
+                delays.append(time.monotonic() - t0)
+                if not data:
+                    return b"".join(parts)
+                parts.append(data)
+
+    writer = threading.Thread(target=network, daemon=True)
+    writer.start()
+    try:
+        body = uvloop.run(read_all())
+    except TimeoutError:
+        body = b"<the reader was never woken>"
+    finally:
+        writer.join(timeout=5)
+        theirs.close()
+    print(f"\nbody {body!r} in {len(delays)} reads, waits {[round(d, 3) for d in delays]} s")
+    assert body == b'{"a": 1}', body
