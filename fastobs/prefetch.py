@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import ssl
 import threading
@@ -257,6 +258,27 @@ def _said(what: str) -> None:
     logging.getLogger(__name__).debug("start-up: %s", what)
 
 
+def _recv_available(sock: socket.socket) -> bytes:
+    """What has arrived, waiting only for the first bytes: up to :data:`_READ_BUFFER`.
+
+    A TLS socket's ``recv`` returns one record (16 KiB at most). Handing each record to
+    the event loop on its own cost a thread switch and a loop wake-up per record, about
+    15 µs of the parent's CPU per listed object; what is already there goes in one piece.
+    """
+    parts = [sock.recv(1 << 18)]
+    size = len(parts[0])
+    while parts[-1] and size < _READ_BUFFER and _readable(sock):
+        parts.append(sock.recv(1 << 18))
+        size += len(parts[-1])
+    return b"".join(parts) if len(parts) > 1 else parts[0]
+
+
+def _readable(sock: socket.socket) -> bool:
+    if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        return True
+    return bool(select.select([sock], [], [], 0)[0])
+
+
 class PrefetchedResponse:
     """The prefetched response, read the way ``source`` and ``watchstream`` read an aiohttp
     response: ``status``, ``headers``, ``content.readany()``, ``close()``, ``async with``.
@@ -301,7 +323,7 @@ class PrefetchedResponse:
                 if chunks.done:
                     self._push(None, None)
                     return
-                data = self._conn.sock.recv(1 << 18)
+                data = _recv_available(self._conn.sock)
                 if not data:
                     raise EOFError("the body ended before its last chunk")
         except BaseException as exc:  # handed to the reader, who words it
