@@ -92,7 +92,9 @@ class Front:
             return
         up = self.upstream_ctx.wrap_socket(socket.create_connection(self.upstream),
                                            server_hostname=self.upstream[0])
-        threading.Thread(target=self._pipe, args=(up, client), daemon=True).start()
+        # One thread per connection, both directions: an SSL socket must not be read in one
+        # thread while another writes to it (OpenSSL forbids it; it hung now and then).
+        # HTTP/1.1 without pipelining: a request, then its whole response, then the next.
         buf = b""
         try:
             while True:
@@ -110,7 +112,8 @@ class Front:
                     lines = [ln for ln in lines if not ln.lower().startswith("authorization:")]
                     lines.append(f"Authorization: Bearer {self.token}")
                 up.sendall("\r\n".join(lines).encode("latin-1") + b"\r\n\r\n")
-        except OSError:
+                self._relay_response(up, client)
+        except (OSError, ValueError):
             pass
         finally:
             for s in (client, up):
@@ -119,14 +122,36 @@ class Front:
                 s.close()
 
     @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_RDWR)
+    def _relay_response(up: socket.socket, client: socket.socket) -> None:
+        """Pass one response through as it arrives, until its body ends."""
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = up.recv(65536)
+            if not data:
+                raise ConnectionError("upstream closed")
+            head += data
+        client.sendall(head)
+        fields, body = head.split(b"\r\n\r\n", 1)
+        lowered = fields.decode("latin-1").lower()
+        if "transfer-encoding: chunked" in lowered:
+            chunks = prefetch._Dechunker()
+            chunks.feed(body)
+            while not chunks.done:
+                data = up.recv(65536)
+                if not data:
+                    raise ConnectionError("upstream closed")
+                client.sendall(data)
+                chunks.feed(data)
+            return
+        length = next((int(ln.split(":", 1)[1]) for ln in lowered.split("\r\n")
+                       if ln.startswith("content-length:")), 0)
+        left = length - len(body)
+        while left > 0:
+            data = up.recv(65536)
+            if not data:
+                raise ConnectionError("upstream closed")
+            client.sendall(data)
+            left -= len(data)
 
 
 @pytest.fixture(scope="module")
