@@ -434,9 +434,8 @@ def free_port() -> int:
         return port
 
 
-def histogram_quantiles(metrics_text: str, name: str, qs: tuple[float, ...]) -> list[float | None]:
-    """Upper bucket bounds holding the given quantiles of a Prometheus histogram (all
-    label sets summed); None when the histogram is absent or empty."""
+def _summed_buckets(metrics_text: str, name: str) -> dict[float, float]:
+    """A Prometheus histogram's cumulative bucket counts by upper bound, label sets summed."""
     buckets: dict[float, float] = {}
     for line in metrics_text.splitlines():
         if line.startswith(name + "_bucket{"):
@@ -444,6 +443,13 @@ def histogram_quantiles(metrics_text: str, name: str, qs: tuple[float, ...]) -> 
             le = labels.split('le="', 1)[1].split('"', 1)[0]
             bound = float("inf") if le == "+Inf" else float(le)
             buckets[bound] = buckets.get(bound, 0.0) + float(value)
+    return buckets
+
+
+def histogram_quantiles(metrics_text: str, name: str, qs: tuple[float, ...]) -> list[float | None]:
+    """Upper bucket bounds holding the given quantiles of a Prometheus histogram (all
+    label sets summed); None when the histogram is absent or empty."""
+    buckets = _summed_buckets(metrics_text, name)
     if not buckets or not buckets.get(float("inf")):
         return [None for _ in qs]
     total = buckets[float("inf")]
@@ -456,13 +462,7 @@ def histogram_estimates(metrics_text: str, name: str, qs: tuple[float, ...]) -> 
     interpolated linearly inside the bucket that holds each, as PromQL's
     ``histogram_quantile`` does; a quantile in the +Inf bucket gets the highest finite
     bound. None when the histogram is absent or empty."""
-    buckets: dict[float, float] = {}
-    for line in metrics_text.splitlines():
-        if line.startswith(name + "_bucket{"):
-            labels, _, value = line.rpartition(" ")
-            le = labels.split('le="', 1)[1].split('"', 1)[0]
-            bound = float("inf") if le == "+Inf" else float(le)
-            buckets[bound] = buckets.get(bound, 0.0) + float(value)
+    buckets = _summed_buckets(metrics_text, name)
     total = buckets.get(float("inf"), 0.0)
     if not total:
         return [None for _ in qs]
